@@ -1,0 +1,59 @@
+// swift-tools-version:6.0
+// parallelisms-swift: every way a language model is trained in parallel, in Swift on MPI.
+
+import PackageDescription
+import Foundation
+
+/// Code generation for the hot targets.
+///
+/// `swift build -c release` builds for the CPU it runs on (`-march=native`: AVX-512 where the
+/// machine has it), so the SIMD kernels use the widest registers and real FMA instructions.
+/// For a cluster whose nodes differ, build a portable binary instead:
+///
+///     PARALLELISMS_PORTABLE=1 swift build -c release     # x86-64-v3: AVX2 + FMA
+///
+/// Without any `-march`, Swift emits SSE2 only and turns every fused multiply-add into a call to
+/// `fmaf`, which is an order of magnitude slower.
+let environment = ProcessInfo.processInfo.environment
+let portable = environment["PARALLELISMS_PORTABLE"].map { !$0.isEmpty && $0 != "0" } ?? false
+#if arch(x86_64)
+let cpuFlags = ["-Xcc", portable ? "-march=x86-64-v3" : "-march=native"]
+#else
+let cpuFlags: [String] = []
+#endif
+
+let hot: [SwiftSetting] = [
+    .unsafeFlags(cpuFlags),
+    .unsafeFlags(["-Ounchecked", "-enforce-exclusivity=unchecked"], .when(configuration: .release)),
+]
+
+let package = Package(
+    name: "parallelisms-swift",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "train", targets: ["train"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CMPI",
+            pkgConfig: "ompi",
+            providers: [.apt(["libopenmpi-dev"]), .brew(["open-mpi"])]
+        ),
+        .target(name: "Distributed", dependencies: ["CMPI"], swiftSettings: hot),
+        .target(name: "Core", swiftSettings: hot),
+        .target(
+            name: "Training",
+            dependencies: [
+                "Core", "Distributed",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: hot
+        ),
+        .executableTarget(name: "train", dependencies: ["Training"], swiftSettings: hot),
+        .testTarget(name: "CoreTests", dependencies: ["Core"], swiftSettings: hot),
+        .testTarget(name: "EndToEndTests", dependencies: ["Core"], swiftSettings: hot),
+    ]
+)

@@ -1,0 +1,192 @@
+/// A batch of activations: `rows` examples of `cols` features, with a gradient of the same shape.
+///
+/// Allocated once, zeroed, and reused every step. Layers never own activations: the caller
+/// passes them in, so a pipeline stage can keep one set per micro-batch in flight and a sharded
+/// model can reuse the reference layers unchanged.
+public final class Activation {
+    public let rows: Int
+    public let cols: Int
+    public let value: UnsafeMutablePointer<Float>
+    public let grad: UnsafeMutablePointer<Float>
+    public var count: Int { rows * cols }
+
+    public init(rows: Int, cols: Int) {
+        self.rows = rows
+        self.cols = cols
+        value = .allocate(capacity: max(1, rows * cols))
+        grad = .allocate(capacity: max(1, rows * cols))
+        value.initialize(repeating: 0, count: max(1, rows * cols))
+        grad.initialize(repeating: 0, count: max(1, rows * cols))
+    }
+
+    deinit {
+        value.deallocate()
+        grad.deallocate()
+    }
+}
+
+/// A layer's parameters: a contiguous run of floats and the matching run of gradients.
+///
+/// Where the floats live is the caller's choice: a slice of the model's flat buffer (`train`,
+/// `train_dp`), or one gather buffer shared by every layer (`train_fsdp`). Layers just use them.
+public struct ParameterView: @unchecked Sendable {
+    public let value: UnsafeMutablePointer<Float>
+    public let grad: UnsafeMutablePointer<Float>
+    public let count: Int
+
+    public init(value: UnsafeMutablePointer<Float>, grad: UnsafeMutablePointer<Float>, count: Int) {
+        self.value = value
+        self.grad = grad
+        self.count = count
+    }
+}
+
+/// A flat, owned buffer of parameters and their gradients, zero-initialised.
+public final class ParameterBuffer {
+    public let count: Int
+    public let value: UnsafeMutablePointer<Float>
+    public let grad: UnsafeMutablePointer<Float>
+
+    public init(count: Int) {
+        self.count = count
+        value = .allocate(capacity: max(1, count))
+        grad = .allocate(capacity: max(1, count))
+        value.initialize(repeating: 0, count: max(1, count))
+        grad.initialize(repeating: 0, count: max(1, count))
+    }
+
+    deinit {
+        value.deallocate()
+        grad.deallocate()
+    }
+
+    /// The floats `offset ..< offset + count`.
+    public func view(offset: Int, count: Int) -> ParameterView {
+        precondition(offset >= 0 && offset + count <= self.count)
+        return ParameterView(value: value + offset, grad: grad + offset, count: count)
+    }
+
+    public func zeroGradients() { grad.update(repeating: 0, count: count) }
+}
+
+/// Scratch floats shared by layers that run one at a time (e.g. a transposed weight).
+public final class Workspace {
+    public let capacity: Int
+    public let floats: UnsafeMutablePointer<Float>
+
+    public init(capacity: Int) {
+        self.capacity = capacity
+        floats = .allocate(capacity: max(1, capacity))
+        floats.initialize(repeating: 0, count: max(1, capacity))
+    }
+
+    deinit { floats.deallocate() }
+}
+
+/// One step of the network. Forward and backward take the same two arguments, as in ml.c:
+///
+/// - `forward(input, output)` reads `input.value` and the parameters, writes `output.value`;
+/// - `backward(input, output)` reads `output.grad` (and the values), **adds** the parameter
+///   gradients into the parameters' `grad` (so micro-batches accumulate), and writes `input.grad`.
+public protocol Layer: AnyObject {
+    func forward(_ input: Activation, _ output: Activation)
+    func backward(_ input: Activation, _ output: Activation)
+}
+
+/// Token embedding followed by flatten: `[B × seq]` token ids → `[B × seq·dim]`.
+///
+/// The input activation carries token ids as floats (exact for ids below 2²⁴), so an embedding
+/// has the same signature as every other layer. The table is `[vocab × dim]`, row per token.
+public final class Embedding: Layer {
+    public let vocab: Int
+    public let dim: Int
+    public let table: ParameterView
+
+    public static func parameterCount(vocab: Int, dim: Int) -> Int { vocab * dim }
+
+    public init(vocab: Int, dim: Int, parameters: ParameterView) {
+        precondition(parameters.count == vocab * dim)
+        self.vocab = vocab
+        self.dim = dim
+        table = parameters
+    }
+
+    /// Copies one table row per token (whole-row copies).
+    public func forward(_ input: Activation, _ output: Activation) {
+        let tokens = input.rows * input.cols
+        for t in 0..<tokens {
+            let id = Int(input.value[t])
+            (output.value + t * dim).update(from: table.value + id * dim, count: dim)
+        }
+    }
+
+    /// Adds each position's output gradient into its token's row of the table gradient.
+    /// A token that appears twice gets both contributions (ml.c overwrote the first).
+    public func backward(_ input: Activation, _ output: Activation) {
+        let tokens = input.rows * input.cols
+        for t in 0..<tokens {
+            let id = Int(input.value[t])
+            Kernels.add(output.grad + t * dim, into: table.grad + id * dim, count: dim)
+        }
+    }
+}
+
+/// `y = x·W + b`, optionally followed by ReLU, for `W` of shape `[inputs × outputs]` (row-major,
+/// as in ml.c) stored first in the parameter view, then `b` (`outputs` floats) if present.
+///
+/// With ReLU fused, only the post-activation output is kept: `y > 0` exactly where the
+/// pre-activation was positive, so backward masks the gradient by `y` alone.
+public final class Linear: Layer {
+    public let inputs: Int
+    public let outputs: Int
+    public let relu: Bool
+    public let hasBias: Bool
+    public let weight: UnsafeMutablePointer<Float>
+    public let weightGrad: UnsafeMutablePointer<Float>
+    public let bias: UnsafeMutablePointer<Float>?
+    public let biasGrad: UnsafeMutablePointer<Float>?
+    let workspace: Workspace
+
+    public static func parameterCount(inputs: Int, outputs: Int, bias: Bool = true) -> Int {
+        inputs * outputs + (bias ? outputs : 0)
+    }
+
+    /// - Parameter workspace: at least `inputs · outputs` scratch floats, shared with other layers.
+    public init(inputs: Int, outputs: Int, relu: Bool, bias: Bool = true, parameters: ParameterView, workspace: Workspace) {
+        precondition(parameters.count == Self.parameterCount(inputs: inputs, outputs: outputs, bias: bias))
+        precondition(workspace.capacity >= inputs * outputs)
+        self.inputs = inputs
+        self.outputs = outputs
+        self.relu = relu
+        self.hasBias = bias
+        weight = parameters.value
+        weightGrad = parameters.grad
+        self.bias = bias ? parameters.value + inputs * outputs : nil
+        self.biasGrad = bias ? parameters.grad + inputs * outputs : nil
+        self.workspace = workspace
+    }
+
+    public func forward(_ input: Activation, _ output: Activation) {
+        Kernels.gemm(m: input.rows, n: outputs, k: inputs,
+                     a: input.value, rowStride: inputs, depthStride: 1,
+                     b: weight, ldb: outputs, c: output.value, ldc: outputs,
+                     epilogue: .init(bias: bias.map { UnsafePointer($0) }, relu: relu))
+    }
+
+    public func backward(_ input: Activation, _ output: Activation) {
+        let rows = input.rows
+        if relu { Kernels.maskByPositive(output.grad, output.value, count: rows * outputs) }
+        if let biasGrad { Kernels.addColumnSums(output.grad, rows: rows, cols: outputs, into: biasGrad) }
+        // dW += xᵀ · dy
+        Kernels.gemm(m: inputs, n: outputs, k: rows,
+                     a: input.value, rowStride: 1, depthStride: inputs,
+                     b: output.grad, ldb: outputs, c: weightGrad, ldc: outputs,
+                     epilogue: .init(accumulate: true))
+        // dx = dy · Wᵀ
+        let transposed = workspace.floats
+        Kernels.transpose(weight, rows: inputs, cols: outputs, into: transposed)
+        Kernels.gemm(m: rows, n: inputs, k: outputs,
+                     a: output.grad, rowStride: outputs, depthStride: 1,
+                     b: transposed, ldb: inputs, c: input.grad, ldc: inputs)
+    }
+}

@@ -1,0 +1,51 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Softmax followed by cross-entropy against integer targets.
+///
+/// `forward(logits, targets)` returns the **sum** over the rows of `−log softmax(logits)[target]`
+/// and leaves the probabilities in `logits.grad`; `backward(logits, targets)` turns them in place
+/// into `∂L/∂logits = (p − onehot(target)) · gradientScale`.
+///
+/// The scale is `1 / global batch size`: every rank, micro-batch and shard scales its own rows by
+/// the *global* size, so gradients are summed (never averaged) across ranks and micro-batches and
+/// no division loop runs anywhere. The loss is computed as `log Z + max − logit[target]`, which
+/// stays finite for any finite logits (no `log(0)` when a probability underflows).
+public struct SoftmaxCrossEntropy: Sendable {
+    public var gradientScale: Float
+
+    public init(gradientScale: Float) { self.gradientScale = gradientScale }
+
+    public func forward(_ logits: Activation, _ targets: UnsafePointer<Int32>) -> Float {
+        let v = logits.cols
+        var total: Float = 0
+        for r in 0..<logits.rows {
+            let x = logits.value + r * v
+            let p = logits.grad + r * v
+            var m = -Float.infinity
+            for j in 0..<v { m = Swift.max(m, x[j]) }
+            var z: Float = 0
+            for j in 0..<v {
+                let e = expf(x[j] - m)
+                p[j] = e
+                z += e
+            }
+            let inverse = 1 / z
+            for j in 0..<v { p[j] *= inverse }
+            total += logf(z) + m - x[Int(targets[r])]
+        }
+        return total
+    }
+
+    public func backward(_ logits: Activation, _ targets: UnsafePointer<Int32>) {
+        let v = logits.cols
+        for r in 0..<logits.rows {
+            let p = logits.grad + r * v
+            p[Int(targets[r])] -= 1
+        }
+        Kernels.scale(logits.grad, count: logits.rows * v, by: gradientScale)
+    }
+}

@@ -1,0 +1,171 @@
+import CMPI
+
+/// Element types that can travel through a collective.
+public protocol MPIScalar: Sendable {
+    static var datatype: OpaquePointer { get }
+}
+
+extension Float: MPIScalar { public static var datatype: OpaquePointer { cmpi_float() } }
+extension Double: MPIScalar { public static var datatype: OpaquePointer { cmpi_double() } }
+extension Int32: MPIScalar { public static var datatype: OpaquePointer { cmpi_int32() } }
+extension Int64: MPIScalar { public static var datatype: OpaquePointer { cmpi_int64() } }
+extension UInt8: MPIScalar { public static var datatype: OpaquePointer { cmpi_uint8() } }
+
+/// A group of ranks that talk to each other: the world, or one axis of a ``ProcessGrid``.
+///
+/// All buffers are caller-owned pointers; nothing here allocates on the heap, so a training step
+/// that uses these calls stays allocation-free. Costs below are per rank for `n` elements of
+/// `s` bytes in a group of `p` ranks, for the ring algorithms MPI uses at these sizes.
+public struct Communicator: @unchecked Sendable {
+    /// The MPI_Comm handle.
+    public let handle: OpaquePointer
+    /// This process's rank in the group.
+    public let rank: Int
+    /// Number of ranks in the group.
+    public let size: Int
+
+    public init(handle: OpaquePointer) {
+        self.handle = handle
+        var r: Int32 = 0, s: Int32 = 0
+        MPI.check(MPI_Comm_rank(handle, &r), "MPI_Comm_rank")
+        MPI.check(MPI_Comm_size(handle, &s), "MPI_Comm_size")
+        rank = Int(r)
+        size = Int(s)
+    }
+
+    /// MPI_COMM_WORLD.
+    public static var world: Communicator { Communicator(handle: cmpi_comm_world()) }
+
+    /// Splits the group: ranks with the same `color` form a new communicator, ordered by `key`.
+    /// A group of one rank is a real communicator too, so callers never special-case size 1.
+    public func split(color: Int, key: Int) -> Communicator {
+        var out: OpaquePointer? = cmpi_comm_null()
+        MPI.check(MPI_Comm_split(handle, Int32(color), Int32(key), &out), "MPI_Comm_split")
+        guard let out else { MPI.abort("error: MPI_Comm_split returned no communicator") }
+        MPI_Comm_set_errhandler(out, cmpi_errors_return())
+        return Communicator(handle: out)
+    }
+
+    /// Blocks until every rank of the group arrives.
+    public func barrier() {
+        MPI.check(MPI_Barrier(handle), "MPI_Barrier")
+    }
+
+    /// In-place sum over the group: afterwards every rank holds Σ of all ranks' `buffer`.
+    /// Moves 2·(p−1)/p·n·s bytes per rank (reduce-scatter then allgather).
+    public func allreduceSum<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int) {
+        if size == 1 || count == 0 { return }
+        MPI.check(MPI_Allreduce(cmpi_in_place(), buffer, Int32(count), T.datatype, cmpi_op_sum(), handle),
+                  "MPI_Allreduce")
+    }
+
+    /// In-place mean over the group (the sum, then one multiply by 1/p).
+    public func allreduceMean(_ buffer: UnsafeMutablePointer<Float>, count: Int) {
+        allreduceSum(buffer, count: count)
+        if size == 1 { return }
+        let scale = 1 / Float(size)
+        for i in 0..<count { buffer[i] *= scale }
+    }
+
+    /// In-place maximum over the group.
+    public func allreduceMax<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int) {
+        if size == 1 || count == 0 { return }
+        MPI.check(MPI_Allreduce(cmpi_in_place(), buffer, Int32(count), T.datatype, cmpi_op_max(), handle),
+                  "MPI_Allreduce")
+    }
+
+    /// Sum of one scalar over the group.
+    public func sum<T: MPIScalar>(_ value: T) -> T {
+        var v = value
+        allreduceSum(&v, count: 1)
+        return v
+    }
+
+    /// Maximum of one scalar over the group.
+    public func max<T: MPIScalar>(_ value: T) -> T {
+        var v = value
+        allreduceMax(&v, count: 1)
+        return v
+    }
+
+    /// Starts an in-place sum without waiting for it (`MPI_Iallreduce`). The buffer must not be
+    /// touched until ``Request/wait()`` returns. Lets gradient buckets travel while the backward
+    /// pass computes the next ones.
+    public func startAllreduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) -> Request {
+        if size == 1 || count == 0 { return Request() }
+        var request: OpaquePointer? = cmpi_request_null()
+        MPI.check(MPI_Iallreduce(cmpi_in_place(), buffer, Int32(count), Float.datatype, cmpi_op_sum(),
+                                 handle, &request), "MPI_Iallreduce")
+        return Request(handle: request)
+    }
+
+    /// Concatenates every rank's `count` elements, in rank order, into `output` (p·count elements)
+    /// on every rank. Moves (p−1)/p·p·count·s bytes per rank. `input` may alias this rank's slot
+    /// of `output`, in which case the copy is skipped (MPI_IN_PLACE).
+    public func allgather<T: MPIScalar>(_ input: UnsafePointer<T>, count: Int, into output: UnsafeMutablePointer<T>) {
+        if input == UnsafePointer(output + rank * count) {
+            if size == 1 { return }
+            MPI.check(MPI_Allgather(cmpi_in_place(), 0, T.datatype, output, Int32(count), T.datatype, handle),
+                      "MPI_Allgather")
+        } else {
+            if size == 1 { output.update(from: input, count: count); return }
+            MPI.check(MPI_Allgather(input, Int32(count), T.datatype, output, Int32(count), T.datatype, handle),
+                      "MPI_Allgather")
+        }
+    }
+
+    /// Sums `input` (p·count elements) over the group and leaves block `rank` of the sum, `count`
+    /// elements, in `output`. Moves (p−1)/p·p·count·s bytes per rank: half an allreduce.
+    public func reduceScatterSum(_ input: UnsafePointer<Float>, into output: UnsafeMutablePointer<Float>, count: Int) {
+        if size == 1 { output.update(from: input, count: count); return }
+        MPI.check(MPI_Reduce_scatter_block(input, output, Int32(count), Float.datatype, cmpi_op_sum(), handle),
+                  "MPI_Reduce_scatter_block")
+    }
+
+    /// Copies `count` elements from `root` to every rank.
+    public func broadcast<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int, root: Int) {
+        if size == 1 || count == 0 { return }
+        MPI.check(MPI_Bcast(buffer, Int32(count), T.datatype, Int32(root), handle), "MPI_Bcast")
+    }
+
+    /// Sends `count` elements to rank `destination` of this group (blocking, `MPI_Send`).
+    public func send<T: MPIScalar>(_ buffer: UnsafePointer<T>, count: Int, to destination: Int, tag: Int = 0) {
+        MPI.check(MPI_Send(buffer, Int32(count), T.datatype, Int32(destination), Int32(tag), handle), "MPI_Send")
+    }
+
+    /// Receives `count` elements from rank `source` of this group (blocking, `MPI_Recv`).
+    public func receive<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int, from source: Int, tag: Int = 0) {
+        MPI.check(MPI_Recv(buffer, Int32(count), T.datatype, Int32(source), Int32(tag), handle, cmpi_status_ignore()),
+                  "MPI_Recv")
+    }
+
+    /// Starts a send without waiting (`MPI_Isend`).
+    public func startSend<T: MPIScalar>(_ buffer: UnsafePointer<T>, count: Int, to destination: Int, tag: Int = 0) -> Request {
+        var request: OpaquePointer? = cmpi_request_null()
+        MPI.check(MPI_Isend(buffer, Int32(count), T.datatype, Int32(destination), Int32(tag), handle, &request), "MPI_Isend")
+        return Request(handle: request)
+    }
+
+    /// Starts a receive without waiting (`MPI_Irecv`).
+    public func startReceive<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int, from source: Int, tag: Int = 0) -> Request {
+        var request: OpaquePointer? = cmpi_request_null()
+        MPI.check(MPI_Irecv(buffer, Int32(count), T.datatype, Int32(source), Int32(tag), handle, &request), "MPI_Irecv")
+        return Request(handle: request)
+    }
+}
+
+/// A communication in flight. Call ``wait()`` exactly once before reusing its buffer.
+public struct Request: @unchecked Sendable {
+    var handle: OpaquePointer?
+
+    /// A request that is already complete (used for groups of one rank).
+    public init() { handle = nil }
+    init(handle: OpaquePointer?) { self.handle = handle }
+
+    /// Blocks until the operation completes.
+    public mutating func wait() {
+        guard handle != nil else { return }
+        MPI.check(MPI_Wait(&handle, cmpi_status_ignore()), "MPI_Wait")
+        handle = nil
+    }
+}

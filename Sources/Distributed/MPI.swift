@@ -1,0 +1,84 @@
+import CMPI
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// The MPI runtime: start-up, shutdown, and the one way out when something goes wrong.
+///
+/// `Distributed` is the only module that touches MPI. Every call's return code is checked:
+/// communicators are switched to `MPI_ERRORS_RETURN`, and a failure becomes one line on stderr
+/// followed by `MPI_Abort` of the whole job, so no rank is left waiting in a collective.
+public enum MPI {
+    /// Initialises MPI once per process (a second call is a no-op) and returns the world.
+    @discardableResult
+    public static func initialize() -> Communicator {
+        var started: Int32 = 0
+        MPI_Initialized(&started)
+        if started == 0 {
+            var provided: Int32 = 0
+            let rc = MPI_Init_thread(nil, nil, cmpi_thread_single(), &provided)
+            if rc != cmpi_success() {
+                writeError("error: MPI_Init failed (code \(rc))")
+                exit(1)
+            }
+        }
+        let world = Communicator.world
+        MPI_Comm_set_errhandler(world.handle, cmpi_errors_return())
+        return world
+    }
+
+    /// Whether `initialize()` has run in this process.
+    public static var isInitialized: Bool {
+        var started: Int32 = 0
+        MPI_Initialized(&started)
+        return started != 0
+    }
+
+    /// Shuts MPI down (once; later calls are no-ops).
+    public static func finalize() {
+        var started: Int32 = 0, finished: Int32 = 0
+        MPI_Initialized(&started)
+        MPI_Finalized(&finished)
+        if started != 0 && finished == 0 { MPI_Finalize() }
+    }
+
+    /// Prints `message` on stderr and aborts every rank of the job with exit code `code`.
+    public static func abort(_ message: String, code: Int32 = 1) -> Never {
+        writeError(message)
+        if isInitialized {
+            MPI_Abort(cmpi_comm_world(), code)
+        }
+        exit(code)
+    }
+
+    /// Wall-clock seconds (MPI_Wtime), monotonic on every platform MPI supports.
+    @inline(__always)
+    public static func time() -> Double { MPI_Wtime() }
+
+    /// Turns a failed MPI return code into an abort naming the call.
+    @inline(__always)
+    static func check(_ rc: Int32, _ call: StaticString) {
+        if rc != cmpi_success() { fail(rc, call) }
+    }
+
+    @inline(never)
+    static func fail(_ rc: Int32, _ call: StaticString) -> Never {
+        var buffer = [CChar](repeating: 0, count: Int(cmpi_max_error_string()) + 1)
+        var length: Int32 = 0
+        MPI_Error_string(rc, &buffer, &length)
+        let text = String(decoding: buffer.prefix(Int(length)).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        abort("error: \(call) failed: \(text)")
+    }
+}
+
+/// Writes one line to file descriptor 2 without touching Foundation's non-Sendable `stderr`.
+public func writeError(_ line: String) {
+    var text = line
+    if !text.hasSuffix("\n") { text += "\n" }
+    text.utf8CString.withUnsafeBufferPointer { buffer in
+        _ = write(2, buffer.baseAddress, buffer.count - 1)
+    }
+}

@@ -1,0 +1,110 @@
+@_exported import ArgumentParser
+import Core
+
+/// The flags every executable shares, with the same defaults (those of ml.c's `train.c`).
+public struct TrainingOptions: ParsableArguments, Sendable {
+    @Option(help: "Text file with one example per line.")
+    public var data: String = "data/words.txt"
+
+    @Option(help: "Total number of optimizer steps.")
+    public var steps: Int = 25000
+
+    @Option(name: .customLong("batch-size"), help: "Global batch size (examples per step, over all ranks).")
+    public var batchSize: Int = 32
+
+    @Option(name: .customLong("seq-len"), help: "Context length in characters.")
+    public var seqLen: Int = 16
+
+    @Option(help: "Embedding width.")
+    public var emb: Int = 16
+
+    @Option(help: "Hidden width of every Linear + ReLU block.")
+    public var hidden: Int = 64
+
+    @Option(help: "Number of hidden Linear + ReLU blocks (1 is ml.c's model).")
+    public var layers: Int = 1
+
+    @Option(help: "Learning rate.")
+    public var lr: Float = 0.1
+
+    @Option(help: "Optimizer: sgd or adam.")
+    public var optimizer: OptimizerKind = .sgd
+
+    @Option(help: "Adam's β₁.")
+    public var beta1: Float = 0.9
+
+    @Option(help: "Adam's β₂.")
+    public var beta2: Float = 0.999
+
+    @Option(help: "Adam's ε.")
+    public var eps: Float = 1e-8
+
+    @Option(name: .customLong("weight-decay"), help: "Decoupled weight decay (AdamW-style; also applied with sgd).")
+    public var weightDecay: Float = 0
+
+    @Option(help: "Seed for initialisation, batches and samples.")
+    public var seed: UInt64 = 42
+
+    @Option(name: .customLong("val-batches"), help: "Validation batches (of --batch-size) evaluated after training.")
+    public var valBatches: Int = 100
+
+    @Option(help: "Text samples generated after validation.")
+    public var samples: Int = 10
+
+    @Option(help: "Sampling temperature.")
+    public var temperature: Float = 1.0
+
+    @Option(name: .customLong("log-every"), help: "Print a progress line every this many steps.")
+    public var logEvery: Int = 1000
+
+    @Option(help: "Write JSON Lines metrics here (rank 0): one {\"step\",\"loss\"} per step, then {\"val_loss\"}.")
+    public var metrics: String?
+
+    @Option(help: "After training, write the full parameters and the last step's full gradients (canonical layout, float32) here.")
+    public var dump: String?
+
+    public init() {}
+
+    public var model: (Int) -> ModelConfig {
+        { vocab in ModelConfig(vocab: vocab, seqLen: seqLen, emb: emb, hidden: hidden, layers: layers) }
+    }
+
+    public var optimizerConfig: OptimizerConfig {
+        OptimizerConfig(kind: optimizer, learningRate: lr, beta1: beta1, beta2: beta2, epsilon: eps, weightDecay: weightDecay)
+    }
+
+    /// Checks every numeric flag; the error names the flag and the value.
+    public func check() throws(UsageError) {
+        func positive(_ value: Int, _ flag: String) throws(UsageError) {
+            if value <= 0 { throw UsageError("--\(flag) must be a positive integer (got \(value))") }
+        }
+        try positive(steps, "steps")
+        try positive(batchSize, "batch-size")
+        try positive(seqLen, "seq-len")
+        try positive(emb, "emb")
+        try positive(hidden, "hidden")
+        try positive(layers, "layers")
+        try positive(valBatches, "val-batches")
+        try positive(logEvery, "log-every")
+        if samples < 0 { throw UsageError("--samples must not be negative (got \(samples))") }
+        if !lr.isFinite || lr <= 0 { throw UsageError("--lr must be a positive finite number (got \(lr))") }
+        if !temperature.isFinite || temperature <= 0 {
+            throw UsageError("--temperature must be a positive finite number (got \(temperature))")
+        }
+        if !(beta1 >= 0 && beta1 < 1) { throw UsageError("--beta1 must be in [0, 1) (got \(beta1))") }
+        if !(beta2 >= 0 && beta2 < 1) { throw UsageError("--beta2 must be in [0, 1) (got \(beta2))") }
+        if !eps.isFinite || eps <= 0 { throw UsageError("--eps must be a positive finite number (got \(eps))") }
+        if !weightDecay.isFinite || weightDecay < 0 {
+            throw UsageError("--weight-decay must be a finite number ≥ 0 (got \(weightDecay))")
+        }
+        if seqLen * emb > 1 << 24 || hidden > 1 << 24 { throw UsageError("--seq-len × --emb and --hidden must stay below 2^24") }
+    }
+}
+
+extension OptimizerKind: ExpressibleByArgument {}
+
+/// A problem with the command line or the layout, reported as one line.
+public struct UsageError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}

@@ -1,0 +1,170 @@
+import Core
+import Distributed
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// An executable of the suite: the shared flags plus a way to build its layout.
+///
+/// `launch()` is the whole program: parse, start MPI, load the data, build the layout, run the
+/// reference training loop, validate, sample. Any error becomes one line on stderr (printed by
+/// one rank) and exit status 1 on every rank; no rank is left waiting.
+public protocol TrainingCommand: ParsableCommand {
+    var options: TrainingOptions { get }
+    /// Builds this executable's layout. Throw a `UsageError` for a layout that cannot work.
+    func makeLayout(_ context: TrainingContext) throws(UsageError) -> TrainingLayout
+}
+
+extension TrainingCommand {
+    public static func launch() -> Never {
+        let command: Self
+        do {
+            command = try Self.parse(Array(CommandLine.arguments.dropFirst()))
+        } catch {
+            if Self.exitCode(for: error) == .success {
+                print(Self.fullMessage(for: error))
+                Glibc.exit(0)
+            }
+            let message = Self.message(for: error).split(separator: "\n").joined(separator: " ")
+            writeError("error: \(message) (see --help)")
+            Glibc.exit(64)
+        }
+        let world = MPI.initialize()
+        let code = Trainer(command: command, world: world).run()
+        MPI.finalize()
+        Glibc.exit(code)
+    }
+}
+
+/// Runs a step everywhere or fails everywhere: if any rank throws, the lowest failing rank prints
+/// its message and every rank gets `nil`. One tiny allreduce; no rank can be left behind.
+func agreeing<T>(_ world: Communicator, _ body: () throws -> T) -> T? {
+    var result: T?
+    var message = ""
+    do { result = try body() } catch { message = "\(error)" }
+    // Largest (size − rank) among failing ranks ⇒ the lowest failing rank.
+    let flag = world.max(Int32(result == nil ? world.size - world.rank : 0))
+    if flag == 0 { return result }
+    if world.rank == world.size - Int(flag) { writeError("error: \(message)") }
+    return nil
+}
+
+struct Trainer<Command: TrainingCommand> {
+    let command: Command
+    let world: Communicator
+    var options: TrainingOptions { command.options }
+    var isLeader: Bool { world.rank == 0 }
+
+    func say(_ line: String) { if isLeader { print(line) } }
+
+    /// Returns the process exit status.
+    func run() -> Int32 {
+        guard let dataset = agreeing(world, { () throws -> Dataset in
+            try options.check()
+            return try Dataset.load(path: options.data, seqLen: options.seqLen)
+        }) else { return 1 }
+
+        let config = options.model(dataset.vocabulary.count)
+        let context = TrainingContext(world: world, options: options, config: config, optimizer: options.optimizerConfig,
+                                      dataset: dataset, initialParameters: config.initialParameters(seed: options.seed))
+        guard let layout = agreeing(world, { try command.makeLayout(context) }) else { return 1 }
+        guard let metrics = agreeing(world, { () throws -> MetricsWriter? in
+            guard isLeader, let path = options.metrics else { return nil }
+            return try MetricsWriter(path: path)
+        }) else { return 1 }
+
+        say("\(Command._commandName): \(world.size) rank(s), \(config), \(config.parameterCount) parameters, "
+            + "\(dataset.train.count) training / \(dataset.validation.count) validation examples from \(options.data)")
+
+        let train = BatchSampler(examples: dataset.train, batchSize: options.batchSize, seed: options.seed, stream: .trainingBatches)
+        let validation = BatchSampler(examples: dataset.validation, batchSize: options.batchSize, seed: options.seed,
+                                      stream: .validationBatches)
+
+        // The reference loop.
+        var windowStart = MPI.time()
+        var windowLoss: Double = 0
+        for step in 0..<options.steps {
+            let loss = layout.forwardBackward(batch: step, from: train)
+            if !loss.isFinite {
+                metrics?.flush()
+                if isLeader { writeError("error: loss became \(loss) at step \(step); stopping (nothing saved)") }
+                return 1
+            }
+            layout.update(step: step + 1)
+            metrics?.record(step: step, loss: loss)
+            windowLoss += Double(loss)
+            if (step + 1) % options.logEvery == 0 || step + 1 == options.steps {
+                let now = MPI.time()
+                let steps = (step % options.logEvery) + 1
+                let perStep = (now - windowStart) / Double(steps)
+                say("step \(step + 1)/\(options.steps)  loss \(format(loss, 4))  mean \(format(Float(windowLoss / Double(steps)), 4))  "
+                    + "\(format(Float(perStep * 1e6), 1)) µs/step  \(format(Float(Double(options.batchSize) / perStep), 0)) tokens/s")
+                windowStart = now
+                windowLoss = 0
+            }
+        }
+
+        if let path = options.dump {
+            let parameters = layout.gatherParameters()
+            let gradients = layout.gatherGradients()
+            if isLeader, let parameters, let gradients {
+                do { try writeDump(path: path, config: config, parameters: parameters, gradients: gradients) } catch {
+                    writeError("error: \(error)")
+                    return 1
+                }
+            }
+        }
+
+        var validationLoss: Double = 0
+        for i in 0..<options.valBatches { validationLoss += Double(layout.evaluate(batch: i, from: validation)) }
+        let valLoss = Float(validationLoss / Double(options.valBatches))
+        say("validation loss \(format(valLoss, 4)) (\(options.valBatches) batches of \(options.batchSize))")
+        if let metrics {
+            metrics.append("{\"val_loss\":\(valLoss.description),\"steps\":\(options.steps),\"world\":\(world.size)}\n")
+            metrics.flush()
+        }
+
+        let parameters = options.samples > 0 ? layout.gatherParameters() : nil
+        if isLeader, let parameters {
+            let sampler = Model(config: config, batchSize: 1)
+            sampler.load(parameters)
+            say("samples (temperature \(options.temperature)):")
+            for text in generateSamples(model: sampler, vocabulary: dataset.vocabulary, count: options.samples,
+                                        temperature: options.temperature, seed: options.seed) {
+                say("  \(text)")
+            }
+        }
+        return 0
+    }
+}
+
+func format(_ x: Float, _ decimals: Int) -> String {
+    var scale: Float = 1
+    for _ in 0..<decimals { scale *= 10 }
+    let rounded = (Double(x) * Double(scale)).rounded() / Double(scale)
+    if decimals == 0 { return String(Int(rounded)) }
+    var text = String(rounded)
+    if let dot = text.firstIndex(of: ".") {
+        let have = text.distance(from: dot, to: text.endIndex) - 1
+        if have < decimals { text += String(repeating: "0", count: decimals - have) }
+    }
+    return text
+}
+
+/// The dump format: "PSDUMP1\n", then a JSON header line with the model configuration and Ψ,
+/// then Ψ little-endian float32 parameters and Ψ float32 gradients, canonical layout.
+func writeDump(path: String, config: ModelConfig, parameters: [Float], gradients: [Float]) throws(UsageError) {
+    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+    if fd < 0 { throw UsageError("cannot write dump '\(path)': \(String(cString: strerror(errno)))") }
+    defer { close(fd) }
+    let header = "PSDUMP1\n{\"vocab\":\(config.vocab),\"seq_len\":\(config.seqLen),\"emb\":\(config.emb),\"hidden\":\(config.hidden),\"layers\":\(config.layers),\"count\":\(parameters.count)}\n"
+    var bytes = Array(header.utf8)
+    for array in [parameters, gradients] {
+        array.withUnsafeBytes { bytes.append(contentsOf: $0) }
+    }
+    let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+    if written != bytes.count { throw UsageError("short write to dump '\(path)'") }
+}

@@ -1,0 +1,17 @@
+import Training
+
+/// `train`: the single-rank reference. Every other executable must reproduce its losses and
+/// gradients step for step.
+struct Train: TrainingCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train",
+        abstract: "Train the character-level MLP on one rank: the reference for every parallel layout.")
+
+    @OptionGroup var options: TrainingOptions
+
+    func makeLayout(_ context: TrainingContext) throws(UsageError) -> TrainingLayout {
+        try SingleRank(context)
+    }
+}
+
+Train.launch()
