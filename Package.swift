@@ -54,6 +54,6 @@ let package = Package(
         ),
         .executableTarget(name: "train", dependencies: ["Training"], swiftSettings: hot),
         .testTarget(name: "CoreTests", dependencies: ["Core"], swiftSettings: hot),
-        .testTarget(name: "EndToEndTests", dependencies: ["Core"], swiftSettings: hot),
+        .testTarget(name: "EndToEndTests"),
     ]
 )

@@ -6,55 +6,55 @@ public struct TrainingOptions: ParsableArguments, Sendable {
     @Option(help: "Text file with one example per line.")
     public var data: String = "data/words.txt"
 
-    @Option(help: "Total number of optimizer steps.")
+    @Option(parsing: .unconditional, help: "Total number of optimizer steps.")
     public var steps: Int = 25000
 
-    @Option(name: .customLong("batch-size"), help: "Global batch size (examples per step, over all ranks).")
+    @Option(name: .customLong("batch-size"), parsing: .unconditional, help: "Global batch size (examples per step, over all ranks).")
     public var batchSize: Int = 32
 
-    @Option(name: .customLong("seq-len"), help: "Context length in characters.")
+    @Option(name: .customLong("seq-len"), parsing: .unconditional, help: "Context length in characters.")
     public var seqLen: Int = 16
 
-    @Option(help: "Embedding width.")
+    @Option(parsing: .unconditional, help: "Embedding width.")
     public var emb: Int = 16
 
-    @Option(help: "Hidden width of every Linear + ReLU block.")
+    @Option(parsing: .unconditional, help: "Hidden width of every Linear + ReLU block.")
     public var hidden: Int = 64
 
-    @Option(help: "Number of hidden Linear + ReLU blocks (1 is ml.c's model).")
+    @Option(parsing: .unconditional, help: "Number of hidden Linear + ReLU blocks (1 is ml.c's model).")
     public var layers: Int = 1
 
-    @Option(help: "Learning rate.")
+    @Option(parsing: .unconditional, help: "Learning rate.")
     public var lr: Float = 0.1
 
     @Option(help: "Optimizer: sgd or adam.")
     public var optimizer: OptimizerKind = .sgd
 
-    @Option(help: "Adam's β₁.")
+    @Option(parsing: .unconditional, help: "Adam's β₁.")
     public var beta1: Float = 0.9
 
-    @Option(help: "Adam's β₂.")
+    @Option(parsing: .unconditional, help: "Adam's β₂.")
     public var beta2: Float = 0.999
 
-    @Option(help: "Adam's ε.")
+    @Option(parsing: .unconditional, help: "Adam's ε.")
     public var eps: Float = 1e-8
 
-    @Option(name: .customLong("weight-decay"), help: "Decoupled weight decay (AdamW-style; also applied with sgd).")
+    @Option(name: .customLong("weight-decay"), parsing: .unconditional, help: "Decoupled weight decay (AdamW-style; also applied with sgd).")
     public var weightDecay: Float = 0
 
-    @Option(help: "Seed for initialisation, batches and samples.")
+    @Option(parsing: .unconditional, help: "Seed for initialisation, batches and samples.")
     public var seed: UInt64 = 42
 
-    @Option(name: .customLong("val-batches"), help: "Validation batches (of --batch-size) evaluated after training.")
+    @Option(name: .customLong("val-batches"), parsing: .unconditional, help: "Validation batches (of --batch-size) evaluated after training.")
     public var valBatches: Int = 100
 
-    @Option(help: "Text samples generated after validation.")
+    @Option(parsing: .unconditional, help: "Text samples generated after validation.")
     public var samples: Int = 10
 
-    @Option(help: "Sampling temperature.")
+    @Option(parsing: .unconditional, help: "Sampling temperature.")
     public var temperature: Float = 1.0
 
-    @Option(name: .customLong("log-every"), help: "Print a progress line every this many steps.")
+    @Option(name: .customLong("log-every"), parsing: .unconditional, help: "Print a progress line every this many steps.")
     public var logEvery: Int = 1000
 
     @Option(help: "Write JSON Lines metrics here (rank 0): one {\"step\",\"loss\"} per step, then {\"val_loss\"}.")

@@ -1,0 +1,180 @@
+import XCTest
+@testable import Core
+
+/// Analytic gradients (Float, the kernels) against central finite differences of an independent
+/// Double implementation.
+final class GradientTests: XCTestCase {
+    /// Gradient of Σ y ⊙ R for a single Linear, checked per parameter and per input.
+    func checkLinear(inputs: Int, outputs: Int, rows: Int, relu: Bool) {
+        var f = Fixture(UInt64(inputs * 1000 + outputs * 10 + rows))
+        let count = Linear.parameterCount(inputs: inputs, outputs: outputs)
+        let buffer = ParameterBuffer(count: count)
+        let p = f.floats(count, 0.5)
+        for i in 0..<count { buffer.value[i] = p[i] }
+        let layer = Linear(inputs: inputs, outputs: outputs, relu: relu, parameters: buffer.view(offset: 0, count: count),
+                           workspace: Workspace(capacity: inputs * outputs))
+        let x = Activation(rows: rows, cols: inputs), y = Activation(rows: rows, cols: outputs)
+        let xs = f.floats(rows * inputs)
+        for i in 0..<xs.count { x.value[i] = xs[i] }
+        let r = f.floats(rows * outputs)
+        layer.forward(x, y)
+        for i in 0..<r.count { y.grad[i] = r[i] }
+        layer.backward(x, y)
+
+        // Double reference: L(p, x) = Σ r ⊙ act(x·W + b).
+        func loss(_ p: [Double], _ x: [Double]) -> Double {
+            var total = 0.0
+            for b in 0..<rows {
+                for o in 0..<outputs {
+                    var s = p[inputs * outputs + o]
+                    for k in 0..<inputs { s += x[b * inputs + k] * p[k * outputs + o] }
+                    if relu { s = max(0, s) }
+                    total += Double(r[b * outputs + o]) * s
+                }
+            }
+            return total
+        }
+        let pd = p.map(Double.init), xd = xs.map(Double.init)
+        let h = 1e-6
+        func numeric(_ v: [Double], _ eval: ([Double]) -> Double) -> [Double] {
+            var q = v
+            return (0..<v.count).map { i in
+                q[i] = v[i] + h; let up = eval(q)
+                q[i] = v[i] - h; let down = eval(q)
+                q[i] = v[i]
+                return (up - down) / (2 * h)
+            }
+        }
+        let dp = numeric(pd) { loss($0, xd) }
+        let dx = numeric(xd) { loss(pd, $0) }
+        let analyticP = (0..<count).map { Double(buffer.grad[$0]) }
+        let analyticX = (0..<xs.count).map { Double(x.grad[$0]) }
+        let wp = worstRatio(analyticP, dp, rtol: 1e-3, atol: 1e-4)
+        let wx = worstRatio(analyticX, dx, rtol: 1e-3, atol: 1e-4)
+        XCTAssertLessThanOrEqual(wp.ratio, 1, "dW/db \(inputs)×\(outputs) rows \(rows) relu \(relu) at \(wp.index)")
+        XCTAssertLessThanOrEqual(wx.ratio, 1, "dX \(inputs)×\(outputs) rows \(rows) relu \(relu) at \(wx.index)")
+
+        // Forward value against the Double reference.
+        var forward = 0.0
+        for i in 0..<r.count { forward += Double(r[i]) * Double(y.value[i]) }
+        XCTAssertEqual(forward, loss(pd, xd), accuracy: 1e-4 * max(1, abs(forward)))
+    }
+
+    func testLinearGradients() {
+        for (i, o, b) in [(3, 5, 2), (17, 27, 5), (48, 33, 7), (5, 64, 1), (64, 16, 9)] {
+            checkLinear(inputs: i, outputs: o, rows: b, relu: false)
+            checkLinear(inputs: i, outputs: o, rows: b, relu: true)
+        }
+    }
+
+    func testLinearAccumulatesParameterGradients() {
+        let count = Linear.parameterCount(inputs: 4, outputs: 3)
+        let buffer = ParameterBuffer(count: count)
+        var f = Fixture(9)
+        let p = f.floats(count)
+        for i in 0..<count { buffer.value[i] = p[i] }
+        let layer = Linear(inputs: 4, outputs: 3, relu: false, parameters: buffer.view(offset: 0, count: count),
+                           workspace: Workspace(capacity: 12))
+        let x = Activation(rows: 2, cols: 4), y = Activation(rows: 2, cols: 3)
+        for i in 0..<8 { x.value[i] = Float(i) - 3 }
+        for i in 0..<6 { y.grad[i] = 1 }
+        layer.backward(x, y)
+        let once = (0..<count).map { buffer.grad[$0] }
+        for i in 0..<6 { y.grad[i] = 1 }
+        layer.backward(x, y)
+        for i in 0..<count { XCTAssertEqual(buffer.grad[i], 2 * once[i], accuracy: 1e-5) }
+    }
+
+    func testEmbeddingGradientAddsRepeatedTokens() {
+        let vocab = 5, dim = 3
+        let buffer = ParameterBuffer(count: vocab * dim)
+        for i in 0..<vocab * dim { buffer.value[i] = Float(i) }
+        let layer = Embedding(vocab: vocab, dim: dim, parameters: buffer.view(offset: 0, count: vocab * dim))
+        let tokens = Activation(rows: 2, cols: 2), out = Activation(rows: 2, cols: 2 * dim)
+        let ids: [Float] = [1, 4, 1, 0]
+        for i in 0..<4 { tokens.value[i] = ids[i] }
+        layer.forward(tokens, out)
+        for t in 0..<4 { for d in 0..<dim { XCTAssertEqual(out.value[t * dim + d], Float(Int(ids[t]) * dim + d)) } }
+        for i in 0..<out.count { out.grad[i] = Float(i + 1) }
+        layer.backward(tokens, out)
+        // Token 1 appears at positions 0 and 2: its row gets both.
+        for d in 0..<dim {
+            XCTAssertEqual(buffer.grad[1 * dim + d], Float(d + 1) + Float(2 * dim + d + 1))
+            XCTAssertEqual(buffer.grad[4 * dim + d], Float(dim + d + 1))
+            XCTAssertEqual(buffer.grad[0 * dim + d], Float(3 * dim + d + 1))
+            XCTAssertEqual(buffer.grad[2 * dim + d], 0)
+        }
+    }
+
+    /// The whole model, every parameter, at --layers 1 and 3.
+    func checkModel(layers: Int) {
+        let config = ModelConfig(vocab: 7, seqLen: 3, emb: 4, hidden: 10, layers: layers)
+        let batch = 5
+        let model = Model(config: config, batchSize: batch)
+        var p = config.initialParameters(seed: 7)
+        var f = Fixture(UInt64(layers))
+        // Nudge the parameters so no ReLU input sits at exactly zero.
+        for i in 0..<p.count { p[i] += f.rng.symmetric(0.05) }
+        model.load(p)
+        let tokens = (0..<batch).map { _ in f.ints(config.seqLen, below: config.vocab) }
+        let targets = f.ints(batch, below: config.vocab)
+        for b in 0..<batch {
+            for s in 0..<config.seqLen { model.tokens.value[b * config.seqLen + s] = Float(tokens[b][s]) }
+            model.targets[b] = Int32(targets[b])
+        }
+        let loss = model.forward() / Float(batch)
+        model.backward()
+        let reference = DoubleModel(config: config)
+        let pd = p.map(Double.init)
+        XCTAssertEqual(Double(loss), reference.loss(pd, tokens: tokens, targets: targets), accuracy: 1e-5)
+        let numeric = reference.numericGradient(pd, tokens: tokens, targets: targets)
+        let analytic = (0..<p.count).map { Double(model.parameters.grad[$0]) }
+        let worst = worstRatio(analytic, numeric, rtol: 1e-3, atol: 1e-5)
+        XCTAssertLessThanOrEqual(worst.ratio, 1, "layers \(layers): parameter \(worst.index) analytic \(analytic[max(0, worst.index)]) numeric \(numeric[max(0, worst.index)])")
+    }
+
+    func testModelGradientsOneLayer() { checkModel(layers: 1) }
+    func testModelGradientsThreeLayers() { checkModel(layers: 3) }
+}
+
+final class LossTests: XCTestCase {
+    func testSoftmaxCrossEntropyMatchesDouble() {
+        let logits = Activation(rows: 3, cols: 27)
+        var f = Fixture(3)
+        let values = f.floats(81, 4)
+        for i in 0..<81 { logits.value[i] = values[i] }
+        let targets: [Int32] = [0, 13, 26]
+        let loss = SoftmaxCrossEntropy(gradientScale: 1.0 / 3)
+        let total = targets.withUnsafeBufferPointer { loss.forward(logits, $0.baseAddress!) }
+        var expected = 0.0
+        for r in 0..<3 {
+            let row = (0..<27).map { Double(values[r * 27 + $0]) }
+            let m = row.max()!
+            expected += log(row.reduce(0) { $0 + exp($1 - m) }) + m - row[Int(targets[r])]
+        }
+        XCTAssertEqual(Double(total), expected, accuracy: 1e-5)
+        targets.withUnsafeBufferPointer { loss.backward(logits, $0.baseAddress!) }
+        for r in 0..<3 {
+            var rowSum: Float = 0
+            for j in 0..<27 { rowSum += logits.grad[r * 27 + j] }
+            XCTAssertEqual(rowSum, 0, accuracy: 1e-6, "each row of (p − onehot)/B sums to zero")
+        }
+    }
+
+    func testLargeLogitsStayFinite() {
+        let logits = Activation(rows: 2, cols: 4)
+        let values: [Float] = [1e4, -1e4, 0, 3e4, -1e38, 1e38, 1e30, -1e30]
+        for i in 0..<8 { logits.value[i] = values[i] }
+        let targets: [Int32] = [1, 0]
+        let loss = SoftmaxCrossEntropy(gradientScale: 0.5)
+        let total = targets.withUnsafeBufferPointer { loss.forward(logits, $0.baseAddress!) }
+        XCTAssertTrue(total.isFinite)
+        // Row 0: target −1e4 against max 3e4 → loss 4e4. Row 1: target −1e38 against 1e38 → 2e38;
+        // exp(−2e38) underflows to 0, but log-sum-exp never takes log(0).
+        XCTAssertEqual(Double(total), 4e4 + 2e38, accuracy: 1e33)
+        targets.withUnsafeBufferPointer { loss.backward(logits, $0.baseAddress!) }
+        for i in 0..<8 { XCTAssertTrue(logits.grad[i].isFinite) }
+        XCTAssertEqual(logits.grad[3], 0.5, accuracy: 1e-6)   // p = 1 at the max, not the target
+        XCTAssertEqual(logits.grad[1], -0.5, accuracy: 1e-6)  // p = 0 at the target
+    }
+}

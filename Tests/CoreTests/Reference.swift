@@ -1,0 +1,63 @@
+import Foundation
+import Core
+
+/// A naive model in Double, written independently of the kernels: the ground truth for the
+/// gradient checks (its loss is differentiated by central finite differences).
+struct DoubleModel {
+    let config: ModelConfig
+
+    /// Mean cross-entropy of the batch under canonical parameters `p`.
+    func loss(_ p: [Double], tokens: [[Int]], targets: [Int]) -> Double {
+        var total = 0.0
+        for (row, context) in tokens.enumerated() {
+            var x: [Double] = []
+            for t in context { x += (0..<config.emb).map { p[t * config.emb + $0] } }
+            for i in 1...config.layers + 1 {
+                let s = config.linearShape(block: i)
+                let offset = config.parameterOffset(block: i)
+                var y = [Double](repeating: 0, count: s.outputs)
+                for o in 0..<s.outputs {
+                    var sum = p[offset + s.inputs * s.outputs + o]
+                    for k in 0..<s.inputs { sum += x[k] * p[offset + k * s.outputs + o] }
+                    y[o] = i <= config.layers ? max(0, sum) : sum
+                }
+                x = y
+            }
+            let m = x.max()!
+            let z = x.reduce(0) { $0 + exp($1 - m) }
+            total += log(z) + m - x[targets[row]]
+        }
+        return total / Double(tokens.count)
+    }
+
+    /// ∂loss/∂p by central differences.
+    func numericGradient(_ p: [Double], tokens: [[Int]], targets: [Int], h: Double = 1e-5) -> [Double] {
+        var q = p
+        return (0..<p.count).map { i in
+            q[i] = p[i] + h
+            let up = loss(q, tokens: tokens, targets: targets)
+            q[i] = p[i] - h
+            let down = loss(q, tokens: tokens, targets: targets)
+            q[i] = p[i]
+            return (up - down) / (2 * h)
+        }
+    }
+}
+
+/// Deterministic pseudo-random test data.
+struct Fixture {
+    var rng: SplitMix64
+    init(_ seed: UInt64) { rng = SplitMix64(seed: seed) }
+    mutating func floats(_ n: Int, _ bound: Float = 1) -> [Float] { (0..<n).map { _ in rng.symmetric(bound) } }
+    mutating func ints(_ n: Int, below: Int) -> [Int] { (0..<n).map { _ in rng.below(below) } }
+}
+
+/// Largest violation of |a − b| ≤ atol + rtol·|b|, as a ratio (≤ 1 passes).
+func worstRatio(_ a: [Double], _ b: [Double], rtol: Double, atol: Double) -> (ratio: Double, index: Int) {
+    var worst = (0.0, -1)
+    for i in 0..<a.count {
+        let r = abs(a[i] - b[i]) / (atol + rtol * abs(b[i]))
+        if r > worst.0 { worst = (r, i) }
+    }
+    return worst
+}

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite: set up (install, data, release build), then `swift test`.
+# The end-to-end tests launch the release executables under mpirun, so the build comes first.
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+"$ROOT/scripts/setup.sh"
+cd "$ROOT"
+swift build --build-tests 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\]' || true
+swift test --skip-build --disable-swift-testing "$@"
