@@ -32,6 +32,8 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .executable(name: "train", targets: ["train"]),
+        .executable(name: "train_dp", targets: ["train_dp"]),
+        .executable(name: "train_fsdp", targets: ["train_fsdp"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -53,6 +55,8 @@ let package = Package(
             swiftSettings: hot
         ),
         .executableTarget(name: "train", dependencies: ["Training"], swiftSettings: hot),
+        .executableTarget(name: "train_dp", dependencies: ["Training"], swiftSettings: hot),
+        .executableTarget(name: "train_fsdp", dependencies: ["Training"], swiftSettings: hot),
         .testTarget(name: "CoreTests", dependencies: ["Core"], swiftSettings: hot),
         .testTarget(name: "EndToEndTests"),
     ]

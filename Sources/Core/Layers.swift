@@ -42,17 +42,22 @@ public struct ParameterView: @unchecked Sendable {
 }
 
 /// A flat, owned buffer of parameters and their gradients, zero-initialised.
+///
+/// `spare` extra floats after the `count` gradients travel with them in a flat gradient
+/// collective: `train_dp` puts the batch's loss sum there, so one allreduce per step carries both.
 public final class ParameterBuffer {
     public let count: Int
+    public let spare: Int
     public let value: UnsafeMutablePointer<Float>
     public let grad: UnsafeMutablePointer<Float>
 
-    public init(count: Int) {
+    public init(count: Int, spare: Int = 0) {
         self.count = count
+        self.spare = spare
         value = .allocate(capacity: max(1, count))
-        grad = .allocate(capacity: max(1, count))
+        grad = .allocate(capacity: max(1, count + spare))
         value.initialize(repeating: 0, count: max(1, count))
-        grad.initialize(repeating: 0, count: max(1, count))
+        grad.initialize(repeating: 0, count: max(1, count + spare))
     }
 
     deinit {

@@ -95,17 +95,18 @@ public struct ModelConfig: Equatable, Hashable, Sendable, Codable, CustomStringC
         return p
     }
 
+    /// The reference layer of block `i` over `parameters` (``parameterCount(block:)`` floats).
+    public func makeLayer(block i: Int, parameters: ParameterView, workspace: Workspace) -> Layer {
+        if i == 0 { return Embedding(vocab: vocab, dim: emb, parameters: parameters) }
+        let s = linearShape(block: i)
+        return Linear(inputs: s.inputs, outputs: s.outputs, relu: i <= layers, parameters: parameters, workspace: workspace)
+    }
+
     /// The reference layers over parameter storage chosen by the caller: `parameters(i)` gives
     /// block `i`'s view. The same construction serves the reference model (slices of one flat
     /// buffer) and FSDP (one shared gather buffer).
     public func makeLayers(parameters: (Int) -> ParameterView, workspace: Workspace) -> [Layer] {
-        var layers: [Layer] = [Embedding(vocab: vocab, dim: emb, parameters: parameters(0))]
-        for i in 1...self.layers + 1 {
-            let s = linearShape(block: i)
-            layers.append(Linear(inputs: s.inputs, outputs: s.outputs, relu: i <= self.layers,
-                                 parameters: parameters(i), workspace: workspace))
-        }
-        return layers
+        (0..<blockCount).map { makeLayer(block: $0, parameters: parameters($0), workspace: workspace) }
     }
 }
 
@@ -124,11 +125,13 @@ public final class Model {
     public var loss: SoftmaxCrossEntropy
     let workspace: Workspace
 
-    /// - Parameter lossScale: the gradient scale of the loss, normally `1 / global batch`.
-    public init(config: ModelConfig, batchSize: Int, lossScale: Float? = nil) {
+    /// - Parameters:
+    ///   - lossScale: the gradient scale of the loss, normally `1 / global batch`.
+    ///   - spareGradients: extra gradient floats after the Ψ real ones (see ``ParameterBuffer``).
+    public init(config: ModelConfig, batchSize: Int, lossScale: Float? = nil, spareGradients: Int = 0) {
         self.config = config
         self.batchSize = batchSize
-        let parameters = ParameterBuffer(count: config.parameterCount)
+        let parameters = ParameterBuffer(count: config.parameterCount, spare: spareGradients)
         let workspace = Workspace(capacity: config.largestWeight)
         self.parameters = parameters
         self.workspace = workspace
