@@ -13,5 +13,5 @@ MPIRUN=(mpirun --oversubscribe --bind-to none)
 # Is everything installed and built? (cheap check, used to skip setup)
 is_set_up() {
   command -v mpirun >/dev/null 2>&1 && pkg-config --exists ompi 2>/dev/null \
-    && [ -s "$ROOT/data/words.txt" ] && [ -x "$BIN/train" ]
+    && [ -s "$ROOT/data/words.txt" ] && [ -x "$BIN/train" ] && [ -x "$BIN/train_fsdp" ]
 }

@@ -1,14 +1,24 @@
 #!/usr/bin/env bash
-# The main job in one command: set up if needed, then train.
+# The main job in one command: set up if needed, then train with FSDP on 2 ranks.
 #
-#   scripts/train.sh [-np N] [flags...]      e.g. scripts/train.sh --data ../shared/data/names.txt
+#   scripts/train.sh [-np N] [--exe NAME] [flags...]
+#   scripts/train.sh --data ../shared/data/names.txt
+#   scripts/train.sh -np 1 --exe train --data ../shared/data/names.txt
 #
-# Runs the single-rank reference `train` under mpirun (-np 1 by default); every flag after -np is
-# passed to the executable (see `.build/release/train --help`).
+# Defaults: `mpirun -np 2 train_fsdp`. Every other flag is passed to the executable
+# (see `.build/release/train_fsdp --help`).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-is_set_up || "$ROOT/scripts/setup.sh"
+"$ROOT/scripts/setup.sh" >&2   # idempotent: installs and rebuilds only what is missing or stale
 
-np=1
-if [ "${1:-}" = "-np" ]; then np="$2"; shift 2; fi
-exec "${MPIRUN[@]}" -np "$np" "$BIN/train" "$@"
+np=2
+exe=train_fsdp
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -np) np="$2"; shift 2 ;;
+    --exe) exe="$2"; shift 2 ;;
+    *) break ;;
+  esac
+done
+[ -x "$BIN/$exe" ] || { echo "error: no executable '$exe' in $BIN" >&2; exit 2; }
+exec "${MPIRUN[@]}" -np "$np" "$BIN/$exe" "$@"
