@@ -134,24 +134,29 @@ public enum Kernels {
             bias0 = load(bias, w0)
             if w1 > 0 { bias1 = load(bias + width, w1) }
         }
-        @inline(__always)
-        func finish(_ lo: Vector, _ hi: Vector, _ row: UnsafeMutablePointer<Float>) {
-            var lo = lo + bias0, hi = hi + bias1
-            if accumulate {
-                lo += load(row, w0)
-                if w1 > 0 { hi += load(row + width, w1) }
-            }
-            if relu {
-                lo.replace(with: 0, where: lo .< 0)
-                hi.replace(with: 0, where: hi .< 0)
-            }
-            store(lo, row, w0)
-            if w1 > 0 { store(hi, row + width, w1) }
+        finish(c00 + bias0, c01 + bias1, c, w0, w1, accumulate, relu)
+        if rows > 1 { finish(c10 + bias0, c11 + bias1, c + ldc, w0, w1, accumulate, relu) }
+        if rows > 2 { finish(c20 + bias0, c21 + bias1, c + 2 * ldc, w0, w1, accumulate, relu) }
+        if rows > 3 { finish(c30 + bias0, c31 + bias1, c + 3 * ldc, w0, w1, accumulate, relu) }
+    }
+
+    /// Stores one row of a tile: adds the existing C if accumulating, applies ReLU.
+    /// (A static function, not a closure: a closure capturing mutable locals would be boxed on
+    /// the heap at every call.)
+    @inline(__always)
+    static func finish(_ lo: Vector, _ hi: Vector, _ row: UnsafeMutablePointer<Float>, _ w0: Int, _ w1: Int,
+                       _ accumulate: Bool, _ relu: Bool) {
+        var lo = lo, hi = hi
+        if accumulate {
+            lo += load(row, w0)
+            if w1 > 0 { hi += load(row + width, w1) }
         }
-        finish(c00, c01, c)
-        if rows > 1 { finish(c10, c11, c + ldc) }
-        if rows > 2 { finish(c20, c21, c + 2 * ldc) }
-        if rows > 3 { finish(c30, c31, c + 3 * ldc) }
+        if relu {
+            lo.replace(with: 0, where: lo .< 0)
+            hi.replace(with: 0, where: hi .< 0)
+        }
+        store(lo, row, w0)
+        if w1 > 0 { store(hi, row + width, w1) }
     }
 
     /// `out[cols × rows] = in[rows × cols]ᵀ`.

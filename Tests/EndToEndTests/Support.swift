@@ -30,7 +30,9 @@ enum Launch {
     }
 
     /// Runs `executable` with `arguments`, under `mpirun -np np` unless `np` is nil.
-    static func run(_ executable: String, np: Int? = nil, _ arguments: [String], timeout: Double = 300,
+    /// `mpirunArguments` go to mpirun before the executable; `environment` adds variables.
+    static func run(_ executable: String, np: Int? = nil, _ mpirunArguments: [String] = [], then arguments: [String],
+                    environment extra: [String: String] = [:], timeout: Double = 300,
                     file: StaticString = #filePath, line: UInt = #line) throws -> Outcome {
         let path = bin.appendingPathComponent(executable).path
         guard FileManager.default.isExecutableFile(atPath: path) else {
@@ -40,12 +42,12 @@ enum Launch {
         let process = Process()
         if let np {
             process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-            process.arguments = ["mpirun", "--oversubscribe", "--bind-to", "none", "-np", "\(np)", path] + arguments
+            process.arguments = ["mpirun", "--oversubscribe", "--bind-to", "none", "-np", "\(np)"] + mpirunArguments + [path] + arguments
         } else {
             process.executableURL = URL(fileURLWithPath: path)
             process.arguments = arguments
         }
-        process.environment = environment
+        process.environment = environment.merging(extra) { $1 }
         let dir = try temporaryDirectory()
         let out = dir.appendingPathComponent("stdout"), err = dir.appendingPathComponent("stderr")
         FileManager.default.createFile(atPath: out.path, contents: nil)
@@ -72,6 +74,12 @@ enum Launch {
                        stdout: (try? String(contentsOf: out, encoding: .utf8)) ?? "",
                        stderr: (try? String(contentsOf: err, encoding: .utf8)) ?? "",
                        seconds: seconds, timedOut: timedOut)
+    }
+
+    /// Runs `executable` with `arguments`, under `mpirun -np np` unless `np` is nil.
+    static func run(_ executable: String, np: Int? = nil, _ arguments: [String], environment extra: [String: String] = [:],
+                    timeout: Double = 300, file: StaticString = #filePath, line: UInt = #line) throws -> Outcome {
+        try run(executable, np: np, [], then: arguments, environment: extra, timeout: timeout, file: file, line: line)
     }
 
     /// A fresh directory under the system's temporary directory.

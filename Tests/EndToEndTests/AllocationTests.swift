@@ -1,0 +1,53 @@
+import Foundation
+import XCTest
+
+/// The training step performs no heap allocation — checked, not assumed.
+///
+/// `scripts/alloccount.c`, preloaded into every rank, counts the allocations whose call stack
+/// has no frame inside MPI (MPI's own allocations do not count). The same job run for 20 and
+/// for 220 steps must end with the same count on every rank: 200 more steps, 0 more allocations.
+/// (Progress lines allocate, so they are switched off here; the metrics file stays on.)
+final class AllocationTests: XCTestCase {
+    static let shim: String = {
+        let dir = try! Launch.temporaryDirectory()
+        let out = dir.appendingPathComponent("alloccount.so").path
+        let cc = Process()
+        cc.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        cc.arguments = ["cc", "-shared", "-fPIC", "-O2", Launch.root.appendingPathComponent("scripts/alloccount.c").path,
+                        "-o", out, "-ldl"]
+        try! cc.run()
+        cc.waitUntilExit()
+        return out
+    }()
+
+    /// Allocation counts per rank (sorted) for a run of `steps` steps.
+    func counts(_ executable: String, np: Int?, steps: Int, extra: [String] = []) throws -> [Int] {
+        let dir = try Launch.temporaryDirectory()
+        let data = try SmallData.write()
+        let args = ["--data", data, "--steps", "\(steps)", "--val-batches", "2", "--samples", "0", "--log-every", "1000000",
+                    "--metrics", dir.appendingPathComponent("m.jsonl").path] + extra
+        let run: Launch.Outcome
+        if let np {
+            run = try Launch.run(executable, np: np, ["-x", "LD_PRELOAD=\(Self.shim)", "-x", "ALLOC_COUNT_DIR=\(dir.path)"],
+                                 then: args)
+        } else {
+            run = try Launch.run(executable, args, environment: ["LD_PRELOAD": Self.shim, "ALLOC_COUNT_DIR": dir.path])
+        }
+        XCTAssertEqual(run.status, 0, run.stderr)
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { Int($0) != nil }
+        return try files.map { Int(try String(contentsOfFile: dir.appendingPathComponent($0).path, encoding: .utf8)
+            .trimmingCharacters(in: .whitespacesAndNewlines))! }.sorted()
+    }
+
+    func check(_ executable: String, np: Int?, extra: [String] = []) throws {
+        let few = try counts(executable, np: np, steps: 20, extra: extra)
+        let many = try counts(executable, np: np, steps: 220, extra: extra)
+        XCTAssertEqual(few.count, np ?? 1, "one count per rank")
+        XCTAssertTrue(few.allSatisfy { $0 > 100 }, "the counter sees start-up allocations: \(few)")
+        XCTAssertEqual(few, many, "\(executable): allocations grew with the step count")
+    }
+
+    func testTrainStepDoesNotAllocate() throws { try check("train", np: nil, extra: ["--optimizer", "adam"]) }
+    func testDataParallelStepDoesNotAllocate() throws { try check("train_dp", np: 2, extra: ["--bucket-kb", "8"]) }
+    func testFullyShardedStepDoesNotAllocate() throws { try check("train_fsdp", np: 2, extra: ["--optimizer", "adam"]) }
+}
