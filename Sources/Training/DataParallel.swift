@@ -21,7 +21,7 @@ public final class DataParallel: TrainingLayout {
     let world: Communicator
     let group: Communicator
     let model: Model
-    let optimizer: Optimizer
+    public let local: LocalParameters
     let rows: Range<Int>
     let globalBatch: Int
 
@@ -43,11 +43,15 @@ public final class DataParallel: TrainingLayout {
         world = context.world
         self.group = group
         globalBatch = batch
-        let local = batch / n
-        rows = group.rank * local ..< (group.rank + 1) * local
-        model = Model(config: context.config, batchSize: local, lossScale: 1 / Float(batch), spareGradients: 1)
+        let rowsPerRank = batch / n
+        rows = group.rank * rowsPerRank ..< (group.rank + 1) * rowsPerRank
+        model = Model(config: context.config, batchSize: rowsPerRank, lossScale: 1 / Float(batch), spareGradients: 1)
         model.load(context.initialParameters)
-        optimizer = Optimizer(config: context.optimizer, count: model.parameters.count)
+        // Every rank holds the same full model; when gathering, rank 0's copy is the answer.
+        let everything = ParameterMap.contiguous(0, model.parameters.count)
+        local = LocalParameters(map: everything, reported: group.rank == 0 ? everything : ParameterMap(),
+                                values: model.parameters.value, gradients: model.parameters.grad,
+                                optimizer: Optimizer(config: context.optimizer, count: model.parameters.count))
 
         let config = context.config
         var buckets: [Bucket] = []
@@ -84,25 +88,8 @@ public final class DataParallel: TrainingLayout {
         return grad[model.parameters.count] / Float(globalBatch)
     }
 
-    public func update(step: Int) {
-        optimizer.step(model.parameters.value, model.parameters.grad, t: step)
-    }
-
     public func evaluate(batch index: Int, from sampler: BatchSampler) -> Float {
         sampler.fill(index: index, rows: rows, tokens: model.tokens.value, targets: model.targets)
         return group.sum(model.forward()) / Float(globalBatch)
-    }
-
-    /// Every rank holds the same full model; rank 0's copy is the answer.
-    var canonicalMap: ParameterMap {
-        world.rank == 0 ? .contiguous(0, model.parameters.count) : ParameterMap()
-    }
-
-    public func gatherParameters() -> [Float]? {
-        assembleCanonical(world: world, map: canonicalMap, values: model.parameters.value, total: model.parameters.count)
-    }
-
-    public func gatherGradients() -> [Float]? {
-        assembleCanonical(world: world, map: canonicalMap, values: model.parameters.grad, total: model.parameters.count)
     }
 }

@@ -121,10 +121,9 @@ public final class FullyShardedDataParallel: TrainingLayout {
     let activations: [Activation]
     let targets: UnsafeMutablePointer<Int32>
     let loss: SoftmaxCrossEntropy
-    let optimizer: Optimizer
+    public let local: LocalParameters
     let rows: Range<Int>
     let globalBatch: Int
-    let total: Int
     let workspace: Workspace
 
     public init(_ context: TrainingContext, group: Communicator) throws(UsageError) {
@@ -135,9 +134,8 @@ public final class FullyShardedDataParallel: TrainingLayout {
         world = context.world
         self.group = group
         globalBatch = batch
-        total = config.parameterCount
-        let local = batch / n
-        rows = group.rank * local ..< (group.rank + 1) * local
+        let rowsPerRank = batch / n
+        rows = group.rank * rowsPerRank ..< (group.rank + 1) * rowsPerRank
         let workspace = Workspace(capacity: config.largestWeight)
         self.workspace = workspace
         blocks = ShardedBlocks(
@@ -147,11 +145,12 @@ public final class FullyShardedDataParallel: TrainingLayout {
                                     make: { config.makeLayer(block: i, parameters: $0, workspace: workspace) })
             },
             group: group, initialParameters: context.initialParameters)
-        activations = (-1..<config.blockCount).map { Activation(rows: local, cols: config.outputWidth(block: $0)) }
-        targets = .allocate(capacity: local)
-        targets.initialize(repeating: 0, count: local)
+        activations = (-1..<config.blockCount).map { Activation(rows: rowsPerRank, cols: config.outputWidth(block: $0)) }
+        targets = .allocate(capacity: rowsPerRank)
+        targets.initialize(repeating: 0, count: rowsPerRank)
         loss = SoftmaxCrossEntropy(gradientScale: 1 / Float(batch))
-        optimizer = Optimizer(config: context.optimizer, count: blocks.shards.count)
+        local = LocalParameters(map: blocks.map, values: blocks.shards.value, gradients: blocks.shards.grad,
+                                optimizer: Optimizer(config: context.optimizer, count: blocks.shards.count))
     }
 
     deinit { targets.deallocate() }
@@ -173,19 +172,8 @@ public final class FullyShardedDataParallel: TrainingLayout {
         return loss.forward(activations[activations.count - 1], targets)
     }
 
-    public func update(step: Int) {
-        optimizer.step(blocks.shards.value, blocks.shards.grad, t: step)
-    }
-
     public func evaluate(batch index: Int, from sampler: BatchSampler) -> Float {
         group.sum(forward(batch: index, from: sampler)) / Float(globalBatch)
     }
 
-    public func gatherParameters() -> [Float]? {
-        assembleCanonical(world: world, map: blocks.map, values: blocks.shards.value, total: total)
-    }
-
-    public func gatherGradients() -> [Float]? {
-        assembleCanonical(world: world, map: blocks.map, values: blocks.shards.grad, total: total)
-    }
 }

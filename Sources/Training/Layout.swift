@@ -15,6 +15,32 @@ public struct TrainingContext {
     public var batchSize: Int { options.batchSize }
 }
 
+/// The floats of the model that one rank holds, and where they sit in the canonical vector.
+///
+/// This is all that checkpoints, `--dump` and sampling need to know about a layout: parameters,
+/// gradients and optimizer moments share one map, so gathering any of them to rank 0, or
+/// loading any of them from a canonical vector, is the same routine for every layout.
+public struct LocalParameters {
+    /// Every float this rank holds, in local order (used when loading).
+    public let map: ParameterMap
+    /// The part of `map` this rank reports when gathering: replicas that other ranks also
+    /// hold (e.g. DP's copies on ranks ≠ 0) report nothing, to save traffic.
+    public let reported: ParameterMap
+    public let values: UnsafeMutablePointer<Float>
+    public let gradients: UnsafeMutablePointer<Float>
+    public let optimizer: Optimizer
+
+    public init(map: ParameterMap, reported: ParameterMap? = nil, values: UnsafeMutablePointer<Float>,
+                gradients: UnsafeMutablePointer<Float>, optimizer: Optimizer) {
+        precondition(optimizer.count == map.count)
+        self.map = map
+        self.reported = reported ?? map
+        self.values = values
+        self.gradients = gradients
+        self.optimizer = optimizer
+    }
+}
+
 /// One way of laying the model out over ranks. The training loop is the same for all of them:
 ///
 ///     for step in 0..<steps {
@@ -29,23 +55,42 @@ public protocol TrainingLayout: AnyObject {
     /// global-batch mean loss, the same on every rank.
     func forwardBackward(batch index: Int, from sampler: BatchSampler) -> Float
 
-    /// Applies optimizer update number `step` (1-based) to this rank's parameters.
-    func update(step: Int)
-
     /// Forward only: the global-batch mean loss of batch `index`, the same on every rank.
     func evaluate(batch index: Int, from sampler: BatchSampler) -> Float
 
-    /// The full parameters in canonical layout on world rank 0; nil on the other ranks.
-    func gatherParameters() -> [Float]?
+    /// This rank's parameters, gradients and optimizer state.
+    var local: LocalParameters { get }
+}
 
-    /// The full gradients of the last `forwardBackward`, canonical layout, on world rank 0.
-    func gatherGradients() -> [Float]?
+extension TrainingLayout {
+    /// Applies optimizer update number `step` (1-based) to this rank's parameters.
+    public func update(step: Int) {
+        local.optimizer.step(local.values, local.gradients, t: step)
+    }
+}
+
+/// Collective operations on a layout's state in canonical form.
+extension LocalParameters {
+    /// Every rank's `reported` floats of `pick(self)`, reassembled on world rank 0 (nil elsewhere).
+    public func gather(_ world: Communicator, total: Int, _ pick: (LocalParameters) -> UnsafeMutablePointer<Float>) -> [Float]? {
+        // `reported` is a prefix-free subset only for replicas, which report all or nothing.
+        precondition(reported.count == 0 || reported == map)
+        return assembleCanonical(world: world, map: reported, values: pick(self), total: total)
+    }
+
+    /// Loads a canonical vector (present on world rank 0 only) into `pick(self)` on every rank.
+    public func load(_ canonical: [Float]?, _ world: Communicator, total: Int, _ pick: (LocalParameters) -> UnsafeMutablePointer<Float>) {
+        var full = canonical ?? [Float](repeating: 0, count: total)
+        precondition(full.count == total)
+        full.withUnsafeMutableBufferPointer { world.broadcast($0.baseAddress!, count: total, root: 0) }
+        map.extract(from: full, into: pick(self))
+    }
 }
 
 /// `train`: the whole model on one rank. The reference every other layout must reproduce.
 public final class SingleRank: TrainingLayout {
     let model: Model
-    let optimizer: Optimizer
+    public let local: LocalParameters
 
     public init(_ context: TrainingContext) throws(UsageError) {
         if context.world.size != 1 {
@@ -53,7 +98,9 @@ public final class SingleRank: TrainingLayout {
         }
         model = Model(config: context.config, batchSize: context.batchSize)
         model.load(context.initialParameters)
-        optimizer = Optimizer(config: context.optimizer, count: model.parameters.count)
+        local = LocalParameters(map: .contiguous(0, model.parameters.count), values: model.parameters.value,
+                                gradients: model.parameters.grad,
+                                optimizer: Optimizer(config: context.optimizer, count: model.parameters.count))
     }
 
     public func forwardBackward(batch index: Int, from sampler: BatchSampler) -> Float {
@@ -64,20 +111,8 @@ public final class SingleRank: TrainingLayout {
         return loss / Float(model.batchSize)
     }
 
-    public func update(step: Int) {
-        optimizer.step(model.parameters.value, model.parameters.grad, t: step)
-    }
-
     public func evaluate(batch index: Int, from sampler: BatchSampler) -> Float {
         sampler.fill(index: index, rows: 0..<model.batchSize, tokens: model.tokens.value, targets: model.targets)
         return model.forward() / Float(model.batchSize)
-    }
-
-    public func gatherParameters() -> [Float]? {
-        Array(UnsafeBufferPointer(start: model.parameters.value, count: model.parameters.count))
-    }
-
-    public func gatherGradients() -> [Float]? {
-        Array(UnsafeBufferPointer(start: model.parameters.grad, count: model.parameters.count))
     }
 }

@@ -108,8 +108,8 @@ struct Trainer<Command: TrainingCommand> {
         }
 
         if let path = options.dump {
-            let parameters = layout.gatherParameters()
-            let gradients = layout.gatherGradients()
+            let parameters = layout.local.gather(world, total: config.parameterCount) { $0.values }
+            let gradients = layout.local.gather(world, total: config.parameterCount) { $0.gradients }
             if isLeader, let parameters, let gradients {
                 do { try writeDump(path: path, config: config, parameters: parameters, gradients: gradients) } catch {
                     writeError("error: \(error)")
@@ -127,7 +127,7 @@ struct Trainer<Command: TrainingCommand> {
             metrics.flush()
         }
 
-        let parameters = options.samples > 0 ? layout.gatherParameters() : nil
+        let parameters = options.samples > 0 ? layout.local.gather(world, total: config.parameterCount) { $0.values } : nil
         if isLeader, let parameters {
             let sampler = Model(config: config, batchSize: 1)
             sampler.load(parameters)
