@@ -63,6 +63,15 @@ public struct TrainingOptions: ParsableArguments, Sendable {
     @Option(help: "After training, write the full parameters and the last step's full gradients (canonical layout, float32) here.")
     public var dump: String?
 
+    @Option(name: .customLong("checkpoint-dir"), help: "Save the full training state into this directory (every --save-every steps and at the end).")
+    public var checkpointDir: String?
+
+    @Option(name: .customLong("save-every"), parsing: .unconditional, help: "Save a checkpoint every this many steps (0: only at the end). Needs --checkpoint-dir.")
+    public var saveEvery: Int = 0
+
+    @Option(help: "Continue from the newest complete checkpoint in this directory (any layout's); --steps stays the total.")
+    public var resume: String?
+
     public init() {}
 
     public var model: (Int) -> ModelConfig {
@@ -86,6 +95,8 @@ public struct TrainingOptions: ParsableArguments, Sendable {
         try positive(layers, "layers")
         try positive(valBatches, "val-batches")
         try positive(logEvery, "log-every")
+        if saveEvery < 0 { throw UsageError("--save-every must not be negative (got \(saveEvery))") }
+        if saveEvery > 0 && checkpointDir == nil { throw UsageError("--save-every needs --checkpoint-dir") }
         if samples < 0 { throw UsageError("--samples must not be negative (got \(samples))") }
         if !lr.isFinite || lr <= 0 { throw UsageError("--lr must be a positive finite number (got \(lr))") }
         if !temperature.isFinite || temperature <= 0 {

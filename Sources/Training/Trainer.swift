@@ -79,14 +79,23 @@ struct Trainer<Command: TrainingCommand> {
         say("\(Command._commandName): \(world.size) rank(s), \(config), \(config.parameterCount) parameters, "
             + "\(dataset.train.count) training / \(dataset.validation.count) validation examples from \(options.data)")
 
-        let train = BatchSampler(examples: dataset.train, batchSize: options.batchSize, seed: options.seed, stream: .trainingBatches)
-        let validation = BatchSampler(examples: dataset.validation, batchSize: options.batchSize, seed: options.seed,
+        var start = 0
+        var seed = options.seed
+        if let directory = options.resume {
+            guard let resumed = resume(layout, from: directory, config: config) else { return 1 }
+            (start, seed) = resumed
+        }
+
+        let train = BatchSampler(examples: dataset.train, batchSize: options.batchSize, seed: seed, stream: .trainingBatches)
+        let validation = BatchSampler(examples: dataset.validation, batchSize: options.batchSize, seed: seed,
                                       stream: .validationBatches)
 
         // The reference loop.
         var windowStart = MPI.time()
+        var windowSteps = 0
         var windowLoss: Double = 0
-        for step in 0..<options.steps {
+        var savedAt = options.resume == nil ? -1 : start
+        for step in start..<max(start, options.steps) {
             let loss = layout.forwardBackward(batch: step, from: train)
             if !loss.isFinite {
                 metrics?.flush()
@@ -96,15 +105,23 @@ struct Trainer<Command: TrainingCommand> {
             layout.update(step: step + 1)
             metrics?.record(step: step, loss: loss)
             windowLoss += Double(loss)
+            windowSteps += 1
+            if options.saveEvery > 0 && (step + 1) % options.saveEvery == 0 {
+                guard save(layout, step: step + 1, seed: seed, config: config) else { return 1 }
+                savedAt = step + 1
+            }
             if (step + 1) % options.logEvery == 0 || step + 1 == options.steps {
                 let now = MPI.time()
-                let steps = (step % options.logEvery) + 1
-                let perStep = (now - windowStart) / Double(steps)
-                say("step \(step + 1)/\(options.steps)  loss \(format(loss, 4))  mean \(format(Float(windowLoss / Double(steps)), 4))  "
+                let perStep = (now - windowStart) / Double(windowSteps)
+                say("step \(step + 1)/\(options.steps)  loss \(format(loss, 4))  mean \(format(Float(windowLoss / Double(windowSteps)), 4))  "
                     + "\(format(Float(perStep * 1e6), 1)) µs/step  \(format(Float(Double(options.batchSize) / perStep), 0)) tokens/s")
                 windowStart = now
                 windowLoss = 0
+                windowSteps = 0
             }
+        }
+        if options.checkpointDir != nil && savedAt != max(start, options.steps) {
+            guard save(layout, step: max(start, options.steps), seed: seed, config: config) else { return 1 }
         }
 
         if let path = options.dump {
@@ -138,6 +155,55 @@ struct Trainer<Command: TrainingCommand> {
             }
         }
         return 0
+    }
+}
+
+extension Trainer {
+    /// Gathers parameters and optimizer moments to rank 0, which writes the checkpoint.
+    func save(_ layout: TrainingLayout, step: Int, seed: UInt64, config: ModelConfig) -> Bool {
+        let total = config.parameterCount
+        let local = layout.local
+        let parameters = local.gather(world, total: total) { $0.values }
+        // Every rank must take part in every gather: no short-circuiting on rank 0's results.
+        var moments: ([Float], [Float])?
+        if local.optimizer.config.kind == .adam {
+            let m = local.gather(world, total: total) { $0.optimizer.moment1! }
+            let v = local.gather(world, total: total) { $0.optimizer.moment2! }
+            if let m, let v { moments = (m, v) }
+        }
+        return agreeing(world) { () throws in
+            guard isLeader, let parameters, let directory = options.checkpointDir else { return }
+            try Checkpoint(step: step, seed: seed, config: config, optimizer: local.optimizer.config,
+                           parameters: parameters, moments: moments).save(in: directory)
+        } != nil
+    }
+
+    /// Rank 0 reads and checks the newest checkpoint; every rank loads its part of it.
+    /// Returns (completed steps, sampler seed), or nil after an error was reported.
+    func resume(_ layout: TrainingLayout, from directory: String, config: ModelConfig) -> (Int, UInt64)? {
+        guard let loaded = agreeing(world, { () throws -> Checkpoint? in
+            guard isLeader else { return nil }
+            let folder = try Checkpoint.latest(in: directory)
+            let checkpoint = try Checkpoint.load(folder: folder)
+            if let why = checkpoint.mismatch(config: config, optimizer: options.optimizer) {
+                throw UsageError("checkpoint '\(folder)' is from a different model: \(why)")
+            }
+            return checkpoint
+        }) else { return nil }
+        var header: [Int64] = [Int64(loaded?.step ?? 0), Int64(bitPattern: loaded?.seed ?? 0)]
+        world.broadcast(&header, count: 2, root: 0)
+        let total = config.parameterCount
+        let local = layout.local
+        local.load(loaded?.parameters, world, total: total) { $0.values }
+        if local.optimizer.config.kind == .adam {
+            local.load(loaded?.moments?.m, world, total: total) { $0.optimizer.moment1! }
+            local.load(loaded?.moments?.v, world, total: total) { $0.optimizer.moment2! }
+        }
+        if let loaded, loaded.seed != options.seed {
+            say("note: continuing the checkpoint's batch sequence (seed \(loaded.seed)), not --seed \(options.seed)")
+        }
+        say("resumed from step \(header[0]) of \(directory)")
+        return (Int(header[0]), UInt64(bitPattern: header[1]))
     }
 }
 

@@ -115,6 +115,8 @@ enum SmallData {
 /// The records of a `--metrics` file.
 struct Metrics {
     var losses: [Float] = []
+    /// The first step recorded (0, or the step a resumed run continued from).
+    var firstStep: Int?
     var valLoss: Float?
     var records: [[String: Any]] = []
 
@@ -124,7 +126,8 @@ struct Metrics {
             let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as! [String: Any]
             records.append(object)
             if let step = object["step"] as? Int, let loss = object["loss"] as? Double {
-                XCTAssertEqual(step, losses.count, "steps are consecutive from 0")
+                if firstStep == nil { firstStep = step }
+                XCTAssertEqual(step, firstStep! + losses.count, "steps are consecutive")
                 losses.append(Float(loss))
             }
             if let v = object["val_loss"] as? Double { valLoss = Float(v) }

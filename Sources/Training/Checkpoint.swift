@@ -1,0 +1,222 @@
+import Core
+import Foundation
+
+/// Checkpoints: the full training state in canonical (layout-free) form, saved atomically and
+/// verified by checksums, so any layout can resume any other layout's checkpoint.
+///
+/// A checkpoint is a folder `DIR/step-00000200/` (the number of completed steps) holding:
+///
+/// | file | content |
+/// |---|---|
+/// | `parameters.f32` | Ψ little-endian float32, canonical order (see `tensors` in state.json) |
+/// | `adam_m.f32`, `adam_v.f32` | Adam's moments, same order (only with `--optimizer adam`) |
+/// | `state.json` | format, step, model, optimizer, sampler state, tensor table, byte size and CRC-32 of each file |
+/// | `COMPLETE` | written last: the CRC-32 of state.json |
+///
+/// Saving writes everything into a hidden temporary folder, fsyncs each file and the folder,
+/// renames it into place, and only then writes `COMPLETE`. A job killed at any point leaves the
+/// previous checkpoint untouched and loadable; a folder without `COMPLETE` is ignored. The newest
+/// complete checkpoint is verified before use: a size or checksum mismatch is refused with an
+/// error, never loaded. Read one with numpy:
+///
+///     state = json.load(open("step-00000200/state.json"))
+///     p = np.fromfile("step-00000200/parameters.f32", dtype="<f4")
+///     for t in state["tensors"]: w = p[t["offset"]:t["offset"] + np.prod(t["shape"])].reshape(t["shape"])
+public struct Checkpoint {
+    public var step: Int
+    public var seed: UInt64
+    public var config: ModelConfig
+    public var optimizer: OptimizerConfig
+    public var parameters: [Float]
+    /// Adam's first and second moments, canonical order (nil for SGD).
+    public var moments: (m: [Float], v: [Float])?
+
+    static let format = "parallelisms-swift checkpoint"
+
+    /// The folder name of a checkpoint after `step` steps.
+    public static func folderName(step: Int) -> String {
+        "step-" + String(repeating: "0", count: max(0, 8 - String(step).count)) + String(step)
+    }
+
+    /// Environment variable: when saving the checkpoint of the step it names, `save` kills its
+    /// process after writing the temporary folder and before renaming it — how the tests prove
+    /// that a save interrupted at the worst moment loses nothing.
+    static let killBeforeRenameVariable = "PARALLELISMS_TEST_KILL_BEFORE_RENAME"
+
+    // MARK: Saving
+
+    /// Writes this checkpoint into `directory` atomically (see the type's documentation).
+    public func save(in directory: String) throws(UsageError) {
+        let fm = FileManager.default
+        do {
+            try fm.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        } catch { throw UsageError("cannot create checkpoint directory '\(directory)': \(error.localizedDescription)") }
+        let final = directory + "/" + Self.folderName(step: step)
+        let temporary = directory + "/." + Self.folderName(step: step) + ".tmp-\(getpid())"
+        try? fm.removeItem(atPath: temporary)
+        do { try fm.createDirectory(atPath: temporary, withIntermediateDirectories: false) } catch {
+            throw UsageError("cannot write checkpoint into '\(directory)': \(error.localizedDescription)")
+        }
+
+        var files: [(String, [Float])] = [("parameters.f32", parameters)]
+        if let moments { files += [("adam_m.f32", moments.m), ("adam_v.f32", moments.v)] }
+        var entries: [String] = []
+        for (name, values) in files {
+            let bytes = values.withUnsafeBytes { Data($0) }
+            try Self.writeSynced(bytes, to: temporary + "/" + name)
+            entries.append("\"\(name)\":{\"bytes\":\(bytes.count),\"crc32\":\(CRC32.checksum(bytes))}")
+        }
+        let tensors = config.tensors.map { "{\"name\":\"\($0.name)\",\"offset\":\($0.offset),\"shape\":\($0.shape)}" }
+        let state = """
+        {"format":"\(Self.format)","version":1,"step":\(step),\
+        "model":{"vocab":\(config.vocab),"seq_len":\(config.seqLen),"emb":\(config.emb),"hidden":\(config.hidden),"layers":\(config.layers)},\
+        "optimizer":{"kind":"\(optimizer.kind.rawValue)","lr":\(optimizer.learningRate),"beta1":\(optimizer.beta1),"beta2":\(optimizer.beta2),"eps":\(optimizer.epsilon),"weight_decay":\(optimizer.weightDecay)},\
+        "sampler":{"seed":\(seed),"next_batch":\(step)},\
+        "parameter_count":\(parameters.count),"dtype":"float32","byte_order":"little",\
+        "tensors":[\(tensors.joined(separator: ","))],\
+        "files":{\(entries.joined(separator: ","))}}
+
+        """
+        let stateBytes = Data(state.utf8)
+        try Self.writeSynced(stateBytes, to: temporary + "/state.json")
+        try Self.syncDirectory(temporary)
+
+        if ProcessInfo.processInfo.environment[Self.killBeforeRenameVariable] == String(step) { kill(getpid(), SIGKILL) }
+
+        try? fm.removeItem(atPath: final)
+        if rename(temporary, final) != 0 {
+            throw UsageError("cannot move checkpoint into place at '\(final)': \(String(cString: strerror(errno)))")
+        }
+        try Self.syncDirectory(directory)
+        try Self.writeSynced(Data("\(CRC32.checksum(stateBytes))\n".utf8), to: final + "/COMPLETE")
+        try Self.syncDirectory(final)
+    }
+
+    static func writeSynced(_ data: Data, to path: String) throws(UsageError) {
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
+        if fd < 0 { throw UsageError("cannot write '\(path)': \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        let ok = data.withUnsafeBytes { raw -> Bool in
+            var offset = 0
+            while offset < raw.count {
+                let n = write(fd, raw.baseAddress! + offset, raw.count - offset)
+                if n <= 0 { return false }
+                offset += n
+            }
+            return true
+        }
+        if !ok || fsync(fd) != 0 { throw UsageError("cannot write '\(path)': \(String(cString: strerror(errno)))") }
+    }
+
+    static func syncDirectory(_ path: String) throws(UsageError) {
+        let fd = open(path, O_RDONLY)
+        if fd < 0 { throw UsageError("cannot open '\(path)': \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        _ = fsync(fd)
+    }
+
+    // MARK: Loading
+
+    /// The newest complete checkpoint folder in `directory`.
+    public static func latest(in directory: String) throws(UsageError) -> String {
+        var isDirectory: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: directory, isDirectory: &isDirectory), isDirectory.boolValue else {
+            throw UsageError("cannot resume: checkpoint directory '\(directory)' does not exist")
+        }
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        let complete = names.compactMap { name -> (Int, String)? in
+            guard name.hasPrefix("step-"), let step = Int(name.dropFirst(5)),
+                  FileManager.default.fileExists(atPath: directory + "/" + name + "/COMPLETE") else { return nil }
+            return (step, directory + "/" + name)
+        }
+        guard let newest = complete.max(by: { $0.0 < $1.0 }) else {
+            throw UsageError("cannot resume: no complete checkpoint in '\(directory)'")
+        }
+        return newest.1
+    }
+
+    /// Reads and verifies the checkpoint in `folder`.
+    public static func load(folder: String) throws(UsageError) -> Checkpoint {
+        func read(_ name: String) throws(UsageError) -> Data {
+            guard let data = FileManager.default.contents(atPath: folder + "/" + name) else {
+                throw UsageError("checkpoint '\(folder)' is incomplete: cannot read \(name)")
+            }
+            return data
+        }
+        let stateBytes = try read("state.json")
+        let marker = String(decoding: try read("COMPLETE"), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        guard UInt32(marker) == CRC32.checksum(stateBytes) else {
+            throw UsageError("checkpoint '\(folder)' is corrupt: state.json does not match its checksum")
+        }
+        guard let state = try? JSONSerialization.jsonObject(with: stateBytes) as? [String: Any],
+              state["format"] as? String == Self.format,
+              let step = state["step"] as? Int,
+              let model = state["model"] as? [String: Int],
+              let optimizer = state["optimizer"] as? [String: Any],
+              let kind = (optimizer["kind"] as? String).flatMap(OptimizerKind.init(rawValue:)),
+              let sampler = state["sampler"] as? [String: Any],
+              let seed = (sampler["seed"] as? NSNumber)?.uint64Value,
+              let files = state["files"] as? [String: [String: Any]],
+              let count = state["parameter_count"] as? Int
+        else { throw UsageError("checkpoint '\(folder)' is corrupt: state.json is not a valid checkpoint description") }
+
+        func floats(_ name: String) throws(UsageError) -> [Float] {
+            let data = try read(name)
+            guard let entry = files[name], let bytes = entry["bytes"] as? Int,
+                  let crc = (entry["crc32"] as? NSNumber)?.uint32Value else {
+                throw UsageError("checkpoint '\(folder)' is corrupt: \(name) is not listed in state.json")
+            }
+            if data.count != bytes || bytes != count * 4 {
+                throw UsageError("checkpoint '\(folder)' is corrupt: \(name) has \(data.count) bytes, expected \(bytes)")
+            }
+            if CRC32.checksum(data) != crc { throw UsageError("checkpoint '\(folder)' is corrupt: \(name) fails its checksum") }
+            return data.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
+        }
+        guard let vocab = model["vocab"], let seqLen = model["seq_len"], let emb = model["emb"],
+              let hidden = model["hidden"], let layers = model["layers"] else {
+            throw UsageError("checkpoint '\(folder)' is corrupt: incomplete model description")
+        }
+        let config = ModelConfig(vocab: vocab, seqLen: seqLen, emb: emb, hidden: hidden, layers: layers)
+        if config.parameterCount != count { throw UsageError("checkpoint '\(folder)' is corrupt: parameter count does not match its model") }
+        let number = { (key: String, fallback: Float) -> Float in (optimizer[key] as? NSNumber)?.floatValue ?? fallback }
+        return Checkpoint(
+            step: step, seed: seed, config: config,
+            optimizer: OptimizerConfig(kind: kind, learningRate: number("lr", 0), beta1: number("beta1", 0.9),
+                                       beta2: number("beta2", 0.999), epsilon: number("eps", 1e-8),
+                                       weightDecay: number("weight_decay", 0)),
+            parameters: try floats("parameters.f32"),
+            moments: kind == .adam ? (try floats("adam_m.f32"), try floats("adam_v.f32")) : nil)
+    }
+
+    /// Why this checkpoint cannot continue a run of `config` with `optimizer`, or nil if it can.
+    public func mismatch(config: ModelConfig, optimizer: OptimizerKind) -> String? {
+        var differences: [String] = []
+        let pairs: [(String, Int, Int)] = [("vocab", self.config.vocab, config.vocab), ("seq-len", self.config.seqLen, config.seqLen),
+                                          ("emb", self.config.emb, config.emb), ("hidden", self.config.hidden, config.hidden),
+                                          ("layers", self.config.layers, config.layers)]
+        for (name, saved, wanted) in pairs where saved != wanted {
+            differences.append("\(name) \(saved) in the checkpoint, \(wanted) here")
+        }
+        if self.optimizer.kind != optimizer {
+            differences.append("optimizer \(self.optimizer.kind.rawValue) in the checkpoint, \(optimizer.rawValue) here")
+        }
+        return differences.isEmpty ? nil : differences.joined(separator: "; ")
+    }
+}
+
+/// CRC-32 (IEEE 802.3, as zlib.crc32 and `cksum -o 3`), to detect truncated or damaged files.
+enum CRC32 {
+    static let table: [UInt32] = (0..<256).map { n in
+        var c = UInt32(n)
+        for _ in 0..<8 { c = c & 1 != 0 ? 0xEDB8_8320 ^ (c >> 1) : c >> 1 }
+        return c
+    }
+
+    static func checksum(_ data: Data) -> UInt32 {
+        var crc: UInt32 = 0xFFFF_FFFF
+        data.withUnsafeBytes { raw in
+            for byte in raw.bindMemory(to: UInt8.self) { crc = table[Int((crc ^ UInt32(byte)) & 0xFF)] ^ (crc >> 8) }
+        }
+        return crc ^ 0xFFFF_FFFF
+    }
+}
