@@ -9,7 +9,9 @@
 # --dp 1 --pp 2`, on names it writes itself, 200 steps, and checks that
 #   - every step's loss equals single-rank `train`'s with the same flags to relative 1e-5
 #     (compared by /usr/bin/python3), and
-#   - the veth's byte counters grew by at least what the layout must send between the hosts.
+#   - the veth's byte counters grew by at least what the layout must send between the hosts;
+# then it SIGKILLs a rank on host B in a long train_fsdp run and checks that the whole job ends
+# (mpirun non-zero, nothing left running on either host) within 20 s.
 # Prints a summary and exits 0; on failure prints one line starting "multihost-test: FAILED"
 # and exits 1 (the run's files are kept and named). Without root or network namespaces it prints
 # "skipped: <reason>" and exits 0.
@@ -29,7 +31,7 @@ NS_A=psmh-a NS_B=psmh-b
 VETH_A=psmh-va VETH_B=psmh-vb
 IP_A=10.231.0.1 IP_B=10.231.0.2 SUBNET=10.231.0.0/24
 STEPS=200
-RUN_TIMEOUT=45    # seconds per mpirun; both runs together take a few seconds on 2 cores
+RUN_TIMEOUT=45    # seconds per mpirun; each takes 1–3 s on 2 idle cores
 started=$(date +%s.%N)
 
 skip() { echo "skipped: $*"; exit 0; }
@@ -175,19 +177,23 @@ veth_bytes() { # tx rx of A's veth end, read inside A
 #   plm_rsh_no_tree_spawn mpirun starts every orted itself (B's orted would need the agent too);
 #   mpi_yield_when_idle   4 ranks share 2 cores here; without yielding a rank that busy-polls
 #                         starves the one it waits for (90 ms/step instead of ~1.5 ms).
-multihost_run() { # name exe flags... → log in $work/$name.log, metrics in $work/$name.jsonl
+multihost_start() { # name exe args... → runs in the background ($running), output in $work/$name.log
   local name=$1 exe=$2; shift 2
   local cmd=(mpirun --hostfile "$work/hostfile" -np 4 --bind-to none
              --mca plm_rsh_agent "$ROOT/scripts/netns-rsh.sh" --mca plm_rsh_no_tree_spawn 1
              --mca btl tcp,self --mca btl_tcp_if_include "$SUBNET" --mca oob_tcp_if_include "$SUBNET"
              --mca mpi_yield_when_idle 1
-             "$BIN/$exe" "${FLAGS[@]}" "$@" --metrics "$work/$name.jsonl")
-  local rc=0
+             "$BIN/$exe" "$@")
   # In the background and `wait`ed for, so that Ctrl-C or a TERM runs the cleanup at once (bash
   # defers traps until a foreground child ends, and `timeout` keeps its own process group).
   timeout -k 5 "$RUN_TIMEOUT" ip netns exec "$NS_A" unshare --uts \
     /bin/sh -c 'hostname "$1"; shift; exec "$@"' sh "$NS_A" "${cmd[@]}" > "$work/$name.log" 2>&1 &
   running=$!
+}
+
+multihost_run() { # name exe flags... → the 200-step run; metrics in $work/$name.jsonl
+  local name=$1 exe=$2 rc=0; shift 2
+  multihost_start "$name" "$exe" "${FLAGS[@]}" "$@" --metrics "$work/$name.jsonl"
   wait "$running" || rc=$?
   running=""
   [ "$rc" = 124 ] && fail "$name: mpirun did not finish within $RUN_TIMEOUT s: see $work/$name.log"
@@ -249,6 +255,49 @@ if [ -x "$BIN/train_3d" ]; then
 else
   summary+=("train_3d                   not built yet ($BIN/train_3d): skipped")
 fi
+
+# A rank on host B dies (SIGKILL) in the middle of a long run: B's orted reports it, mpirun on A
+# aborts the job; it must exit non-zero within 20 s with no process left on either host.
+kill_remote_rank() {
+  local name="train_fsdp rank 3 killed" victim="" p rc=0 t0 t1 tx0 tx _
+  read -r tx0 _ <<< "$(veth_bytes)"
+  multihost_start kill train_fsdp --data "$work/names.txt" --steps 10000000 --samples 0 --log-every 100000000
+  # Training is under way once 20 steps' worth of FSDP traffic (6Ψ bytes each, see above) has
+  # crossed the veth: start-up only exchanges a few kilobytes. (Rank 0's metrics file would tell
+  # too, but only after ~2000 steps fill its buffer: too long on a loaded machine.)
+  for _ in $(seq 300); do
+    read -r tx _ <<< "$(veth_bytes)"
+    [ $((tx - tx0)) -ge $((20 * 6 * params)) ] && break
+    kill -0 "$running" 2>/dev/null || break
+    sleep 0.1
+  done
+  [ $((tx - tx0)) -ge $((20 * 6 * params)) ] || fail "$name: the long run did not start training within 30 s: see $work/kill.log"
+  for p in $(ip netns pids "$NS_B"); do
+    if tr '\0' '\n' < "/proc/$p/environ" 2>/dev/null | grep -qx OMPI_COMM_WORLD_RANK=3; then victim=$p; fi
+  done
+  [ -n "$victim" ] || fail "$name: no process with OMPI_COMM_WORLD_RANK=3 in namespace $NS_B"
+  t0=$(date +%s.%N)
+  kill -9 "$victim"
+  for _ in $(seq 200); do kill -0 "$running" 2>/dev/null || break; sleep 0.1; done
+  t1=$(date +%s.%N)
+  kill -0 "$running" 2>/dev/null && fail "$name: mpirun still running 20 s after the kill: see $work/kill.log"
+  wait "$running" || rc=$?
+  running=""
+  [ "$rc" != 0 ] || fail "$name: mpirun exited 0 although a rank was killed"
+  # B's orted may outlive mpirun by a moment; all must be gone within the same 20 s. (ip netns
+  # pids lists live processes only: an exited, unreaped one has no namespace left.)
+  local left=""
+  while :; do
+    left=$(ip netns pids "$NS_A"; ip netns pids "$NS_B")
+    [ -z "$left" ] && break
+    awk "BEGIN {exit !($(date +%s.%N) - $t0 > 20)}" && fail "$name: still running 20 s after the kill: $(echo $left)"
+    sleep 0.1
+  done
+  t1=$(date +%s.%N)
+  summary+=("$(printf '%-26s job over %.1f s after SIGKILL of a rank on host B (mpirun exit %d, no process left)' \
+    "$name" "$(awk "BEGIN {print $t1 - $t0}")" "$rc")")
+}
+kill_remote_rank
 
 elapsed=$(awk "BEGIN {printf \"%.1f\", $(date +%s.%N) - $started}")
 echo "multihost-test: OK in $elapsed s: 2 hosts (netns $NS_A $IP_A, $NS_B $IP_B over veth), 4 ranks, $STEPS steps"
