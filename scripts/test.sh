@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: set up (install, data, release build), then `swift test`.
+# The whole test suite: set up (install, data, release build), then `swift test`, then a real
+# two-host run (scripts/multihost-test.sh: two network namespaces; prints "skipped" without root).
 # The end-to-end tests launch the release executables under mpirun, so the build comes first.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -7,3 +8,4 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 cd "$ROOT"
 swift build --build-tests 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\]' || true
 swift test --skip-build --disable-swift-testing "$@"
+"$ROOT/scripts/multihost-test.sh"
