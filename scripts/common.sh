@@ -15,3 +15,17 @@ is_set_up() {
   command -v mpirun >/dev/null 2>&1 && pkg-config --exists ompi 2>/dev/null \
     && [ -s "$ROOT/data/words.txt" ] && [ -x "$BIN/train" ] && [ -x "$BIN/train_fsdp" ]
 }
+
+# Runs a build quietly (no per-file progress lines) but never hides a failure.
+quiet_build() {
+  local log
+  log=$(mktemp)
+  if ! "$@" >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log"
+    echo "error: '$*' failed" >&2
+    return 1
+  fi
+  grep -E 'warning:|error:' "$log" | grep -v '^\[' >&2 || true
+  rm -f "$log"
+}

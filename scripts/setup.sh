@@ -26,5 +26,5 @@ if [ ! -s data/words.txt ]; then
   echo "setup: wrote data/words.txt ($(wc -l < data/words.txt) words)"
 fi
 
-swift build -c release 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\]' || true
+quiet_build swift build -c release
 test -x "$BIN/train"

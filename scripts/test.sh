@@ -6,6 +6,6 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 "$ROOT/scripts/setup.sh"
 cd "$ROOT"
-swift build --build-tests 2>&1 | grep -vE '^\[[0-9]+/[0-9]+\]' || true
+quiet_build swift build --build-tests
 swift test --skip-build --disable-swift-testing "$@"
 "$ROOT/scripts/multihost-test.sh"
