@@ -17,11 +17,13 @@ public final class Activation {
         grad = .allocate(capacity: max(1, rows * cols))
         value.initialize(repeating: 0, count: max(1, rows * cols))
         grad.initialize(repeating: 0, count: max(1, rows * cols))
+        MemoryLedger.add(.activations, bytes: 2 * 4 * max(1, rows * cols))
     }
 
     deinit {
         value.deallocate()
         grad.deallocate()
+        MemoryLedger.add(.activations, bytes: -2 * 4 * max(1, rows * cols))
     }
 }
 
@@ -50,19 +52,30 @@ public final class ParameterBuffer {
     public let spare: Int
     public let value: UnsafeMutablePointer<Float>
     public let grad: UnsafeMutablePointer<Float>
+    /// Where the memory ledger files these bytes: the model's own parameters and gradients, or
+    /// a scratch/communication buffer (FSDP's gather buffer).
+    public let isScratch: Bool
 
-    public init(count: Int, spare: Int = 0) {
+    public init(count: Int, spare: Int = 0, isScratch: Bool = false) {
         self.count = count
         self.spare = spare
+        self.isScratch = isScratch
         value = .allocate(capacity: max(1, count))
         grad = .allocate(capacity: max(1, count + spare))
         value.initialize(repeating: 0, count: max(1, count))
         grad.initialize(repeating: 0, count: max(1, count + spare))
+        register(1)
     }
 
     deinit {
         value.deallocate()
         grad.deallocate()
+        register(-1)
+    }
+
+    private func register(_ sign: Int) {
+        MemoryLedger.add(isScratch ? .buffers : .parameters, bytes: sign * 4 * max(1, count))
+        MemoryLedger.add(isScratch ? .buffers : .gradients, bytes: sign * 4 * max(1, count + spare))
     }
 
     /// The floats `offset ..< offset + count`.
@@ -83,9 +96,13 @@ public final class Workspace {
         self.capacity = capacity
         floats = .allocate(capacity: max(1, capacity))
         floats.initialize(repeating: 0, count: max(1, capacity))
+        MemoryLedger.add(.buffers, bytes: 4 * max(1, capacity))
     }
 
-    deinit { floats.deallocate() }
+    deinit {
+        floats.deallocate()
+        MemoryLedger.add(.buffers, bytes: -4 * max(1, capacity))
+    }
 }
 
 /// One step of the network. Forward and backward take the same two arguments, as in ml.c:

@@ -57,11 +57,13 @@ public final class Optimizer {
             moment1 = nil
             moment2 = nil
         }
+        MemoryLedger.add(.optimizer, bytes: stateBytes)
     }
 
     deinit {
         moment1?.deallocate()
         moment2?.deallocate()
+        MemoryLedger.add(.optimizer, bytes: -stateBytes)
     }
 
     /// Bytes of optimizer state held.

@@ -55,8 +55,10 @@ public struct Communicator: @unchecked Sendable {
     /// Moves 2·(p−1)/p·n·s bytes per rank (reduce-scatter then allgather).
     public func allreduceSum<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int) {
         if size == 1 || count == 0 { return }
+        let start = MPI_Wtime()
         MPI.check(MPI_Allreduce(cmpi_in_place(), buffer, Int32(count), T.datatype, cmpi_op_sum(), handle),
                   "MPI_Allreduce")
+        Ledger.record(.allreduce, bytes: count * MemoryLayout<T>.size, since: start)
     }
 
     /// In-place mean over the group (the sum, then one multiply by 1/p).
@@ -70,8 +72,10 @@ public struct Communicator: @unchecked Sendable {
     /// In-place maximum over the group.
     public func allreduceMax<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int) {
         if size == 1 || count == 0 { return }
+        let start = MPI_Wtime()
         MPI.check(MPI_Allreduce(cmpi_in_place(), buffer, Int32(count), T.datatype, cmpi_op_max(), handle),
                   "MPI_Allreduce")
+        Ledger.record(.allreduce, bytes: count * MemoryLayout<T>.size, since: start)
     }
 
     /// Sum of one scalar over the group.
@@ -93,16 +97,19 @@ public struct Communicator: @unchecked Sendable {
     /// pass computes the next ones.
     public func startAllreduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) -> Request {
         if size == 1 || count == 0 { return Request() }
+        let start = MPI_Wtime()
         var request: OpaquePointer? = cmpi_request_null()
         MPI.check(MPI_Iallreduce(cmpi_in_place(), buffer, Int32(count), Float.datatype, cmpi_op_sum(),
                                  handle, &request), "MPI_Iallreduce")
-        return Request(handle: request)
+        Ledger.record(.allreduce, bytes: count * 4, since: start)
+        return Request(handle: request, kind: .allreduce)
     }
 
     /// Concatenates every rank's `count` elements, in rank order, into `output` (p·count elements)
     /// on every rank. Moves (p−1)/p·p·count·s bytes per rank. `input` may alias this rank's slot
     /// of `output`, in which case the copy is skipped (MPI_IN_PLACE).
     public func allgather<T: MPIScalar>(_ input: UnsafePointer<T>, count: Int, into output: UnsafeMutablePointer<T>) {
+        let start = MPI_Wtime()
         if input == UnsafePointer(output + rank * count) {
             if size == 1 { return }
             MPI.check(MPI_Allgather(cmpi_in_place(), 0, T.datatype, output, Int32(count), T.datatype, handle),
@@ -112,60 +119,79 @@ public struct Communicator: @unchecked Sendable {
             MPI.check(MPI_Allgather(input, Int32(count), T.datatype, output, Int32(count), T.datatype, handle),
                       "MPI_Allgather")
         }
+        Ledger.record(.allgather, bytes: size * count * MemoryLayout<T>.size, since: start)
     }
 
     /// Sums `input` (p·count elements) over the group and leaves block `rank` of the sum, `count`
     /// elements, in `output`. Moves (p−1)/p·p·count·s bytes per rank: half an allreduce.
     public func reduceScatterSum(_ input: UnsafePointer<Float>, into output: UnsafeMutablePointer<Float>, count: Int) {
         if size == 1 { output.update(from: input, count: count); return }
+        let start = MPI_Wtime()
         MPI.check(MPI_Reduce_scatter_block(input, output, Int32(count), Float.datatype, cmpi_op_sum(), handle),
                   "MPI_Reduce_scatter_block")
+        Ledger.record(.reduceScatter, bytes: size * count * 4, since: start)
     }
 
     /// Copies `count` elements from `root` to every rank.
     public func broadcast<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int, root: Int) {
         if size == 1 || count == 0 { return }
+        let start = MPI_Wtime()
         MPI.check(MPI_Bcast(buffer, Int32(count), T.datatype, Int32(root), handle), "MPI_Bcast")
+        Ledger.record(.broadcast, bytes: count * MemoryLayout<T>.size, since: start)
     }
 
     /// Sends `count` elements to rank `destination` of this group (blocking, `MPI_Send`).
     public func send<T: MPIScalar>(_ buffer: UnsafePointer<T>, count: Int, to destination: Int, tag: Int = 0) {
+        let start = MPI_Wtime()
         MPI.check(MPI_Send(buffer, Int32(count), T.datatype, Int32(destination), Int32(tag), handle), "MPI_Send")
+        Ledger.record(.send, bytes: count * MemoryLayout<T>.size, since: start)
     }
 
     /// Receives `count` elements from rank `source` of this group (blocking, `MPI_Recv`).
     public func receive<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int, from source: Int, tag: Int = 0) {
+        let start = MPI_Wtime()
         MPI.check(MPI_Recv(buffer, Int32(count), T.datatype, Int32(source), Int32(tag), handle, cmpi_status_ignore()),
                   "MPI_Recv")
+        Ledger.record(.receive, bytes: count * MemoryLayout<T>.size, since: start)
     }
 
     /// Starts a send without waiting (`MPI_Isend`).
     public func startSend<T: MPIScalar>(_ buffer: UnsafePointer<T>, count: Int, to destination: Int, tag: Int = 0) -> Request {
+        let start = MPI_Wtime()
         var request: OpaquePointer? = cmpi_request_null()
         MPI.check(MPI_Isend(buffer, Int32(count), T.datatype, Int32(destination), Int32(tag), handle, &request), "MPI_Isend")
-        return Request(handle: request)
+        Ledger.record(.send, bytes: count * MemoryLayout<T>.size, since: start)
+        return Request(handle: request, kind: .send)
     }
 
     /// Starts a receive without waiting (`MPI_Irecv`).
     public func startReceive<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int, from source: Int, tag: Int = 0) -> Request {
+        let start = MPI_Wtime()
         var request: OpaquePointer? = cmpi_request_null()
         MPI.check(MPI_Irecv(buffer, Int32(count), T.datatype, Int32(source), Int32(tag), handle, &request), "MPI_Irecv")
-        return Request(handle: request)
+        Ledger.record(.receive, bytes: count * MemoryLayout<T>.size, since: start)
+        return Request(handle: request, kind: .receive)
     }
 }
 
 /// A communication in flight. Call ``wait()`` exactly once before reusing its buffer.
 public struct Request: @unchecked Sendable {
     var handle: OpaquePointer?
+    var kind: CommunicationKind = .allreduce
 
     /// A request that is already complete (used for groups of one rank).
     public init() { handle = nil }
-    init(handle: OpaquePointer?) { self.handle = handle }
+    init(handle: OpaquePointer?, kind: CommunicationKind) {
+        self.handle = handle
+        self.kind = kind
+    }
 
-    /// Blocks until the operation completes.
+    /// Blocks until the operation completes (the wait counts as the operation's time).
     public mutating func wait() {
         guard handle != nil else { return }
+        let start = MPI_Wtime()
         MPI.check(MPI_Wait(&handle, cmpi_status_ignore()), "MPI_Wait")
+        Ledger.addSeconds(kind, since: start)
         handle = nil
     }
 }

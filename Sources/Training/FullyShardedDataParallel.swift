@@ -55,13 +55,20 @@ public final class GatherBuffer {
     /// The reduce-scattered gradient shard, before it is added into the shard's gradients.
     let reduced: UnsafeMutablePointer<Float>
 
+    let shardCapacity: Int
+
     init(capacity: Int, shardCapacity: Int) {
-        full = ParameterBuffer(count: capacity)
+        full = ParameterBuffer(count: capacity, isScratch: true)
+        self.shardCapacity = shardCapacity
         reduced = .allocate(capacity: max(1, shardCapacity))
         reduced.initialize(repeating: 0, count: max(1, shardCapacity))
+        MemoryLedger.add(.buffers, bytes: 4 * max(1, shardCapacity))
     }
 
-    deinit { reduced.deallocate() }
+    deinit {
+        reduced.deallocate()
+        MemoryLedger.add(.buffers, bytes: -4 * max(1, shardCapacity))
+    }
 }
 
 /// A chain of blocks sharded over one data-parallel group: the shards (one flat buffer, so the

@@ -90,7 +90,8 @@ struct Trainer<Command: TrainingCommand> {
         let validation = BatchSampler(examples: dataset.validation, batchSize: options.batchSize, seed: seed,
                                       stream: .validationBatches)
 
-        // The reference loop.
+        // The reference loop. The communication ledger counts from here.
+        Ledger.reset()
         var windowStart = MPI.time()
         var windowSteps = 0
         var windowLoss: Double = 0
@@ -107,6 +108,8 @@ struct Trainer<Command: TrainingCommand> {
             windowLoss += Double(loss)
             windowSteps += 1
             if options.saveEvery > 0 && (step + 1) % options.saveEvery == 0 {
+                Ledger.isRecording = false
+                defer { Ledger.isRecording = true }
                 guard save(layout, step: step + 1, seed: seed, config: config) else { return 1 }
                 savedAt = step + 1
             }
@@ -120,6 +123,11 @@ struct Trainer<Command: TrainingCommand> {
                 windowSteps = 0
             }
         }
+        // The ledger covers the training steps only.
+        Ledger.isRecording = false
+        let ledger = LedgerReport(world: world, steps: max(0, options.steps - start))
+        if isLeader { print(ledger.table) }
+
         if options.checkpointDir != nil && savedAt != max(start, options.steps) {
             guard save(layout, step: max(start, options.steps), seed: seed, config: config) else { return 1 }
         }
@@ -140,7 +148,8 @@ struct Trainer<Command: TrainingCommand> {
         let valLoss = Float(validationLoss / Double(options.valBatches))
         say("validation loss \(format(valLoss, 4)) (\(options.valBatches) batches of \(options.batchSize))")
         if let metrics {
-            metrics.append("{\"val_loss\":\(valLoss.description),\"steps\":\(options.steps),\"world\":\(world.size)}\n")
+            metrics.append("{\"val_loss\":\(valLoss.description),\"steps\":\(options.steps),\"world\":\(world.size),"
+                           + "\"parameters\":\(config.parameterCount),\(ledger.json)}\n")
             metrics.flush()
         }
 
