@@ -1,0 +1,101 @@
+import Foundation
+import XCTest
+
+/// The ledger against theory, per training step, with Ψ = parameter count and N = world size.
+final class LedgerTests: XCTestCase {
+    static let data = try! SmallData.write()
+    static let vocab = Set(SmallData.names.filter { $0 != "\n" }).count + 1
+
+    struct Model {
+        var seqLen = 8, emb = 5, hidden = 9, layers = 2
+        var flags: [String] { ["--seq-len", "\(seqLen)", "--emb", "\(emb)", "--hidden", "\(hidden)", "--layers", "\(layers)"] }
+        /// Floats per block: embedding, then each Linear's W and b.
+        var blocks: [Int] {
+            var sizes = [vocab * emb]
+            for i in 1...layers + 1 {
+                let inputs = i == 1 ? seqLen * emb : hidden, outputs = i == layers + 1 ? vocab : hidden
+                sizes.append(inputs * outputs + outputs)
+            }
+            return sizes
+        }
+        var psi: Int { blocks.reduce(0, +) }
+        var largestWeight: Int { (1...layers + 1).map { i in (i == 1 ? seqLen * emb : hidden) * (i == layers + 1 ? vocab : hidden) }.max()! }
+    }
+
+    struct Record {
+        var steps: Int
+        var comm: [String: [String: Double]]
+        var memory: [String: Int]
+        var memoryPerRank: [[String: Int]]
+        func bytesPerStep(_ kind: String) -> Double { (comm[kind]?["bytes"] ?? 0) / Double(steps) }
+        func callsPerStep(_ kind: String) -> Double { (comm[kind]?["calls"] ?? 0) / Double(steps) }
+    }
+
+    func ledger(_ executable: String, np: Int?, _ flags: [String]) throws -> Record {
+        let metrics = try Launch.temporaryDirectory().appendingPathComponent("m.jsonl").path
+        let run = try Launch.run(executable, np: np, ["--data", Self.data, "--steps", "40", "--batch-size", "24", "--samples", "0",
+                                                      "--val-batches", "1", "--metrics", metrics] + flags, timeout: 120)
+        XCTAssertEqual(run.status, 0, run.stderr)
+        XCTAssertTrue(run.stdout.contains("memory per rank (bytes):"), run.stdout)
+        let m = try Metrics(path: metrics)
+        let last = m.records.last!
+        return Record(steps: last["train_steps"] as! Int,
+                      comm: (last["comm"] as! [String: [String: Any]]).mapValues { $0.mapValues { ($0 as! NSNumber).doubleValue } },
+                      memory: last["memory"] as! [String: Int],
+                      memoryPerRank: last["memory_per_rank"] as! [[String: Int]])
+    }
+
+    /// DP allreduces Ψ floats per step — plus one float, the loss sum riding in the same buffer —
+    /// in one call; its memory is the whole model on every rank.
+    func testDataParallelAllreducesPsiFloats() throws {
+        let model = Model()
+        for np in [2, 3] {
+            let r = try ledger("train_dp", np: np, model.flags + ["--optimizer", "adam", "--lr", "0.01"])
+            XCTAssertEqual(r.steps, 40)
+            XCTAssertEqual(r.bytesPerStep("allreduce"), Double(4 * (model.psi + 1)), "N=\(np)")
+            XCTAssertEqual(r.callsPerStep("allreduce"), 1)
+            XCTAssertEqual(r.bytesPerStep("allgather") + r.bytesPerStep("reduce_scatter") + r.bytesPerStep("send"), 0)
+            XCTAssertEqual(r.memory["parameters"], 4 * model.psi)
+            XCTAssertEqual(r.memory["gradients"], 4 * (model.psi + 1))
+            XCTAssertEqual(r.memory["optimizer"], 8 * model.psi)
+            XCTAssertEqual(r.memoryPerRank.count, np)
+        }
+    }
+
+    /// FSDP allgathers Ψ twice (forward and backward) and reduce-scatters it once per step; each
+    /// block is padded to N·⌈c/N⌉, which is the whole difference from 2Ψ and Ψ. Its parameter,
+    /// gradient and optimizer memory is Ψ/N (padded) per rank, plus one gather buffer.
+    func testFullyShardedMovesOneAndAHalfDPVolumes() throws {
+        let model = Model()
+        for np in [2, 3, 4] {
+            let r = try ledger("train_fsdp", np: np, model.flags + ["--optimizer", "adam", "--lr", "0.01"])
+            let shards = model.blocks.map { ($0 + np - 1) / np }
+            let padded = shards.reduce(0, +) * np
+            XCTAssertGreaterThanOrEqual(padded, model.psi)
+            XCTAssertLessThan(padded - model.psi, np * model.blocks.count, "padding is less than one float per rank per block")
+            XCTAssertEqual(r.bytesPerStep("allgather"), Double(2 * 4 * padded), "N=\(np): 2Ψ (padded)")
+            XCTAssertEqual(r.bytesPerStep("reduce_scatter"), Double(4 * padded), "N=\(np): Ψ (padded)")
+            XCTAssertEqual(r.callsPerStep("allgather"), Double(2 * model.blocks.count))
+            XCTAssertEqual(r.bytesPerStep("allreduce"), 4, "only the loss")
+            // Counting an allreduce as a reduce-scatter plus an allgather: 3Ψ against DP's 2Ψ.
+            XCTAssertEqual((r.bytesPerStep("allgather") + r.bytesPerStep("reduce_scatter")) / Double(2 * 4 * padded), 1.5)
+            for bytes in r.memoryPerRank {
+                XCTAssertEqual(bytes["parameters"], 4 * shards.reduce(0, +))
+                XCTAssertEqual(bytes["gradients"], 4 * shards.reduce(0, +))
+                XCTAssertEqual(bytes["optimizer"], 8 * shards.reduce(0, +))
+                // One gather buffer (parameters and gradients of the largest padded block), the
+                // reduce-scatter output, and the transpose workspace.
+                let gather = 2 * 4 * shards.max()! * np
+                XCTAssertEqual(bytes["buffers"], gather + 4 * shards.max()! + 4 * model.largestWeight)
+            }
+        }
+    }
+
+    func testSingleRankCommunicatesNothing() throws {
+        let r = try ledger("train", np: nil, Model().flags)
+        for kind in ["allreduce", "allgather", "reduce_scatter", "send", "recv", "broadcast"] {
+            XCTAssertEqual(r.callsPerStep(kind), 0, kind)
+        }
+        XCTAssertEqual(r.memory["parameters"], 4 * Model().psi)
+    }
+}
