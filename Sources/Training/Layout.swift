@@ -60,10 +60,13 @@ public protocol TrainingLayout: AnyObject {
 
     /// This rank's parameters, gradients and optimizer state.
     var local: LocalParameters { get }
+
+    /// Applies optimizer update number `step` (1-based) to this rank's parameters.
+    func update(step: Int)
 }
 
 extension TrainingLayout {
-    /// Applies optimizer update number `step` (1-based) to this rank's parameters.
+    /// The update every layout uses: the optimizer over this rank's floats.
     public func update(step: Int) {
         local.optimizer.step(local.values, local.gradients, t: step)
     }
