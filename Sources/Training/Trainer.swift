@@ -92,7 +92,8 @@ struct Trainer<Command: TrainingCommand> {
 
         // The reference loop. The communication ledger counts from here.
         Ledger.reset()
-        var windowStart = MPI.time()
+        let loopStart = MPI.time()
+        var windowStart = loopStart
         var windowSteps = 0
         var windowLoss: Double = 0
         var savedAt = options.resume == nil ? -1 : start
@@ -124,6 +125,7 @@ struct Trainer<Command: TrainingCommand> {
             }
         }
         // The ledger covers the training steps only.
+        let trainingSeconds = MPI.time() - loopStart
         Ledger.isRecording = false
         let ledger = LedgerReport(world: world, steps: max(0, options.steps - start))
         if isLeader { print(ledger.table) }
@@ -149,7 +151,7 @@ struct Trainer<Command: TrainingCommand> {
         say("validation loss \(format(valLoss, 4)) (\(options.valBatches) batches of \(options.batchSize))")
         if let metrics {
             metrics.append("{\"val_loss\":\(valLoss.description),\"steps\":\(options.steps),\"world\":\(world.size),"
-                           + "\"parameters\":\(config.parameterCount),\(ledger.json)}\n")
+                           + "\"parameters\":\(config.parameterCount),\"training_seconds\":\(trainingSeconds),\(ledger.json)}\n")
             metrics.flush()
         }
 

@@ -1,0 +1,112 @@
+#!/usr/bin/python3
+# Plots from --metrics files (JSON Lines written by every executable).
+#
+#   scripts/plot.py METRICS.jsonl... --out DIR [--reference train.jsonl]
+#
+# Uses Debian's python3-matplotlib (hence /usr/bin/python3, not the pyenv python on PATH);
+# scripts/bench.sh --plot installs it. Each file's label is its name without .jsonl. Writes:
+#   DIR/loss.png    the loss curves overlaid (they should coincide), and below, each layout's
+#                   difference from the reference (the file named train*.jsonl, or --reference)
+#   DIR/speed.png   µs per training step per layout (training_seconds / train_steps)
+#   DIR/comm.png    bytes per step by kind of communication, per layout (rank 0 and all ranks)
+import argparse
+import json
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+KINDS = ["allreduce", "allgather", "reduce_scatter", "send", "recv", "broadcast"]
+
+
+def read(path):
+    steps, losses, final = [], [], None
+    with open(path) as f:
+        for line in f:
+            record = json.loads(line)
+            if "loss" in record and "step" in record:
+                steps.append(record["step"])
+                losses.append(record["loss"])
+            if "val_loss" in record:
+                final = record
+    if final is None:
+        sys.exit(f"error: {path} has no final record (was the run complete?)")
+    return steps, losses, final
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("metrics", nargs="+")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--reference")
+    args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    runs = {os.path.basename(p)[: -len(".jsonl")] if p.endswith(".jsonl") else os.path.basename(p): read(p) for p in args.metrics}
+    reference = args.reference and os.path.basename(args.reference)[: -len(".jsonl")]
+    if not reference:
+        reference = next((name for name in runs if name.startswith("train") and not name.startswith("train_")), None)
+
+    # Loss curves and their difference from the reference.
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
+    for name, (steps, losses, _) in runs.items():
+        window = max(1, len(losses) // 200)
+        smooth = [sum(losses[i : i + window]) / len(losses[i : i + window]) for i in range(0, len(losses), window)]
+        top.plot(steps[::window][: len(smooth)], smooth, label=name, linewidth=1)
+    top.set_ylabel("training loss (smoothed)")
+    top.legend(fontsize=8)
+    top.set_title("Every layout trains the same model")
+    if reference in runs:
+        ref_steps, ref_losses, _ = runs[reference]
+        for name, (steps, losses, _) in runs.items():
+            if name == reference:
+                continue
+            n = min(len(losses), len(ref_losses))
+            bottom.plot(steps[:n], [(a - b) / b for a, b in zip(losses[:n], ref_losses[:n])], label=name, linewidth=0.8)
+        bottom.set_ylabel(f"relative difference\nfrom {reference}")
+        bottom.axhline(1e-5, color="grey", linestyle=":", linewidth=0.8)
+        bottom.axhline(-1e-5, color="grey", linestyle=":", linewidth=0.8)
+    bottom.set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "loss.png"), dpi=90)
+    plt.close(fig)
+
+    # Step time per layout.
+    names = list(runs)
+    micros = [1e6 * runs[n][2]["training_seconds"] / max(1, runs[n][2]["train_steps"]) for n in names]
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    bars = ax.bar(names, micros, color="tab:blue")
+    ax.bar_label(bars, fmt="%.0f", fontsize=8)
+    ax.set_ylabel("µs per training step")
+    ax.set_title("Step time per layout")
+    plt.setp(ax.get_xticklabels(), rotation=20, ha="right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "speed.png"), dpi=90)
+    plt.close(fig)
+
+    # Communication bytes per step by kind.
+    fig, ax = plt.subplots(figsize=(8, 3.8))
+    bottoms = [0.0] * len(names)
+    for kind in KINDS:
+        values = []
+        for n in names:
+            final = runs[n][2]
+            per_rank = final.get("comm_per_rank", [final["comm"]])
+            values.append(sum(r[kind]["bytes"] for r in per_rank) / max(1, final["train_steps"]))
+        if any(values):
+            ax.bar(names, values, bottom=bottoms, label=kind)
+            bottoms = [b + v for b, v in zip(bottoms, values)]
+    ax.set_ylabel("bytes per step, all ranks")
+    ax.set_title("Communication per step by kind (ledger)")
+    ax.legend(fontsize=8)
+    plt.setp(ax.get_xticklabels(), rotation=20, ha="right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "comm.png"), dpi=90)
+    plt.close(fig)
+    print(f"wrote {args.out}/loss.png, speed.png, comm.png")
+
+
+if __name__ == "__main__":
+    main()
