@@ -32,6 +32,7 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .executable(name: "train", targets: ["train"]),
+        .executable(name: "train_tp", targets: ["train_tp"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -53,6 +54,7 @@ let package = Package(
             swiftSettings: hot
         ),
         .executableTarget(name: "train", dependencies: ["Training"], swiftSettings: hot),
+        .executableTarget(name: "train_tp", dependencies: ["Training"], swiftSettings: hot),
         .testTarget(name: "CoreTests", dependencies: ["Core"], swiftSettings: hot),
         .testTarget(name: "EndToEndTests"),
     ]
