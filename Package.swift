@@ -33,6 +33,7 @@ let package = Package(
     products: [
         .executable(name: "train", targets: ["train"]),
         .executable(name: "train_tp", targets: ["train_tp"]),
+        .executable(name: "train_pp", targets: ["train_pp"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -55,6 +56,7 @@ let package = Package(
         ),
         .executableTarget(name: "train", dependencies: ["Training"], swiftSettings: hot),
         .executableTarget(name: "train_tp", dependencies: ["Training"], swiftSettings: hot),
+        .executableTarget(name: "train_pp", dependencies: ["Training"], swiftSettings: hot),
         .testTarget(name: "CoreTests", dependencies: ["Core"], swiftSettings: hot),
         .testTarget(name: "EndToEndTests"),
     ]
