@@ -58,6 +58,7 @@ let package = Package(
         .executableTarget(name: "train_tp", dependencies: ["Training"], swiftSettings: hot),
         .executableTarget(name: "train_pp", dependencies: ["Training"], swiftSettings: hot),
         .testTarget(name: "CoreTests", dependencies: ["Core"], swiftSettings: hot),
+        .testTarget(name: "TrainingTests", dependencies: ["Training"]),
         .testTarget(name: "EndToEndTests"),
     ]
 )
