@@ -59,6 +59,9 @@ public struct PipelineSchedule: Sendable {
     public let microBatches: Int
     /// The training step's actions, in order.
     public let actions: [PipelineAction]
+    /// Forward only (evaluation): every micro-batch in order; buffers are reused as soon as the
+    /// activation has been sent on.
+    public let forwardOnly: [PipelineAction]
 
     public init(_ kind: PipelineScheduleKind, stage: Int, stages: Int, microBatches: Int) {
         precondition(stages >= 1 && stage >= 0 && stage < stages && microBatches >= 1)
@@ -83,6 +86,7 @@ public struct PipelineSchedule: Sendable {
             actions += ((m - warmUp)..<m).map { .backward($0) }
         }
         self.actions = actions
+        forwardOnly = (0..<m).map { .forward($0) }
     }
 
     /// Micro-batches a stage holds at once (forwarded, not yet backwarded): the number of
@@ -93,10 +97,6 @@ public struct PipelineSchedule: Sendable {
         case .oneForwardOneBackward: return Swift.min(microBatches, stages - stage)
         }
     }
-
-    /// Forward only (evaluation): every micro-batch in order; buffers are reused as soon as the
-    /// activation has been sent on.
-    public var forwardOnly: [PipelineAction] { (0..<microBatches).map { .forward($0) } }
 
     /// The ideal idle fraction `(N − 1)/(M + N − 1)` for equal stage times and free messages.
     public var idealBubble: Double { Double(stages - 1) / Double(microBatches + stages - 1) }
