@@ -34,6 +34,8 @@ let package = Package(
         .executable(name: "train", targets: ["train"]),
         .executable(name: "train_dp", targets: ["train_dp"]),
         .executable(name: "train_fsdp", targets: ["train_fsdp"]),
+        .executable(name: "train_tp", targets: ["train_tp"]),
+        .executable(name: "train_pp", targets: ["train_pp"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -57,7 +59,10 @@ let package = Package(
         .executableTarget(name: "train", dependencies: ["Training"], swiftSettings: hot),
         .executableTarget(name: "train_dp", dependencies: ["Training"], swiftSettings: hot),
         .executableTarget(name: "train_fsdp", dependencies: ["Training"], swiftSettings: hot),
+        .executableTarget(name: "train_tp", dependencies: ["Training"], swiftSettings: hot),
+        .executableTarget(name: "train_pp", dependencies: ["Training"], swiftSettings: hot),
         .testTarget(name: "CoreTests", dependencies: ["Core"], swiftSettings: hot),
+        .testTarget(name: "TrainingTests", dependencies: ["Training"]),
         .testTarget(name: "EndToEndTests"),
     ]
 )

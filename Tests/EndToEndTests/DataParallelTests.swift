@@ -17,8 +17,8 @@ final class DataParallelTests: XCTestCase {
 
     func checkAll(_ executable: String) throws {
         for np in 1...4 {
-            try Equivalence.check(executable, np: np, data: Self.data, flags: flags(np: np, layers: 1, optimizer: "sgd"))
-            try Equivalence.check(executable, np: np, data: Self.data, flags: flags(np: np, layers: 2, optimizer: "adam"))
+            try Equivalence.check(executable, np: np, flags(np: np, layers: 1, optimizer: "sgd"), data: Self.data)
+            try Equivalence.check(executable, np: np, flags(np: np, layers: 2, optimizer: "adam"), data: Self.data)
         }
     }
 
@@ -29,8 +29,8 @@ final class DataParallelTests: XCTestCase {
     /// small buckets in DP so several allreduces overlap backward.
     func testDefaultSizesAdamAndBuckets() throws {
         let f = ["--optimizer", "adam", "--lr", "0.003", "--weight-decay", "0.01"]
-        try Equivalence.check("train_fsdp", np: 2, data: Self.data, flags: f, steps: 100)
-        try Equivalence.check("train_dp", np: 2, layout: ["--bucket-kb", "4"], data: Self.data, flags: f + ["--layers", "3"], steps: 100)
+        try Equivalence.check("train_fsdp", np: 2, f, data: Self.data, steps: 100)
+        try Equivalence.check("train_dp", np: 2, f + ["--layers", "3"], extra: ["--bucket-kb", "4"], data: Self.data, steps: 100)
     }
 
     func testImpossibleLayoutsFailCleanlyOnEveryRank() throws {

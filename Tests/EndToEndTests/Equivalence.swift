@@ -1,75 +1,95 @@
 import Foundation
 import XCTest
 
-/// "Every layout computes the same model as `train`", as assertions.
+/// "Every layout computes the same model as `train`": runs `train` and a parallel executable
+/// with the same flags and compares what they write.
 ///
-/// For a layout (an executable, a rank count, its own flags) and model flags, it runs:
-/// - `--steps 1 --dump`: the full gradients of the first step, gathered from the shards, against
-///   `train`'s at rtol 1e-5 / atol 1e-6, every parameter (embedding and biases included), and the
-///   parameters after that update;
-/// - `--steps 3 --dump`: the parameters after three updates;
-/// - `--steps N --metrics`: the loss of every step, relative difference ≤ 1e-5.
-/// `train`'s own runs are cached per flag set.
+/// - per-step training loss over `steps` steps, and the validation loss: relative difference ≤ 1e-5;
+/// - after one step (`--steps 1 --dump`): every gathered gradient and parameter within
+///   `|a − b| ≤ 1e-6 + 1e-5·|b|`;
+/// - after five steps: every parameter within the same tolerance.
 enum Equivalence {
-    nonisolated(unsafe) static var references: [String: (Dump, Dump, [Float])] = [:]
-    static let lock = NSLock()
+    static let lossTolerance: Float = 1e-5
+    static let rtol: Float = 1e-5, atol: Float = 1e-6
 
-    static func common(_ data: String, steps: Int) -> [String] {
-        ["--data", data, "--steps", "\(steps)", "--val-batches", "2", "--samples", "0", "--log-every", "100000"]
+    /// `train`'s outputs for a set of flags, computed once per test process.
+    nonisolated(unsafe) static var references: [[String]: (losses: Metrics, step1: Dump, step5: Dump)] = [:]
+
+    static func reference(_ args: [String], file: StaticString, line: UInt) throws -> (losses: Metrics, step1: Dump, step5: Dump) {
+        if let cached = references[args] { return cached }
+        let outputs = try run("train", np: nil, args, file: file, line: line)
+        references[args] = outputs
+        return outputs
     }
 
-    /// Runs `train` with `flags` (cached): (dump after 1 step, dump after 3 steps, losses).
-    static func reference(data: String, flags: [String], steps: Int) throws -> (Dump, Dump, [Float]) {
-        let key = ([data, "\(steps)"] + flags).joined(separator: " ")
-        lock.lock(); defer { lock.unlock() }
-        if let cached = references[key] { return cached }
-        let result = try outcome("train", np: nil, layout: [], data: data, flags: flags, steps: steps)
-        references[key] = result
-        return result
-    }
-
-    static func outcome(_ executable: String, np: Int?, layout: [String], data: String, flags: [String], steps: Int,
-                        file: StaticString = #filePath, line: UInt = #line) throws -> (Dump, Dump, [Float]) {
+    static func run(_ executable: String, np: Int?, _ args: [String], file: StaticString, line: UInt) throws
+        -> (losses: Metrics, step1: Dump, step5: Dump) {
         let dir = try Launch.temporaryDirectory()
+        let metrics = dir.appendingPathComponent("m.jsonl").path
+        let long = try Launch.run(executable, np: np, args + ["--metrics", metrics], timeout: 240, file: file, line: line)
+        XCTAssertEqual(long.status, 0, "\(executable) \(args): \(long.stderr)", file: file, line: line)
+        XCTAssertFalse(long.timedOut, "\(executable) \(args) timed out", file: file, line: line)
         var dumps: [Dump] = []
-        for k in [1, 3] {
-            let path = dir.appendingPathComponent("d\(k)").path
-            let run = try Launch.run(executable, np: np, common(data, steps: k) + flags + layout + ["--dump", path], timeout: 300)
-            XCTAssertEqual(run.status, 0, "\(executable) -np \(np ?? 1) \(layout) \(flags): \(run.stderr)", file: file, line: line)
+        for steps in ["1", "5"] {
+            let path = dir.appendingPathComponent("d\(steps).bin").path
+            let short = try Launch.run(executable, np: np, args + ["--steps", steps, "--dump", path], timeout: 120, file: file, line: line)
+            XCTAssertEqual(short.status, 0, "\(executable) \(args) --steps \(steps): \(short.stderr)", file: file, line: line)
             dumps.append(try Dump(path: path))
         }
-        let metrics = dir.appendingPathComponent("m.jsonl").path
-        let run = try Launch.run(executable, np: np, common(data, steps: steps) + flags + layout + ["--metrics", metrics], timeout: 300)
-        XCTAssertEqual(run.status, 0, "\(executable) \(layout) \(flags): \(run.stderr)", file: file, line: line)
-        return (dumps[0], dumps[1], try Metrics(path: metrics).losses)
+        return (try Metrics(path: metrics), dumps[0], dumps[1])
     }
 
-    /// Asserts that `executable` under `mpirun -np np` with `layout` flags reproduces `train`.
-    static func check(_ executable: String, np: Int, layout: [String] = [], data: String, flags: [String], steps: Int = 300,
+    /// Runs `executable` under `mpirun -np np` with `common + extra` and `train` with `common`,
+    /// and asserts they computed the same model.
+    static func check(_ executable: String, np: Int, _ common: [String], extra: [String] = [], data: String, steps: Int = 300,
                       file: StaticString = #filePath, line: UInt = #line) throws {
-        let label = "\(executable) -np \(np) \((layout + flags).joined(separator: " "))"
-        let (ref1, ref3, refLosses) = try reference(data: data, flags: flags, steps: steps)
-        let (got1, got3, losses) = try outcome(executable, np: np, layout: layout, data: data, flags: flags, steps: steps,
-                                               file: file, line: line)
-        assertClose(got1.gradients, ref1.gradients, rtol: 1e-5, atol: 1e-6, "\(label): gradients after one step", file: file, line: line)
-        assertClose(got1.parameters, ref1.parameters, rtol: 1e-5, atol: 1e-6, "\(label): parameters after one step", file: file, line: line)
-        assertClose(got3.parameters, ref3.parameters, rtol: 1e-5, atol: 1e-6, "\(label): parameters after three steps", file: file, line: line)
-        XCTAssertEqual(losses.count, steps, label, file: file, line: line)
-        var worst: (Float, Int) = (0, -1)
-        for (i, (a, b)) in zip(losses, refLosses).enumerated() {
-            let r = abs(a - b) / abs(b)
-            if !(r <= worst.0) { worst = (r, i) }
+        let base = ["--data", data, "--val-batches", "2", "--samples", "0", "--log-every", "\(steps)", "--steps", "\(steps)"] + common
+        let label = "\(executable) -np \(np) \(common + extra)"
+        let ours = try run(executable, np: np, base + extra, file: file, line: line)
+        let reference = try reference(base, file: file, line: line)
+
+        let a = ours.losses.losses, b = reference.losses.losses
+        XCTAssertEqual(a.count, steps, label, file: file, line: line)
+        XCTAssertEqual(b.count, steps, label, file: file, line: line)
+        var worst: (diff: Float, step: Int) = (0, -1)
+        for (step, (x, y)) in zip(a, b).enumerated() {
+            let diff = abs(x - y) / abs(y)
+            if !(diff <= worst.diff) { worst = (diff, step) }
         }
-        XCTAssertLessThanOrEqual(worst.0, 1e-5, "\(label): loss differs by \(worst.0) (relative) at step \(worst.1)", file: file, line: line)
+        XCTAssertLessThanOrEqual(worst.diff, lossTolerance, "\(label): loss differs by \(worst.diff) (relative) at step \(worst.step)",
+                                 file: file, line: line)
+        let va = try XCTUnwrap(ours.losses.valLoss), vb = try XCTUnwrap(reference.losses.valLoss)
+        XCTAssertLessThanOrEqual(abs(va - vb) / vb, lossTolerance, "\(label): validation loss \(va) vs \(vb)", file: file, line: line)
+
+        compare(ours.step1.gradients, reference.step1.gradients, "\(label): gradients after 1 step", file: file, line: line)
+        compare(ours.step1.parameters, reference.step1.parameters, "\(label): parameters after 1 step", file: file, line: line)
+        compare(ours.step5.parameters, reference.step5.parameters, "\(label): parameters after 5 steps", file: file, line: line)
     }
 
-    static func assertClose(_ a: [Float], _ b: [Float], rtol: Float, atol: Float, _ label: String,
-                            file: StaticString = #filePath, line: UInt = #line) {
+    /// Asserts `|a − b| ≤ atol + rtol·|b|` elementwise, naming the worst element.
+    static func compare(_ a: [Float], _ b: [Float], _ label: String, file: StaticString, line: UInt) {
         XCTAssertEqual(a.count, b.count, label, file: file, line: line)
-        var bad: [Int] = []
-        for i in 0..<min(a.count, b.count) where !(abs(a[i] - b[i]) <= atol + rtol * abs(b[i])) { bad.append(i) }
-        if let first = bad.first {
-            XCTFail("\(label): \(bad.count) of \(a.count) floats differ; first at \(first): \(a[first]) vs \(b[first])", file: file, line: line)
+        var worst: (ratio: Float, index: Int) = (0, -1)
+        for i in 0..<min(a.count, b.count) {
+            let ratio = abs(a[i] - b[i]) / (atol + rtol * abs(b[i]))
+            if !(ratio <= worst.ratio) { worst = (ratio, i) }
         }
+        if worst.index >= 0 {
+            XCTAssertLessThanOrEqual(worst.ratio, 1, "\(label): worst at \(worst.index): \(a[worst.index]) vs \(b[worst.index])",
+                                     file: file, line: line)
+        }
+        XCTAssertTrue(b.allSatisfy(\.isFinite), "\(label): reference has non-finite values", file: file, line: line)
+    }
+
+    /// A run that must fail: non-zero status, no hang, exactly one `error:` line containing `expected`.
+    static func expectError(_ executable: String, np: Int, _ args: [String], _ expected: String,
+                            file: StaticString = #filePath, line: UInt = #line) throws {
+        let run = try Launch.run(executable, np: np, args, timeout: 60, file: file, line: line)
+        let label = "\(executable) -np \(np) \(args)"
+        XCTAssertFalse(run.timedOut, "\(label) hung", file: file, line: line)
+        XCTAssertNotEqual(run.status, 0, label, file: file, line: line)
+        let errors = run.stderrLines.filter { $0.hasPrefix("error:") }
+        XCTAssertEqual(errors.count, 1, "\(label): \(run.stderr)", file: file, line: line)
+        XCTAssertTrue(errors.first?.contains(expected) ?? false, "\(label): \(run.stderr)", file: file, line: line)
     }
 }

@@ -1,0 +1,27 @@
+import Training
+
+/// `train_pp`: pipeline parallelism. The model's blocks are cut into one contiguous stage per
+/// rank; micro-batches flow through them in a GPipe or 1F1B schedule. It must reproduce `train`
+/// step for step.
+struct TrainPP: TrainingCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "train_pp",
+        abstract: "Train with pipeline parallelism: one stage of contiguous blocks per MPI rank.",
+        discussion: "Run as `mpirun -np N train_pp`; N may be 1 … layers + 2.")
+
+    @OptionGroup var options: TrainingOptions
+
+    @Option(name: .customLong("micro-batches"), parsing: .unconditional,
+            help: "Micro-batches per step (must divide --batch-size).")
+    var microBatches: Int = 1
+
+    // A string, checked by the layout, so that a bad value is reported once, not once per rank.
+    @Option(help: "Pipeline schedule: gpipe or 1f1b.")
+    var schedule: String = "1f1b"
+
+    func makeLayout(_ context: TrainingContext) throws(UsageError) -> TrainingLayout {
+        try PipelineParallel(context, microBatches: microBatches, schedule: schedule)
+    }
+}
+
+TrainPP.launch()
