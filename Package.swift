@@ -36,6 +36,7 @@ let package = Package(
         .executable(name: "train_fsdp", targets: ["train_fsdp"]),
         .executable(name: "train_tp", targets: ["train_tp"]),
         .executable(name: "train_pp", targets: ["train_pp"]),
+        .executable(name: "train_3d", targets: ["train_3d"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -61,6 +62,7 @@ let package = Package(
         .executableTarget(name: "train_fsdp", dependencies: ["Training"], swiftSettings: hot),
         .executableTarget(name: "train_tp", dependencies: ["Training"], swiftSettings: hot),
         .executableTarget(name: "train_pp", dependencies: ["Training"], swiftSettings: hot),
+        .executableTarget(name: "train_3d", dependencies: ["Training"], swiftSettings: hot),
         .testTarget(name: "CoreTests", dependencies: ["Core"], swiftSettings: hot),
         .testTarget(name: "TrainingTests", dependencies: ["Training"]),
         .testTarget(name: "EndToEndTests"),

@@ -2,8 +2,9 @@
 //
 // Built by the test (cc -shared -fPIC -O2 scripts/alloccount.c -o alloccount.so -ldl) and loaded
 // with LD_PRELOAD into the training executables (mpirun -x LD_PRELOAD=...). It counts calls to
-// malloc/calloc/realloc/posix_memalign/aligned_alloc whose call stack has no frame inside the MPI
-// libraries (allocations inside MPI itself do not count), and at exit writes the count to
+// malloc/calloc/realloc/posix_memalign/aligned_alloc made on the main thread whose call stack has
+// no frame inside the MPI libraries (allocations inside MPI itself, and MPI's own threads, do not
+// count), and at exit writes the count to
 // $ALLOC_COUNT_DIR/<pid> (executables named train* only). Run the same job for two step counts: equal counts mean the steps
 // allocate nothing.
 #define _GNU_SOURCE
@@ -12,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 static void *(*real_malloc)(size_t);
@@ -42,7 +44,9 @@ static int is_mpi(const char *path) {
 }
 
 static void count(void) {
-    if (!ready || busy) return;
+    // Only the main thread runs training steps; MPI's progress threads (PMIx, libevent) allocate
+    // on their own schedule and belong to "MPI itself".
+    if (!ready || busy || syscall(SYS_gettid) != getpid()) return;
     busy = 1;
     void *frames[24];
     int n = backtrace(frames, 24);
@@ -55,12 +59,24 @@ static void count(void) {
     busy = 0;
 }
 
-__attribute__((constructor)) static void start(void) {
-    real_malloc = dlsym(RTLD_NEXT, "malloc");
+// Resolves the real functions on first use: other libraries' constructors (Foundation's, for
+// one) may allocate before ours runs. While dlsym itself allocates, it is served from the
+// static arena.
+static int resolving;
+
+static void resolve(void) {
+    if (real_malloc || resolving) return;
+    resolving = 1;
     real_calloc = dlsym(RTLD_NEXT, "calloc");
     real_realloc = dlsym(RTLD_NEXT, "realloc");
     real_posix_memalign = dlsym(RTLD_NEXT, "posix_memalign");
     real_aligned_alloc = dlsym(RTLD_NEXT, "aligned_alloc");
+    real_malloc = dlsym(RTLD_NEXT, "malloc");
+    resolving = 0;
+}
+
+__attribute__((constructor)) static void start(void) {
+    resolve();
     void *warm[1];
     busy = 1;
     backtrace(warm, 1);  // loads libgcc_s once, outside any count
@@ -87,18 +103,21 @@ __attribute__((destructor)) static void finish(void) {
 }
 
 void *malloc(size_t n) {
+    resolve();
     if (!real_malloc) return bootstrap_alloc(n);
     count();
     return real_malloc(n);
 }
 
 void *calloc(size_t a, size_t b) {
+    resolve();
     if (!real_calloc) { void *p = bootstrap_alloc(a * b); if (p) memset(p, 0, a * b); return p; }
     count();
     return real_calloc(a, b);
 }
 
 void *realloc(void *p, size_t n) {
+    resolve();
     count();
     return real_realloc(p, n);
 }
@@ -111,11 +130,13 @@ void free(void *p) {
 }
 
 int posix_memalign(void **out, size_t alignment, size_t n) {
+    resolve();
     count();
     return real_posix_memalign(out, alignment, n);
 }
 
 void *aligned_alloc(size_t alignment, size_t n) {
+    resolve();
     count();
     return real_aligned_alloc(alignment, n);
 }

@@ -119,3 +119,17 @@ public struct UsageError: Error, CustomStringConvertible {
     public let description: String
     public init(_ description: String) { self.description = description }
 }
+
+/// The flags of the executables that run a pipeline (`train_pp`, `train_3d`).
+public struct PipelineOptions: ParsableArguments, Sendable {
+    @Option(name: .customLong("micro-batches"), parsing: .unconditional,
+            help: "Micro-batches per step; each data-parallel rank's rows must divide evenly into them.")
+    public var microBatches: Int = 1
+
+    @Option(help: "Pipeline schedule: gpipe (all forwards, then all backwards) or 1f1b (one forward, one backward).")
+    public var schedule: PipelineScheduleKind = .oneForwardOneBackward
+
+    public init() {}
+}
+
+extension PipelineScheduleKind: ExpressibleByArgument {}

@@ -180,11 +180,8 @@ public final class PipelineParallel: TrainingLayout {
 
     /// - Parameters:
     ///   - microBatches: `M ≥ 1`, dividing the global batch.
-    ///   - schedule: `gpipe` or `1f1b`.
-    public init(_ context: TrainingContext, microBatches: Int, schedule: String) throws(UsageError) {
-        guard let kind = PipelineScheduleKind(rawValue: schedule) else {
-            throw UsageError("--schedule must be gpipe or 1f1b (got '\(schedule)')")
-        }
+    ///   - schedule: GPipe or 1F1B.
+    public init(_ context: TrainingContext, microBatches: Int, schedule kind: PipelineScheduleKind) throws(UsageError) {
         if microBatches < 1 { throw UsageError("--micro-batches must be a positive integer (got \(microBatches))") }
         if context.batchSize % microBatches != 0 {
             throw UsageError("--batch-size \(context.batchSize) is not divisible by --micro-batches \(microBatches)")

@@ -195,24 +195,25 @@ public struct TensorParallelPlan: Sendable {
     /// canonical block `i`'s local floats (``Block/parameterCount`` of them, in ``Block/map``
     /// order). The sharded layers communicate over `tp`, which must have `tpSize` ranks.
     public func makeLayers(tp: Communicator, parameters: (Int) -> ParameterView, workspace: Workspace) -> [Layer] {
+        blocks.map { makeLayer($0, tp: tp, parameters: parameters($0.index), workspace: workspace) }
+    }
+
+    /// The layer of one block over `parameters` (``Block/parameterCount`` floats, ``Block/map`` order).
+    public func makeLayer(_ block: Block, tp: Communicator, parameters view: ParameterView, workspace: Workspace) -> Layer {
         precondition(tp.size == tpSize && tp.rank == tpRank && workspace.capacity >= workspaceCapacity)
-        return blocks.map { block -> Layer in
-            let view = parameters(block.index)
-            precondition(view.count == block.parameterCount)
-            let relu = block.index <= config.layers
-            switch block.sharding {
-            case .replicated where block.index == 0:
-                return Embedding(vocab: config.vocab, dim: config.emb, parameters: view)
-            case .replicated:
-                return Linear(inputs: block.inputWidth, outputs: block.outputWidth, relu: relu, parameters: view,
-                              workspace: workspace)
-            case .column:
-                return ColumnParallelLinear(inputs: block.inputWidth, localOutputs: block.outputWidth, relu: relu,
-                                            parameters: view, workspace: workspace, tp: tp)
-            case .row:
-                return RowParallelLinear(localInputs: block.inputWidth, outputs: block.outputWidth, relu: relu,
-                                         parameters: view, workspace: workspace, tp: tp)
-            }
+        precondition(view.count == block.parameterCount)
+        let relu = block.index <= config.layers
+        switch block.sharding {
+        case .replicated where block.index == 0:
+            return Embedding(vocab: config.vocab, dim: config.emb, parameters: view)
+        case .replicated:
+            return Linear(inputs: block.inputWidth, outputs: block.outputWidth, relu: relu, parameters: view, workspace: workspace)
+        case .column:
+            return ColumnParallelLinear(inputs: block.inputWidth, localOutputs: block.outputWidth, relu: relu,
+                                        parameters: view, workspace: workspace, tp: tp)
+        case .row:
+            return RowParallelLinear(localInputs: block.inputWidth, outputs: block.outputWidth, relu: relu,
+                                     parameters: view, workspace: workspace, tp: tp)
         }
     }
 

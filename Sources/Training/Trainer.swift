@@ -1,5 +1,6 @@
 import Core
 import Distributed
+import Foundation
 
 #if canImport(Glibc)
 import Glibc
@@ -28,8 +29,14 @@ extension TrainingCommand {
                 print(Self.fullMessage(for: error))
                 Glibc.exit(0)
             }
-            let message = Self.message(for: error).split(separator: "\n").joined(separator: " ")
-            writeError("error: \(message) (see --help)")
+            // MPI has not started yet, but under mpirun every rank got the same bad command line:
+            // only the launcher's rank 0 reports it.
+            let environment = ProcessInfo.processInfo.environment
+            let rank = environment["OMPI_COMM_WORLD_RANK"] ?? environment["PMI_RANK"] ?? "0"
+            if rank == "0" {
+                let message = Self.message(for: error).split(separator: "\n").joined(separator: " ")
+                writeError("error: \(message) (see --help)")
+            }
             Glibc.exit(64)
         }
         let world = MPI.initialize()

@@ -11,16 +11,10 @@ struct TrainPP: TrainingCommand {
 
     @OptionGroup var options: TrainingOptions
 
-    @Option(name: .customLong("micro-batches"), parsing: .unconditional,
-            help: "Micro-batches per step (must divide --batch-size).")
-    var microBatches: Int = 1
-
-    // A string, checked by the layout, so that a bad value is reported once, not once per rank.
-    @Option(help: "Pipeline schedule: gpipe or 1f1b.")
-    var schedule: String = "1f1b"
+    @OptionGroup var pipeline: PipelineOptions
 
     func makeLayout(_ context: TrainingContext) throws(UsageError) -> TrainingLayout {
-        try PipelineParallel(context, microBatches: microBatches, schedule: schedule)
+        try PipelineParallel(context, microBatches: pipeline.microBatches, schedule: pipeline.schedule)
     }
 }
 

@@ -8,6 +8,7 @@ final class LedgerTests: XCTestCase {
 
     struct Model {
         var seqLen = 8, emb = 5, hidden = 9, layers = 2
+        init(layers: Int = 2) { self.layers = layers }
         var flags: [String] { ["--seq-len", "\(seqLen)", "--emb", "\(emb)", "--hidden", "\(hidden)", "--layers", "\(layers)"] }
         /// Floats per block: embedding, then each Linear's W and b.
         var blocks: [Int] {
@@ -88,6 +89,35 @@ final class LedgerTests: XCTestCase {
                 let gather = 2 * 4 * shards.max()! * np
                 XCTAssertEqual(bytes["buffers"], gather + 4 * shards.max()! + 4 * model.largestWeight)
             }
+        }
+    }
+
+    /// TP moves activations, not parameters: per step, the row-parallel head allreduces the
+    /// B × vocab logits forward and the column-parallel fc1 allreduces its B × seq·emb input
+    /// gradient backward (--layers 1). Nothing else moves: the loss is whole on every rank.
+    func testTensorParallelMovesActivations() throws {
+        let model = Model(layers: 1)
+        for np in [3] {
+            let r = try ledger("train_tp", np: np, model.flags)
+            let batch = 24
+            XCTAssertEqual(r.bytesPerStep("allreduce"), Double(4 * batch * (Self.vocab + model.seqLen * model.emb)), "N=\(np)")
+            XCTAssertEqual(r.callsPerStep("allreduce"), 2)
+            XCTAssertEqual(r.bytesPerStep("allgather") + r.bytesPerStep("reduce_scatter") + r.bytesPerStep("send"), 0)
+        }
+    }
+
+    /// PP sends each boundary's activation forward and its gradient back: B × width floats per
+    /// boundary each way per step, whatever the number of micro-batches (M messages of B/M rows).
+    func testPipelineSendsBoundaryActivations() throws {
+        let model = Model(layers: 1)
+        for micro in [1, 4] {
+            let r = try ledger("train_pp", np: 3, model.flags + ["--micro-batches", "\(micro)"])
+            let batch = 24
+            // Rank 0 holds the embedding: it sends B × seq·emb forward and receives as much back.
+            XCTAssertEqual(r.bytesPerStep("send"), Double(4 * batch * model.seqLen * model.emb), "M=\(micro)")
+            XCTAssertEqual(r.bytesPerStep("recv"), Double(4 * batch * model.seqLen * model.emb), "M=\(micro)")
+            XCTAssertEqual(r.callsPerStep("send"), Double(micro))
+            XCTAssertEqual(r.bytesPerStep("broadcast"), 4, "the loss, from the last stage")
         }
     }
 
