@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Benchmark table: µs/step, tokens/s and final validation loss per layout.
 #
-#   scripts/bench.sh [--steps N] [--repeats R] [--data FILE] [--only REGEX]
+#   scripts/bench.sh [--steps N] [--repeats R] [--data FILE] [--only REGEX] [--plot [DIR]]
+#
+# --plot also writes every layout's --metrics file and turns them into PNGs with scripts/plot.py
+# (loss curves, step time, communication by kind) in DIR (default docs/images).
 #
 # Data: ../shared/data/names.txt when it exists, else data/words.txt. Each layout runs with the
 # default flags. Step time is the slope between a short run (steps/5) and the full run, so start-up,
@@ -15,6 +18,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 steps=25000
 repeats=3
 only=""
+plot=""
 data="$ROOT/../shared/data/names.txt"
 [ -f "$data" ] || data="$ROOT/data/words.txt"
 while [ $# -gt 0 ]; do
@@ -23,6 +27,7 @@ while [ $# -gt 0 ]; do
     --repeats) repeats="$2"; shift 2 ;;
     --data) data="$2"; shift 2 ;;
     --only) only="$2"; shift 2 ;;
+    --plot) plot="$ROOT/docs/images"; if [ $# -gt 1 ] && [[ "$2" != --* ]]; then plot="$2"; shift; fi; shift ;;
     *) echo "error: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
@@ -36,6 +41,12 @@ layouts=(
   "train_dp N=4|4|train_dp|"
   "train_fsdp N=2|2|train_fsdp|"
   "train_fsdp N=4|4|train_fsdp|"
+  "train_tp N=2|2|train_tp|"
+  "train_pp N=3 M=1 1f1b|3|train_pp|--micro-batches 1 --schedule 1f1b"
+  "train_pp N=3 M=4 gpipe|3|train_pp|--micro-batches 4 --schedule gpipe"
+  "train_pp N=3 M=4 1f1b|3|train_pp|--micro-batches 4 --schedule 1f1b"
+  "train_3d 2x1x3 M=2|6|train_3d|--tp 2 --dp 1 --pp 3 --micro-batches 2"
+  "train_3d 2x2x3 M=2|12|train_3d|--tp 2 --dp 2 --pp 3 --micro-batches 2"
 )
 
 now() { date +%s.%N; }
@@ -63,9 +74,23 @@ for entry in "${layouts[@]}"; do
   val=""
   for _ in $(seq "$repeats"); do
     read -r ts _ <<< "$(run "$np" "$exe" "$short" $extra)"
-    read -r tl val <<< "$(run "$np" "$exe" "$steps" $extra)"
+    metrics_flag=()
+    if [ -n "$plot" ]; then
+      mkdir -p "$plot/metrics"
+      metrics_flag=(--metrics "$plot/metrics/$(echo "$name" | tr ' =' '_-').jsonl")
+    fi
+    read -r tl val <<< "$(run "$np" "$exe" "$steps" $extra "${metrics_flag[@]}")"
     slopes+=("$(echo "($tl - $ts) / ($steps - $short) * 1000000" | bc -l)")
   done
   us=$(printf '%s\n' "${slopes[@]}" | median)
   printf '| %-22s | %6s | %10.1f | %12.0f | %8s |\n' "$name" "$np" "$us" "$(echo "$batch / $us * 1000000" | bc -l)" "$val"
 done
+
+if [ -n "$plot" ]; then
+  /usr/bin/python3 -c 'import matplotlib' 2>/dev/null || {
+    echo "bench: installing python3-matplotlib" >&2
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    $SUDO apt-get install -y -qq python3-matplotlib >/dev/null || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq python3-matplotlib >/dev/null; }
+  }
+  "$ROOT/scripts/plot.py" "$plot"/metrics/*.jsonl --out "$plot"
+fi

@@ -63,9 +63,15 @@ public protocol TrainingLayout: AnyObject {
 
     /// Applies optimizer update number `step` (1-based) to this rank's parameters.
     func update(step: Int)
+
+    /// Called on every rank once the training steps are done (collective): a line for rank 0 to
+    /// print about how the steps went (e.g. the pipeline bubble), or nil.
+    func trainingFinished() -> String?
 }
 
 extension TrainingLayout {
+    public func trainingFinished() -> String? { nil }
+
     /// The update every layout uses: the optimizer over this rank's floats.
     public func update(step: Int) {
         local.optimizer.step(local.values, local.gradients, t: step)

@@ -123,6 +123,19 @@ public final class PipelineStage {
         return total
     }
 
+    /// Collective over `world`: each rank's share of training-step time spent waiting on a pipeline
+    /// neighbour, by world rank, next to the ideal bubble `(N−1)/(M+N−1)`; the text on world rank 0.
+    public func waitingReport(world: Communicator) -> String? {
+        var mine = [waitingSeconds, stepSeconds]
+        var all = [Double](repeating: 0, count: 2 * world.size)
+        world.allgather(&mine, count: 2, into: &all)
+        guard world.rank == 0 else { return nil }
+        let shares = (0..<world.size).map { format(Float(100 * all[2 * $0] / Swift.max(all[2 * $0 + 1], 1e-12)), 1) + "%" }
+        return "pipeline: \(schedule.stages) stages, \(schedule.kind.rawValue), \(schedule.microBatches) micro-batches; "
+            + "waiting on neighbours \(shares.joined(separator: " / ")) of step time by rank "
+            + "(ideal bubble (N−1)/(M+N−1) = \(format(Float(100 * schedule.idealBubble), 1))%)"
+    }
+
     /// Runs micro-batch `m` forward; on the last stage returns its summed loss (else 0).
     func forward(_ m: Int) -> Float {
         let slot = m % slots, base = slot * widths.count
@@ -176,7 +189,6 @@ public final class PipelineParallel: TrainingLayout {
     let parameters: ParameterBuffer
     public let local: LocalParameters
     let workspace: Workspace
-    let steps: Int
 
     /// - Parameters:
     ///   - microBatches: `M ≥ 1`, dividing the global batch.
@@ -206,7 +218,6 @@ public final class PipelineParallel: TrainingLayout {
             pp: grid.pp, seqLen: config.seqLen, lossScale: 1 / Float(context.batchSize))
         local = LocalParameters(map: plan.map, values: parameters.value, gradients: parameters.grad,
                                 optimizer: Optimizer(config: context.optimizer, count: parameters.count))
-        steps = context.options.steps
     }
 
     public func forwardBackward(batch index: Int, from sampler: BatchSampler) -> Float {
@@ -214,24 +225,7 @@ public final class PipelineParallel: TrainingLayout {
         return stage.trainingStep(batch: index, from: sampler) / Float(stage.rows.count)
     }
 
-    /// Updates this stage's blocks. After the last step, world rank 0 prints each stage's share
-    /// of forward-backward time spent waiting on a neighbour, next to the ideal bubble.
-    public func update(step: Int) {
-        local.optimizer.step(parameters.value, parameters.grad, t: step)
-        if step == steps { reportWaiting() }
-    }
-
-    func reportWaiting() {
-        var mine = [stage.waitingSeconds, stage.stepSeconds]
-        var all = [Double](repeating: 0, count: 2 * world.size)
-        world.allgather(&mine, count: 2, into: &all)
-        guard world.rank == 0 else { return }
-        let shares = (0..<world.size).map { format(Float(100 * all[2 * $0] / Swift.max(all[2 * $0 + 1], 1e-12)), 1) + "%" }
-        let ideal = format(Float(100 * stage.schedule.idealBubble), 1)
-        print("pipeline: \(world.size) stages, \(stage.schedule.kind.rawValue), \(stage.schedule.microBatches) micro-batches; "
-              + "waiting on neighbours \(shares.joined(separator: " / ")) of step time by stage "
-              + "(ideal bubble (N−1)/(M+N−1) = \(ideal)%)")
-    }
+    public func trainingFinished() -> String? { stage.waitingReport(world: world) }
 
     public func evaluate(batch index: Int, from sampler: BatchSampler) -> Float {
         stage.evaluate(batch: index, from: sampler) / Float(stage.rows.count)

@@ -71,6 +71,8 @@ public final class ThreeDimensional: TrainingLayout {
         return grid.dp.sum(stage.trainingStep(batch: index, from: sampler)) / Float(globalBatch)
     }
 
+    public func trainingFinished() -> String? { stage.waitingReport(world: grid.world) }
+
     public func evaluate(batch index: Int, from sampler: BatchSampler) -> Float {
         grid.dp.sum(stage.evaluate(batch: index, from: sampler)) / Float(globalBatch)
     }

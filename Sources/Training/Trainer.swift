@@ -136,6 +136,7 @@ struct Trainer<Command: TrainingCommand> {
         Ledger.isRecording = false
         let ledger = LedgerReport(world: world, steps: max(0, options.steps - start))
         if isLeader { print(ledger.table) }
+        if let line = layout.trainingFinished(), isLeader { print(line) }
 
         if options.checkpointDir != nil && savedAt != max(start, options.steps) {
             guard save(layout, step: max(start, options.steps), seed: seed, config: config) else { return 1 }
