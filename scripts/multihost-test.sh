@@ -5,8 +5,7 @@
 #
 #   scripts/multihost-test.sh        (root; scripts/test.sh runs it after `swift test`)
 #
-# It trains with `train_fsdp` on 4 ranks (2 per host) and, once it exists, `train_3d --tp 2
-# --dp 1 --pp 2`, on names it writes itself, 200 steps, and checks that
+# It trains with `train_fsdp` on 4 ranks (2 per host) and `train_3d --tp 2 --dp 1 --pp 2`, on names it writes itself, 200 steps, and checks that
 #   - every step's loss equals single-rank `train`'s with the same flags to relative 1e-5
 #     (compared by /usr/bin/python3), and
 #   - the veth's byte counters grew by at least what the layout must send between the hosts;
@@ -251,7 +250,10 @@ check_layout train_fsdp $((STEPS * 6 * params)) "6Ψ per step, Ψ=$params" train
 # neighbours, on the same host). Each step, activations go A→B and their gradients B→A: at least
 # one float per example of the batch each way.
 if [ -x "$BIN/train_3d" ]; then
-  check_layout "train_3d tp2 dp1 pp2" $((STEPS * BATCH * 4)) "1 float per example per step" train_3d --tp 2 --dp 1 --pp 2
+  # 2 stages of blocks [embedding, fc1] | [head]: ranks 0-1 (host A) hold the first, 2-3 (host B)
+  # the second. Each tp lane sends its B × hidden/2 slice of fc1's output to B and receives its
+  # gradient back: B × hidden floats each way per step across the veth (hidden 64, the default).
+  check_layout "train_3d tp2 dp1 pp2" $((STEPS * BATCH * 64 * 4)) "B × hidden floats per step each way" train_3d --tp 2 --dp 1 --pp 2
 else
   summary+=("train_3d                   not built yet ($BIN/train_3d): skipped")
 fi
