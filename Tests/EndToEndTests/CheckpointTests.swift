@@ -14,6 +14,9 @@ final class CheckpointTests: XCTestCase {
         var extra: [String] = []
     }
 
+    /// 3D at (T, D, P) = (2, 1, 3), two micro-batches, 1F1B.
+    static let threeD = Layout(executable: "train_3d", np: 6, extra: ["--tp", "2", "--dp", "1", "--pp", "3", "--micro-batches", "2"])
+
     /// Losses of a run (`--steps total`), optionally resuming from / saving into `directory`.
     func losses(_ layout: Layout, steps: Int, saveEvery: Int? = nil, into directory: String? = nil, resume: String? = nil,
                 expectSuccess: Bool = true, environment: [String: String] = [:]) throws -> (Launch.Outcome, [Float]) {
@@ -32,7 +35,7 @@ final class CheckpointTests: XCTestCase {
 
     func testResumeIsBitIdentical() throws {
         for layout in [Layout(executable: "train", np: nil), Layout(executable: "train_fsdp", np: 2),
-                       Layout(executable: "train_dp", np: 2)] {
+                       Layout(executable: "train_dp", np: 2), Self.threeD] {
             let (_, full) = try losses(layout, steps: 120)
             let dir = try Launch.temporaryDirectory().path
             let (_, first) = try losses(layout, steps: 80, saveEvery: 40, into: dir)
@@ -50,6 +53,9 @@ final class CheckpointTests: XCTestCase {
             (Layout(executable: "train", np: nil), Layout(executable: "train_fsdp", np: 3)),
             (Layout(executable: "train_dp", np: 4), Layout(executable: "train_fsdp", np: 4)),
             (Layout(executable: "train_fsdp", np: 3), Layout(executable: "train_dp", np: 2)),
+            (Layout(executable: "train_tp", np: 2), Layout(executable: "train_pp", np: 3, extra: ["--micro-batches", "2"])),
+            (Layout(executable: "train", np: nil), Self.threeD),
+            (Self.threeD, Layout(executable: "train_tp", np: 2)),
         ]
         for (source, target) in pairs {
             let dir = try Launch.temporaryDirectory().path
