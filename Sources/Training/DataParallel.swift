@@ -36,16 +36,12 @@ public final class DataParallel: TrainingLayout {
     var requests: [Request]
 
     public init(_ context: TrainingContext, group: Communicator, bucketBytes: Int) throws(UsageError) {
-        let n = group.size, batch = context.batchSize
-        if batch % n != 0 {
-            throw UsageError("--batch-size \(batch) is not divisible by the \(n) data-parallel ranks")
-        }
+        let batch = context.batchSize
+        rows = try dataParallelRows(batch: batch, group: group)
         world = context.world
         self.group = group
         globalBatch = batch
-        let rowsPerRank = batch / n
-        rows = group.rank * rowsPerRank ..< (group.rank + 1) * rowsPerRank
-        model = Model(config: context.config, batchSize: rowsPerRank, lossScale: 1 / Float(batch), spareGradients: 1)
+        model = Model(config: context.config, batchSize: rows.count, lossScale: 1 / Float(batch), spareGradients: 1)
         model.load(context.initialParameters)
         // Every rank holds the same full model; when gathering, rank 0's copy is the answer.
         let everything = ParameterMap.contiguous(0, model.parameters.count)

@@ -134,15 +134,12 @@ public final class FullyShardedDataParallel: TrainingLayout {
     let workspace: Workspace
 
     public init(_ context: TrainingContext, group: Communicator) throws(UsageError) {
-        let n = group.size, batch = context.batchSize, config = context.config
-        if batch % n != 0 {
-            throw UsageError("--batch-size \(batch) is not divisible by the \(n) data-parallel ranks")
-        }
+        let batch = context.batchSize, config = context.config
+        rows = try dataParallelRows(batch: batch, group: group)
         world = context.world
         self.group = group
         globalBatch = batch
-        let rowsPerRank = batch / n
-        rows = group.rank * rowsPerRank ..< (group.rank + 1) * rowsPerRank
+        let rowsPerRank = rows.count
         let workspace = Workspace(capacity: config.largestWeight)
         self.workspace = workspace
         blocks = ShardedBlocks(

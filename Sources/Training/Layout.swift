@@ -96,6 +96,16 @@ extension LocalParameters {
     }
 }
 
+/// The rows of the global batch that this rank of a data-parallel group trains on: slice
+/// `group.rank` of `group.size` equal slices.
+public func dataParallelRows(batch: Int, group: Communicator) throws(UsageError) -> Range<Int> {
+    if batch % group.size != 0 {
+        throw UsageError("--batch-size \(batch) is not divisible by the \(group.size) data-parallel ranks")
+    }
+    let rows = batch / group.size
+    return group.rank * rows ..< (group.rank + 1) * rows
+}
+
 /// `train`: the whole model on one rank. The reference every other layout must reproduce.
 public final class SingleRank: TrainingLayout {
     let model: Model

@@ -58,8 +58,7 @@ public final class ThreeDimensional: TrainingLayout {
                                     make: { plan.makeLayer(block, tp: grid.tp, parameters: $0, workspace: workspace) })
             },
             group: grid.dp, initialParameters: context.initialParameters)
-        let rows = batch / dp
-        stage = PipelineStage(layers: blocks.layers, widths: plan.widths, rows: grid.dp.rank * rows ..< (grid.dp.rank + 1) * rows,
+        stage = PipelineStage(layers: blocks.layers, widths: plan.widths, rows: try dataParallelRows(batch: batch, group: grid.dp),
                               schedule: PipelineSchedule(pipeline.schedule, stage: grid.pp.rank, stages: pp, microBatches: m),
                               pp: grid.pp, seqLen: config.seqLen, lossScale: 1 / Float(batch))
         local = LocalParameters(map: blocks.map, values: blocks.shards.value, gradients: blocks.shards.grad,
