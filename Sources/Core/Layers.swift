@@ -111,12 +111,12 @@ public final class Embedding: Layer {
         table = parameters
     }
 
-    /// Copies one table row per token (whole-row copies).
+    /// Copies one table row per token (whole-row vector copies).
     public func forward(_ input: Activation, _ output: Activation) {
         let tokens = input.rows * input.cols
+        let dim = dim, table = table.value, ids = input.value, out = output.value
         for t in 0..<tokens {
-            let id = Int(input.value[t])
-            (output.value + t * dim).update(from: table.value + id * dim, count: dim)
+            Kernels.copy(table + Int(ids[t]) * dim, into: out + t * dim, count: dim)
         }
     }
 
@@ -124,9 +124,9 @@ public final class Embedding: Layer {
     /// A token that appears twice gets both contributions (ml.c overwrote the first).
     public func backward(_ input: Activation, _ output: Activation) {
         let tokens = input.rows * input.cols
+        let dim = dim, table = table.grad, ids = input.value, grad = output.grad
         for t in 0..<tokens {
-            let id = Int(input.value[t])
-            Kernels.add(output.grad + t * dim, into: table.grad + id * dim, count: dim)
+            Kernels.add(grad + t * dim, into: table + Int(ids[t]) * dim, count: dim)
         }
     }
 }
@@ -182,11 +182,9 @@ public final class Linear: Layer {
                      a: input.value, rowStride: 1, depthStride: inputs,
                      b: output.grad, ldb: outputs, c: weightGrad, ldc: outputs,
                      epilogue: .init(accumulate: true))
-        // dx = dy · Wᵀ
-        let transposed = workspace.floats
-        Kernels.transpose(weight, rows: inputs, cols: outputs, into: transposed)
+        // dx = dy · Wᵀ (W transposed on the fly, 16 × 16 at a time, as the kernel packs it)
         Kernels.gemm(m: rows, n: inputs, k: outputs,
                      a: output.grad, rowStride: outputs, depthStride: 1,
-                     b: transposed, ldb: inputs, c: input.grad, ldc: inputs)
+                     transposedB: weight, ldb: outputs, c: input.grad, ldc: inputs)
     }
 }

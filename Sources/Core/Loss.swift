@@ -24,28 +24,15 @@ public struct SoftmaxCrossEntropy: Sendable {
         var total: Float = 0
         for r in 0..<logits.rows {
             let x = logits.value + r * v
-            let p = logits.grad + r * v
-            var m = -Float.infinity
-            for j in 0..<v { m = Swift.max(m, x[j]) }
-            var z: Float = 0
-            for j in 0..<v {
-                let e = expf(x[j] - m)
-                p[j] = e
-                z += e
-            }
-            let inverse = 1 / z
-            for j in 0..<v { p[j] *= inverse }
+            let (m, z) = Kernels.softmax(x, cols: v, into: logits.grad + r * v)
             total += logf(z) + m - x[Int(targets[r])]
         }
         return total
     }
 
     public func backward(_ logits: Activation, _ targets: UnsafePointer<Int32>) {
-        let v = logits.cols
-        for r in 0..<logits.rows {
-            let p = logits.grad + r * v
-            p[Int(targets[r])] -= 1
-        }
-        Kernels.scale(logits.grad, count: logits.rows * v, by: gradientScale)
+        let v = logits.cols, p = logits.grad
+        for r in 0..<logits.rows { p[r * v + Int(targets[r])] -= 1 }
+        Kernels.scale(p, count: logits.rows * v, by: gradientScale)
     }
 }
