@@ -38,6 +38,7 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .executable(name: "train", targets: ["train"]),
+        .executable(name: "peak", targets: ["peak"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -59,6 +60,7 @@ let package = Package(
             swiftSettings: hot
         ),
         .executableTarget(name: "train", dependencies: ["Training"], swiftSettings: hot),
+        .executableTarget(name: "peak", dependencies: ["Core"], swiftSettings: hot),
         .testTarget(name: "CoreTests", dependencies: ["Core"], swiftSettings: hot),
         .testTarget(name: "EndToEndTests"),
     ]
