@@ -182,17 +182,36 @@ public struct BatchSampler: Sendable {
 
     /// Writes rows `rows` of global batch `index`: token ids (as floats) into `tokens`
     /// (`rows.count × seqLen`) and targets into `targets` (`rows.count`).
+    ///
+    /// The rows are scattered over the whole training set (megabytes), so each is a cache miss.
+    /// The draw goes in chunks of 32: a first pass draws the rows and reads each one's first
+    /// token and target (the misses of a chunk overlap), a second pass converts the rest.
     public func fill(index: Int, rows: Range<Int>, tokens: UnsafeMutablePointer<Float>, targets: UnsafeMutablePointer<Int32>) {
         var rng = SplitMix64(seed: seed, stream: stream.rawValue, index: UInt64(index))
         let width = examples.seqLen + 1
         let seqLen = examples.seqLen
-        for b in 0..<batchSize {
-            let e = rng.below(examples.count)
-            guard rows.contains(b) else { continue }
-            let row = examples.rows + e * width
-            let out = tokens + (b - rows.lowerBound) * seqLen
-            for s in 0..<seqLen { out[s] = Float(row[s]) }
-            targets[b - rows.lowerBound] = row[seqLen]
+        let data = examples.rows, count = examples.count
+        var drawn = InlineArray<32, Int>(repeating: 0)
+        var b0 = 0
+        while b0 < batchSize {
+            let chunk = Swift.min(32, batchSize - b0)
+            for j in 0..<chunk {
+                let e = rng.below(count)
+                drawn[j] = e
+                let b = b0 + j
+                guard rows.contains(b) else { continue }
+                let row = data + e * width
+                tokens[(b - rows.lowerBound) * seqLen] = Float(row[0])
+                targets[b - rows.lowerBound] = row[seqLen]
+            }
+            for j in 0..<chunk {
+                let b = b0 + j
+                guard rows.contains(b) else { continue }
+                let row = data + drawn[j] * width
+                let out = tokens + (b - rows.lowerBound) * seqLen
+                for s in 1..<seqLen { out[s] = Float(row[s]) }
+            }
+            b0 += chunk
         }
     }
 }

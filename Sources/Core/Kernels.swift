@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// The numeric kernels: every loop over floats that the layers run lives here.
 ///
 /// # Matrix products
@@ -92,16 +98,22 @@ public enum Kernels {
         return c.x + c.y
     }
 
-    /// Largest of the 16 lanes, as a tree.
+    /// Largest of the 16 lanes: four rounds of "max with a permuted copy" at full width (every
+    /// lane ends up holding the maximum). Narrower halves would not compile to `vmaxps`.
     @inline(__always)
-    public static func max(_ v: Vector) -> Float {
-        var a = v.lowHalf
-        a.replace(with: v.highHalf, where: v.highHalf .> a)
-        var b = a.lowHalf
-        b.replace(with: a.highHalf, where: a.highHalf .> b)
-        var c = b.lowHalf
-        c.replace(with: b.highHalf, where: b.highHalf .> c)
-        return c.y > c.x ? c.y : c.x
+    public static func max(_ v: Vector) -> Float { maxAcrossLanes(v)[0] }
+
+    @inline(always)
+    static func larger(_ a: Vector, _ b: Vector) -> Vector { a.replacing(with: b, where: b .> a) }
+
+    @inline(always)
+    static func maxAcrossLanes(_ v: Vector) -> Vector {
+        var m = larger(v, Vector(lowHalf: v.highHalf, highHalf: v.lowHalf))
+        m = larger(m, Vector(lowHalf: SIMD8(lowHalf: m.lowHalf.highHalf, highHalf: m.lowHalf.lowHalf),
+                             highHalf: SIMD8(lowHalf: m.highHalf.highHalf, highHalf: m.highHalf.lowHalf)))
+        m = larger(m, Vector(m[2], m[3], m[0], m[1], m[6], m[7], m[4], m[5], m[10], m[11], m[8], m[9], m[14], m[15], m[12], m[13]))
+        m = larger(m, Vector(m[1], m[0], m[3], m[2], m[5], m[4], m[7], m[6], m[9], m[8], m[11], m[10], m[13], m[12], m[15], m[14]))
+        return m
     }
 
     /// What happens to a tile of C before the products are added, and after.
@@ -180,9 +192,10 @@ public enum Kernels {
         epilogue: Epilogue
     ) {
         if m <= 0 || n <= 0 { return }
-        // Pack when B must be turned around, when its rows are too short for full-width loads,
-        // or when its rows are far apart and enough row tiles reuse the panel to pay for the copy.
-        let pack = transposedB || n < width || (n > tileColumns && m >= 4 * tileRows && k >= width)
+        // Pack when B must be turned around or when its rows are too short for full-width loads.
+        // (Copying a strided B into a panel was measured slower than reading it in place, even
+        // at 256 × 1024 × 1024: the L2 feeds 4 vectors per 12 cycles without help.)
+        let pack = transposedB || n < width
         if pack {
             packedProduct(m: m, n: n, k: k, a: a, rowStride: rowStride, depthStride: depthStride,
                           b: b, ldb: ldb, transposedB: transposedB, c: c, ldc: ldc, epilogue: epilogue)
@@ -273,7 +286,7 @@ public enum Kernels {
 
     /// Copies `depth` rows of B (from row `p0`) into the panel, 16·vectors floats per row, the
     /// last vector from `lastStart` (zero-padded past `n` when `n < 16`).
-    @inline(always)
+    @inline(never)
     static func packRows(_ b: UnsafePointer<Float>, ldb: Int, p0: Int, depth: Int, j0: Int, vectors: Int, lastStart: Int,
                          n: Int, into panel: UnsafeMutablePointer<Float>) {
         let stride = width * vectors
@@ -288,7 +301,7 @@ public enum Kernels {
     /// The panel of `B(p, j) = Bt[j·ldb + p]`: 16 rows of Bt are loaded, transposed in registers
     /// and stored as 16 panel rows. A depth that is not a multiple of 16 transposes one more block
     /// that ends at the block's last row and keeps only its new rows.
-    @inline(always)
+    @inline(never)
     static func packTransposed(_ bt: UnsafePointer<Float>, ldb: Int, p0: Int, depth: Int, j0: Int, vectors: Int,
                                lastStart: Int, n: Int, into panel: UnsafeMutablePointer<Float>) {
         let stride = width * vectors
@@ -710,6 +723,123 @@ public enum Kernels {
         while i < count { x[i] = 0; i += 1 }
     }
 
+    // MARK: - Embedding rows
+
+    /// `out[t] = table[ids[t]]` for `count` rows of `dim` floats (ids stored as floats).
+    public static func gatherRows(_ table: UnsafePointer<Float>, dim: Int, ids: UnsafePointer<Float>, count: Int,
+                                  into out: UnsafeMutablePointer<Float>) {
+        if dim == width {
+            for t in 0..<count { store(load(table + Int(ids[t]) * width), out + t * width) }
+        } else {
+            for t in 0..<count { copy(table + Int(ids[t]) * dim, into: out + t * dim, count: dim) }
+        }
+    }
+
+    /// Independent partial tables the scatter spreads its tokens over.
+    public static let scatterStreams = 4
+
+    /// `table[ids[t]] += rows[t]` for `count` rows of `dim` floats.
+    ///
+    /// Consecutive tokens are often the same (the left padding of every context), and adding
+    /// into one row again and again is a chain through memory: each add waits for the previous
+    /// store (~10 cycles). With `scratch` (`(scatterStreams − 1) · rows · dim` floats) token `t`
+    /// goes to partial table `t mod 4` (table 0 is `table` itself), so four chains run side by
+    /// side; the partial tables are then added into `table` and left zeroed for next time.
+    public static func scatterAddRows(_ rows: UnsafePointer<Float>, dim: Int, ids: UnsafePointer<Float>, count: Int,
+                                      into table: UnsafeMutablePointer<Float>, rows tableRows: Int,
+                                      scratch: UnsafeMutablePointer<Float>?) {
+        guard let scratch, count >= 4 * scatterStreams else {
+            for t in 0..<count { add(rows + t * dim, into: table + Int(ids[t]) * dim, count: dim) }
+            return
+        }
+        let size = tableRows * dim
+        let t1 = scratch, t2 = scratch + size, t3 = scratch + 2 * size
+        var t = 0
+        if dim == width {
+            @inline(always)
+            func add16(_ row: Int, _ into: UnsafeMutablePointer<Float>) {
+                let p = into + Int(ids[row]) * width
+                store(load(p) + load(rows + row * width), p)
+            }
+            while t + 4 <= count {
+                add16(t, table); add16(t + 1, t1); add16(t + 2, t2); add16(t + 3, t3)
+                t += 4
+            }
+            while t < count { add16(t, table); t += 1 }
+        } else {
+            while t + 4 <= count {
+                add(rows + t * dim, into: table + Int(ids[t]) * dim, count: dim)
+                add(rows + (t + 1) * dim, into: t1 + Int(ids[t + 1]) * dim, count: dim)
+                add(rows + (t + 2) * dim, into: t2 + Int(ids[t + 2]) * dim, count: dim)
+                add(rows + (t + 3) * dim, into: t3 + Int(ids[t + 3]) * dim, count: dim)
+                t += 4
+            }
+            while t < count { add(rows + t * dim, into: table + Int(ids[t]) * dim, count: dim); t += 1 }
+        }
+        // table += t1 + t2 + t3; the partial tables back to zero.
+        var i = 0
+        while i + width <= size {
+            store(load(table + i) + ((load(t1 + i) + load(t2 + i)) + load(t3 + i)), table + i)
+            store(Vector(), t1 + i); store(Vector(), t2 + i); store(Vector(), t3 + i)
+            i += width
+        }
+        while i < size {
+            table[i] += (t1[i] + t2[i]) + t3[i]
+            t1[i] = 0; t2[i] = 0; t3[i] = 0
+            i += 1
+        }
+    }
+
+    // MARK: - Optimizer updates
+
+    /// `p −= lr · (g + wd · p)` over `count` floats: full vectors, then one partial vector.
+    /// (With `wd = 0` the product `wd · p` is skipped: `g + 0·p = g` for every finite `p`.)
+    public static func sgd(_ p: UnsafeMutablePointer<Float>, _ g: UnsafePointer<Float>, count: Int,
+                           learningRate: Float, weightDecay: Float) {
+        let lr = Vector(repeating: learningRate), wd = Vector(repeating: weightDecay)
+        let decay = weightDecay != 0
+        @inline(always)
+        func update(_ p: Vector, _ g: Vector) -> Vector { decay ? p - lr * (g + wd * p) : p - lr * g }
+        var i = 0
+        while i + 2 * width <= count {
+            let p0 = load(p + i), p1 = load(p + i + width)
+            let g0 = load(g + i), g1 = load(g + i + width)
+            store(update(p0, g0), p + i)
+            store(update(p1, g1), p + i + width)
+            i += 2 * width
+        }
+        while i < count {
+            let w = Swift.min(width, count - i)
+            store(update(load(p + i, w), load(g + i, w)), p + i, w)
+            i += width
+        }
+    }
+
+    /// One Adam(W) update over `count` floats (see ``Optimizer``): `correction1 = 1/(1 − β₁ᵗ)`,
+    /// `correction2 = 1/(1 − β₂ᵗ)`.
+    public static func adam(_ p: UnsafeMutablePointer<Float>, _ g: UnsafePointer<Float>,
+                            _ m1: UnsafeMutablePointer<Float>, _ m2: UnsafeMutablePointer<Float>, count: Int,
+                            learningRate: Float, beta1: Float, beta2: Float, correction1: Float, correction2: Float,
+                            epsilon: Float, weightDecay: Float) {
+        let lr = Vector(repeating: learningRate), wd = Vector(repeating: weightDecay)
+        let b1 = Vector(repeating: beta1), b2 = Vector(repeating: beta2)
+        let c1 = Vector(repeating: 1 - beta1), c2 = Vector(repeating: 1 - beta2)
+        let k1 = Vector(repeating: correction1), k2 = Vector(repeating: correction2)
+        let eps = Vector(repeating: epsilon)
+        var i = 0
+        while i < count {
+            let w = Swift.min(width, count - i)
+            let pv = load(p + i, w), gv = load(g + i, w)
+            let m = b1 * load(m1 + i, w) + c1 * gv
+            let v = b2 * load(m2 + i, w) + c2 * (gv * gv)
+            let update = (m * k1) / ((v * k2).squareRoot() + eps)
+            store(m, m1 + i, w)
+            store(v, m2 + i, w)
+            store(pv - lr * (update + wd * pv), p + i, w)
+            i += width
+        }
+    }
+
     // MARK: - Exponential and softmax
 
     /// `eˣ` lane by lane, to about 1 ulp, without a call per element.
@@ -720,8 +850,10 @@ public enum Kernels {
     /// the exponent bits as `2^⌊n/2⌋ · 2^(n−⌊n/2⌋)`, two normal numbers for any `n` in
     /// [−152, 128], so overflow gives +∞ and the subnormal range is rounded once, by the last
     /// multiply. `x` is clamped to [−105, 89] first (e⁻¹⁰⁵ rounds to 0, e⁸⁹ to +∞); NaN stays NaN.
-    @inline(__always)
-    public static func exp(_ x: Vector) -> Vector {
+    public static func exp(_ x: Vector) -> Vector { expVector(x) }
+
+    @inline(always)
+    static func expVector(_ x: Vector) -> Vector {
         var t = x
         t.replace(with: -105, where: x .< -105)
         t.replace(with: 89, where: x .> 89)
@@ -748,46 +880,98 @@ public enum Kernels {
     /// `eˣ` over `count` floats, in place.
     public static func exp(_ x: UnsafeMutablePointer<Float>, count: Int) {
         var i = 0
-        while i + width <= count { store(exp(load(x + i)), x + i); i += width }
-        if i < count { store(exp(load(x + i, count - i)), x + i, count - i) }
+        while i + width <= count { store(expVector(load(x + i)), x + i); i += width }
+        if i < count { store(expVector(load(x + i, count - i)), x + i, count - i) }
     }
 
     /// Softmax of one row of `cols` logits into `p`; returns `(max, Σ e^(x − max))`, from which
-    /// the caller forms `log Σ eˣ = log(sum) + max`. Rows of 16…64 columns stay in registers
-    /// (the last vector shifted back to end at `cols`, its overlapping lanes left out of the
-    /// sum); longer rows take three passes over memory; shorter ones go lane by lane.
-    @inline(__always)
+    /// the caller forms `log Σ eˣ = log(sum) + max`.
     public static func softmax(_ x: UnsafePointer<Float>, cols: Int, into p: UnsafeMutablePointer<Float>) -> (max: Float, sum: Float) {
+        softmaxAnyWidth(x, cols: cols, into: p)
+    }
+
+    /// Softmax of `rows` rows of `cols` logits into `p`, and the summed cross-entropy against
+    /// `targets`: `Σ_r log Σ_j e^(x[r,j] − m_r) − (x[r, target_r] − m_r)`, `m_r` the row's max.
+    ///
+    /// Three passes over the (small, L1-resident) matrix, each a short loop the compiler keeps
+    /// in full-width registers: (1) per row, `m_r` and `p = x − m_r`; (2) `p = eᵖ` over the
+    /// whole matrix at once; (3) per row, the sum `z_r`, `p /= z_r` and `log z_r`. Rows of 16…64
+    /// columns are a few vectors each, the last one shifted back to end at `cols` (its
+    /// overlapping lanes kept out of the sum); other widths go through ``softmaxAnyWidth``.
+    public static func softmaxCrossEntropy(_ x: UnsafePointer<Float>, rows: Int, cols: Int, targets: UnsafePointer<Int32>,
+                                           into p: UnsafeMutablePointer<Float>) -> Float {
         if cols < width || cols > 4 * width {
-            return softmaxAnyWidth(x, cols: cols, into: p)
+            var total: Float = 0
+            for r in 0..<rows {
+                let row = x + r * cols
+                let (m, z) = softmaxAnyWidth(row, cols: cols, into: p + r * cols)
+                total += logf(z) + m - row[Int(targets[r])]
+            }
+            return total
         }
-        let vectors = (cols + width - 1) / width
-        let last = cols - width
+        let shifted = subtractRowMax(x, rows: rows, cols: cols, into: p, targets: targets)
+        exp(p, count: rows * cols)
+        return normalizeRows(p, rows: rows, cols: cols) - shifted
+    }
+
+    /// `g = (p − onehot(target)) · scale` in place, row by row.
+    public static func crossEntropyGradient(_ p: UnsafeMutablePointer<Float>, rows: Int, cols: Int,
+                                            targets: UnsafePointer<Int32>, scale s: Float) {
+        for r in 0..<rows { p[r * cols + Int(targets[r])] -= 1 }
+        scale(p, count: rows * cols, by: s)
+    }
+
+    /// Pass 1: `p[r, :] = x[r, :] − max_r`; returns `Σ_r p[r, target_r]`.
+    @inline(never)
+    static func subtractRowMax(_ x: UnsafePointer<Float>, rows: Int, cols: Int, into p: UnsafeMutablePointer<Float>,
+                               targets: UnsafePointer<Int32>) -> Float {
+        let vectors = (cols + width - 1) / width, last = cols - width
+        var total: Float = 0
+        for r in 0..<rows {
+            let row = x + r * cols, out = p + r * cols
+            var m = load(row + last)
+            var j = 0
+            while j < last { m = larger(m, load(row + j)); j += width }
+            let mv = maxAcrossLanes(m)
+            j = 0
+            for _ in 0..<(vectors - 1) { store(load(row + j) - mv, out + j); j += width }
+            store(load(row + last) - mv, out + last)
+            total += out[Int(targets[r])]
+        }
+        return total
+    }
+
+    /// Pass 3: `p[r, :] /= z_r` with `z_r = Σ_j p[r, j]`; returns `Σ_r log z_r`.
+    @inline(never)
+    static func normalizeRows(_ p: UnsafeMutablePointer<Float>, rows: Int, cols: Int) -> Float {
+        let vectors = (cols + width - 1) / width, last = cols - width
+        // The last vector's lanes below `fresh` belong to the previous vector.
         let fresh = width * (vectors - 1) - last
-        let x0 = load(x)
-        let x1 = vectors > 1 ? load(x + (vectors == 2 ? last : width)) : x0
-        let x2 = vectors > 2 ? load(x + (vectors == 3 ? last : 2 * width)) : x0
-        let x3 = vectors > 3 ? load(x + last) : x0
-        var m = x0
-        m.replace(with: x1, where: x1 .> m)
-        m.replace(with: x2, where: x2 .> m)
-        m.replace(with: x3, where: x3 .> m)
-        let mx = max(m)
-        let mv = Vector(repeating: mx)
-        let e0 = exp(x0 - mv), e1 = exp(x1 - mv), e2 = exp(x2 - mv), e3 = exp(x3 - mv)
-        // Which of e1…e3 are real vectors, and the last one's overlapping lanes, out of the sum.
-        let lastMask = laneIndex .>= SIMD16<Int32>(repeating: Int32(truncatingIfNeeded: fresh))
-        var s = e0
-        if vectors == 2 { s += e1.replacing(with: 0, where: .!lastMask) }
-        if vectors == 3 { s += e1 + e2.replacing(with: 0, where: .!lastMask) }
-        if vectors == 4 { s += e1 + e2 + e3.replacing(with: 0, where: .!lastMask) }
-        let z = sum(s)
-        let inverse = Vector(repeating: 1 / z)
-        store(e0 * inverse, p)
-        if vectors > 1 { store(e1 * inverse, p + (vectors == 2 ? last : width)) }
-        if vectors > 2 { store(e2 * inverse, p + (vectors == 3 ? last : 2 * width)) }
-        if vectors > 3 { store(e3 * inverse, p + last) }
-        return (mx, z)
+        var keep = Vector(repeating: 1)
+        for l in 0..<fresh { keep[l] = 0 }
+        var total: Float = 0
+        for r in 0..<rows {
+            let row = p + r * cols
+            var s = load(row + last) * keep
+            var j = 0
+            for _ in 0..<(vectors - 1) { s += load(row + j); j += width }
+            let z = sum(s)
+            let inverse = Vector(repeating: 1 / z)
+            // Scale the last (shifted) vector first: the others then overwrite the overlap
+            // with the same values, never scaling a lane twice.
+            let lastValues = load(row + last) * inverse
+            j = 0
+            var scaled = (Vector(), Vector(), Vector())
+            if vectors > 1 { scaled.0 = load(row) * inverse }
+            if vectors > 2 { scaled.1 = load(row + width) * inverse }
+            if vectors > 3 { scaled.2 = load(row + 2 * width) * inverse }
+            store(lastValues, row + last)
+            if vectors > 1 { store(scaled.0, row) }
+            if vectors > 2 { store(scaled.1, row + width) }
+            if vectors > 3 { store(scaled.2, row + 2 * width) }
+            total += logf(z)
+        }
+        return total
     }
 
     @inline(never)
@@ -807,7 +991,7 @@ public enum Kernels {
         j = 0
         while j < cols {
             let w = Swift.min(width, cols - j)
-            var e = exp(load(x + j, w) - mv)
+            var e = expVector(load(x + j, w) - mv)
             if w < width { e.replace(with: 0, where: laneIndex .>= SIMD16<Int32>(repeating: Int32(w))) }
             store(e, p + j, w)
             s += e

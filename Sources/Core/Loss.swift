@@ -20,19 +20,10 @@ public struct SoftmaxCrossEntropy: Sendable {
     public init(gradientScale: Float) { self.gradientScale = gradientScale }
 
     public func forward(_ logits: Activation, _ targets: UnsafePointer<Int32>) -> Float {
-        let v = logits.cols
-        var total: Float = 0
-        for r in 0..<logits.rows {
-            let x = logits.value + r * v
-            let (m, z) = Kernels.softmax(x, cols: v, into: logits.grad + r * v)
-            total += logf(z) + m - x[Int(targets[r])]
-        }
-        return total
+        Kernels.softmaxCrossEntropy(logits.value, rows: logits.rows, cols: logits.cols, targets: targets, into: logits.grad)
     }
 
     public func backward(_ logits: Activation, _ targets: UnsafePointer<Int32>) {
-        let v = logits.cols, p = logits.grad
-        for r in 0..<logits.rows { p[r * v + Int(targets[r])] -= 1 }
-        Kernels.scale(p, count: logits.rows * v, by: gradientScale)
+        Kernels.crossEntropyGradient(logits.grad, rows: logits.rows, cols: logits.cols, targets: targets, scale: gradientScale)
     }
 }

@@ -46,7 +46,7 @@ if parsed.flag("--help") || parsed.flag("-h") {
         usage: peak [--repeats N] [--seconds S]
                peak --gemm MxNxK [--transposed-a] [--transposed-b]
                peak --model [--emb E] [--hidden H] [--batch-size B] [--seq-len S] [--vocab V] [--layers L]
-                            [--data FILE] [--no-peak] [--no-breakdown] [--repeats N] [--seconds S]
+                            [--data FILE] [--no-peak] [--no-breakdown] [--steps-only] [--repeats N] [--seconds S]
         """)
     exit(0)
 }
@@ -54,8 +54,10 @@ let modelMode = parsed.flag("--model")
 let gemmShape: String = parsed.option("--gemm", "")
 let gemmTransposedA = parsed.flag("--transposed-a")
 let gemmTransposedB = parsed.flag("--transposed-b")
+let transposeShape: String = parsed.option("--transpose", "")
 let skipPeak = parsed.flag("--no-peak")
 let skipBreakdown = parsed.flag("--no-breakdown")
+let stepsOnly = parsed.flag("--steps-only")
 let repeats: Int = parsed.option("--repeats", 30)
 let seconds: Double = parsed.option("--seconds", 0.002)
 let emb: Int = parsed.option("--emb", 16)
@@ -195,6 +197,19 @@ if !gemmShape.isEmpty {
     print("gemm: \(m)×\(n)×\(k)\(gemmTransposedA ? " Aᵀ" : "")\(gemmTransposedB ? " Bᵀ" : "")  \(fixed(t * 1e6, 3)) µs  \(fixed(g, 1)) GFLOP/s\(ofPeak(g))")
 }
 
+// MARK: - One transpose
+
+if !transposeShape.isEmpty {
+    let dims = transposeShape.split(separator: "x").compactMap { Int($0) }
+    if dims.count != 2 { fail("--transpose needs RxC", 64) }
+    let input = [Float](repeating: 1, count: dims[0] * dims[1])
+    var output = input
+    let t = input.withUnsafeBufferPointer { i in output.withUnsafeMutableBufferPointer { o in
+        timePerCall { Kernels.transpose(i.baseAddress!, rows: dims[0], cols: dims[1], into: o.baseAddress!) }
+    } }
+    print("transpose: \(dims[0])×\(dims[1])  \(fixed(t * 1e6, 3)) µs  \(fixed(t * 1e9 / Double(dims[0] * dims[1]), 3)) ns/element")
+}
+
 // MARK: - Model: the six products and the whole step
 
 if modelMode {
@@ -231,14 +246,13 @@ if modelMode {
     }
     print("flops_per_step: \(fixed(flops / 1e6, 3)) MFLOP (6·B·in·out summed over the Linears)")
 
-    // The reference step of `SingleRank`: sample → forward → zero grads → backward → update.
+    // The reference step of `SingleRank`: sample → forward → (zero grads →) backward → update.
     var step = 0
     var lossSink: Float = 0
     func trainStep() {
         sampler.fill(index: step, rows: 0..<batch, tokens: model.tokens.value, targets: model.targets)
         lossSink += model.forward()
-        model.parameters.zeroGradients()
-        model.backward()
+        model.backward(accumulate: false)  // = zero the gradients, then backward
         optimizer.step(model.parameters.value, model.parameters.grad, t: step + 1)
         step += 1
     }
@@ -253,6 +267,7 @@ if modelMode {
     let stepGFLOPs = flops / stepTime / 1e9
     print("step_us: \(fixed(stepTime * 1e6, 2)) (fastest of \(repeats) repetitions; median \(fixed(stepMedian * 1e6, 2)))")
     print("step_gflops: \(fixed(stepGFLOPs, 1))\(ofPeak(stepGFLOPs))")
+    if stepsOnly { exit(0) }
 
     // The matrix products alone, with exactly the layers' arguments.
     let acts = model.activations
@@ -295,25 +310,31 @@ if modelMode {
         // The step phase by phase, each timed alone in a loop (so caches are warmer than in a
         // real step: the sum is a lower bound of the step time).
         var phases: [(String, Double)] = []
+        var sampleIndex = 1_000_000
         phases.append(("sample batch", timePerCall {
-            sampler.fill(index: step, rows: 0..<batch, tokens: model.tokens.value, targets: model.targets)
+            sampler.fill(index: sampleIndex, rows: 0..<batch, tokens: model.tokens.value, targets: model.targets)
+            sampleIndex += 1
         }))
         for (i, layer) in model.layers.enumerated() {
             let name = i == 0 ? "embedding" : (i == layerCount + 1 ? "head" : "fc\(i)")
             phases.append(("\(name) forward", timePerCall { layer.forward(acts[i], acts[i + 1]) }))
         }
-        phases.append(("loss forward (softmax)", timePerCall { lossSink += model.loss.forward(model.logits, model.targets) }))
-        phases.append(("zero gradients", timePerCall { model.parameters.zeroGradients() }))
+        let lossForward = timePerCall { lossSink += model.loss.forward(model.logits, model.targets) }
+        phases.append(("loss forward (softmax)", lossForward))
+
         // Backward of the loss turns the probabilities into gradients in place: redo forward each time.
         let lossBoth = timePerCall {
             lossSink += model.loss.forward(model.logits, model.targets)
             model.loss.backward(model.logits, model.targets)
         }
-        phases.append(("loss backward", max(0, lossBoth - phases[phases.count - 2].1)))
+        phases.append(("loss backward", max(0, lossBoth - lossForward)))
         for i in stride(from: model.layers.count - 1, through: 0, by: -1) {
-            let layer = model.layers[i]
             let name = i == 0 ? "embedding" : (i == layerCount + 1 ? "head" : "fc\(i)")
-            phases.append(("\(name) backward", timePerCall { layer.backward(acts[i], acts[i + 1]) }))
+            if let linear = model.layers[i] as? Linear {
+                phases.append(("\(name) backward", timePerCall { linear.backward(acts[i], acts[i + 1], accumulate: false) }))
+            } else if let embedding = model.layers[i] as? Embedding {
+                phases.append(("\(name) backward", timePerCall { embedding.backward(acts[i], acts[i + 1], accumulate: false) }))
+            }
         }
         reload()
         phases.append(("optimizer (sgd)", timePerCall {
