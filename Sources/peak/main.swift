@@ -269,7 +269,7 @@ if modelMode {
     print("step_gflops: \(fixed(stepGFLOPs, 1))\(ofPeak(stepGFLOPs))")
     if stepsOnly { exit(0) }
 
-    // The matrix products alone, with exactly the layers' arguments.
+    // The matrix products alone, with exactly the arguments the layers pass in the step.
     let acts = model.activations
     var productTime = 0.0
     var rows: [(String, Double, Double)] = []
@@ -286,7 +286,7 @@ if modelMode {
         }
         let dW = timePerCall {
             Kernels.gemm(m: s.inputs, n: s.outputs, k: batch, a: x.value, rowStride: 1, depthStride: s.inputs,
-                         b: y.grad, ldb: s.outputs, c: layer.weightGrad, ldc: s.outputs, epilogue: .init(accumulate: true))
+                         b: y.grad, ldb: s.outputs, c: layer.weightGrad, ldc: s.outputs)  // overwritten, as in the step
         }
         let dX = timePerCall {
             Kernels.gemm(m: batch, n: s.inputs, k: s.outputs, a: y.grad, rowStride: s.outputs, depthStride: 1,
