@@ -25,7 +25,7 @@ let cpuFlags: [String] = []
 let hot: [SwiftSetting] = [
     .unsafeFlags(cpuFlags),
     .unsafeFlags(["-Ounchecked", "-enforce-exclusivity=unchecked"], .when(configuration: .release)),
-]
+] + (portable ? [.define("PARALLELISMS_AVX2")] : [])  // 16 vector registers: smaller tiles (Kernels)
 
 /// The kernels' module also turns off LLVM's runtime loop unrolling. The matrix micro-kernel
 /// keeps 24 accumulators, 4 vectors of B and a broadcast in 29 of the 32 vector registers; a

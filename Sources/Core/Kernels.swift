@@ -52,8 +52,15 @@ public enum Kernels {
 
     /// Rows of C per micro-tile.
     static let tileRows = 6
-    /// Columns of C per micro-tile (4 vectors).
-    static let tileColumns = 64
+    #if PARALLELISMS_AVX2
+    /// Columns of C per micro-tile: with AVX2's 16 registers of 8 floats, one 16-wide vector
+    /// is two registers, and 6 rows × 1 vector (12 registers of accumulators) is what fits.
+    static let tileVectors = 1
+    #else
+    /// Columns of C per micro-tile, in 16-wide vectors: 6 × 4 accumulators in AVX-512's 32.
+    static let tileVectors = 4
+    #endif
+    static let tileColumns = 16 * tileVectors
     /// Depth of a block of the product: a packed `128 × 64` panel of B is 32 KiB (fits L1).
     static let blockDepth = 128
 
@@ -256,7 +263,7 @@ public enum Kernels {
             let first = p0 == 0, last = p0 + kb >= k
             var j0 = 0
             while j0 < n {
-                let vectors = Swift.min(4, (n - j0 + width - 1) / width)
+                let vectors = Swift.min(tileVectors, (n - j0 + width - 1) / width)
                 // The last vector ends at column n when n ≥ 16 (shifted back over written lanes).
                 let lastStart = n >= width ? Swift.min(j0 + width * (vectors - 1), n - width) : 0
                 let fresh = j0 + width * (vectors - 1) - lastStart
