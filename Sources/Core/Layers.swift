@@ -164,6 +164,8 @@ public final class Linear: Layer {
     }
 
     /// - Parameter workspace: at least `inputs · outputs` scratch floats, shared with other layers.
+    ///   (Kept for callers; `backward` no longer needs it: `dy · Wᵀ` transposes W 16 × 16 at a
+    ///   time while the product packs it, see ``Kernels/gemm(m:n:k:a:rowStride:depthStride:transposedB:ldb:c:ldc:epilogue:)``.)
     public init(inputs: Int, outputs: Int, relu: Bool, bias: Bool = true, parameters: ParameterView, workspace: Workspace) {
         precondition(parameters.count == Self.parameterCount(inputs: inputs, outputs: outputs, bias: bias))
         precondition(workspace.capacity >= inputs * outputs)
