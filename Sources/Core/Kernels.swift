@@ -506,13 +506,13 @@ public enum Kernels {
         let c2 = V == 3 ? g.cLast : 2 * width
         let c3 = g.cLast
         let count = g.count
-        var bias0 = Vector(), bias1 = Vector(), bias2 = Vector(), bias3 = Vector()
-        if let b = g.bias {
-            bias0 = load(b + c0, V == 1 ? count : width)
-            if V > 1 { bias1 = load(b + c1) }
-            if V > 2 { bias2 = load(b + c2) }
-            if V > 3 { bias3 = load(b + c3) }
-        }
+        // Constants only: the nested functions below capture them, and a captured `var` could
+        // be boxed on the heap.
+        let b = g.bias
+        let bias0 = b.map { load($0 + c0, V == 1 ? count : width) } ?? Vector()
+        let bias1 = V > 1 ? b.map { load($0 + c1) } ?? Vector() : Vector()
+        let bias2 = V > 2 ? b.map { load($0 + c2) } ?? Vector() : Vector()
+        let bias3 = V > 3 ? b.map { load($0 + c3) } ?? Vector() : Vector()
         let hasBias = g.bias != nil, accumulate = g.accumulate, relu = g.relu, fresh = g.fresh
 
         @inline(always)
