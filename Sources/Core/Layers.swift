@@ -123,6 +123,9 @@ public final class Embedding: Layer {
     public let vocab: Int
     public let dim: Int
     public let table: ParameterView
+    /// Private partial gradient tables for the scatter (see ``Kernels/scatterAddRows``), or nil
+    /// when the table is too large to keep extra copies of.
+    let scratch: UnsafeMutablePointer<Float>?
 
     public static func parameterCount(vocab: Int, dim: Int) -> Int { vocab * dim }
 
@@ -131,25 +134,34 @@ public final class Embedding: Layer {
         self.vocab = vocab
         self.dim = dim
         table = parameters
+        let extra = (Kernels.scatterStreams - 1) * vocab * dim
+        if extra > 0 && extra <= 1 << 16 {
+            scratch = .allocate(capacity: extra)
+            scratch!.initialize(repeating: 0, count: extra)
+        } else {
+            scratch = nil
+        }
     }
 
-    /// Copies one table row per token (whole-row copies).
+    deinit { scratch?.deallocate() }
+
+    /// Copies one table row per token (whole-row vector copies).
     public func forward(_ input: Activation, _ output: Activation) {
-        let tokens = input.rows * input.cols
-        for t in 0..<tokens {
-            let id = Int(input.value[t])
-            (output.value + t * dim).update(from: table.value + id * dim, count: dim)
-        }
+        Kernels.gatherRows(table.value, dim: dim, ids: input.value, count: input.rows * input.cols, into: output.value)
     }
 
     /// Adds each position's output gradient into its token's row of the table gradient.
     /// A token that appears twice gets both contributions (ml.c overwrote the first).
     public func backward(_ input: Activation, _ output: Activation) {
-        let tokens = input.rows * input.cols
-        for t in 0..<tokens {
-            let id = Int(input.value[t])
-            Kernels.add(output.grad + t * dim, into: table.grad + id * dim, count: dim)
-        }
+        backward(input, output, accumulate: true)
+    }
+
+    /// As ``backward(_:_:)``, but with `accumulate: false` the table gradient is overwritten
+    /// (as if it had been zeroed first).
+    public func backward(_ input: Activation, _ output: Activation, accumulate: Bool) {
+        if !accumulate { Kernels.zero(table.grad, count: vocab * dim) }
+        Kernels.scatterAddRows(output.grad, dim: dim, ids: input.value, count: input.rows * input.cols,
+                               into: table.grad, rows: vocab, scratch: scratch)
     }
 }
 
@@ -174,6 +186,8 @@ public final class Linear: Layer {
     }
 
     /// - Parameter workspace: at least `inputs · outputs` scratch floats, shared with other layers.
+    ///   (Kept for callers; `backward` no longer needs it: `dy · Wᵀ` transposes W 16 × 16 at a
+    ///   time while the product packs it, see ``Kernels/gemm(m:n:k:a:rowStride:depthStride:transposedB:ldb:c:ldc:epilogue:)``.)
     public init(inputs: Int, outputs: Int, relu: Bool, bias: Bool = true, parameters: ParameterView, workspace: Workspace) {
         precondition(parameters.count == Self.parameterCount(inputs: inputs, outputs: outputs, bias: bias))
         precondition(workspace.capacity >= inputs * outputs)
@@ -196,19 +210,25 @@ public final class Linear: Layer {
     }
 
     public func backward(_ input: Activation, _ output: Activation) {
+        backward(input, output, accumulate: true)
+    }
+
+    /// As ``backward(_:_:)``, but with `accumulate: false` the parameter gradients are
+    /// overwritten (as if they had been zeroed first), which saves zeroing and re-reading them.
+    public func backward(_ input: Activation, _ output: Activation, accumulate: Bool) {
         let rows = input.rows
         if relu { Kernels.maskByPositive(output.grad, output.value, count: rows * outputs) }
-        if let biasGrad { Kernels.addColumnSums(output.grad, rows: rows, cols: outputs, into: biasGrad) }
-        // dW += xᵀ · dy
+        if let biasGrad {
+            Kernels.columnSums(output.grad, rows: rows, cols: outputs, into: biasGrad, accumulate: accumulate)
+        }
+        // dW (+)= xᵀ · dy
         Kernels.gemm(m: inputs, n: outputs, k: rows,
                      a: input.value, rowStride: 1, depthStride: inputs,
                      b: output.grad, ldb: outputs, c: weightGrad, ldc: outputs,
-                     epilogue: .init(accumulate: true))
-        // dx = dy · Wᵀ
-        let transposed = workspace.floats
-        Kernels.transpose(weight, rows: inputs, cols: outputs, into: transposed)
+                     epilogue: .init(accumulate: accumulate))
+        // dx = dy · Wᵀ (W transposed on the fly, 16 × 16 at a time, as the kernel packs it)
         Kernels.gemm(m: rows, n: inputs, k: outputs,
                      a: output.grad, rowStride: outputs, depthStride: 1,
-                     b: transposed, ldb: inputs, c: input.grad, ldc: inputs)
+                     transposedB: weight, ldb: outputs, c: input.grad, ldc: inputs)
     }
 }

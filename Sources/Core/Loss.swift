@@ -20,32 +20,10 @@ public struct SoftmaxCrossEntropy: Sendable {
     public init(gradientScale: Float) { self.gradientScale = gradientScale }
 
     public func forward(_ logits: Activation, _ targets: UnsafePointer<Int32>) -> Float {
-        let v = logits.cols
-        var total: Float = 0
-        for r in 0..<logits.rows {
-            let x = logits.value + r * v
-            let p = logits.grad + r * v
-            var m = -Float.infinity
-            for j in 0..<v { m = Swift.max(m, x[j]) }
-            var z: Float = 0
-            for j in 0..<v {
-                let e = expf(x[j] - m)
-                p[j] = e
-                z += e
-            }
-            let inverse = 1 / z
-            for j in 0..<v { p[j] *= inverse }
-            total += logf(z) + m - x[Int(targets[r])]
-        }
-        return total
+        Kernels.softmaxCrossEntropy(logits.value, rows: logits.rows, cols: logits.cols, targets: targets, into: logits.grad)
     }
 
     public func backward(_ logits: Activation, _ targets: UnsafePointer<Int32>) {
-        let v = logits.cols
-        for r in 0..<logits.rows {
-            let p = logits.grad + r * v
-            p[Int(targets[r])] -= 1
-        }
-        Kernels.scale(logits.grad, count: logits.rows * v, by: gradientScale)
+        Kernels.crossEntropyGradient(logits.grad, rows: logits.rows, cols: logits.cols, targets: targets, scale: gradientScale)
     }
 }

@@ -71,38 +71,15 @@ public final class Optimizer {
 
     /// Applies update number `t` (1-based) to `count` parameters from their gradients.
     public func step(_ parameters: UnsafeMutablePointer<Float>, _ gradients: UnsafePointer<Float>, t: Int) {
-        typealias V = Kernels.Vector
-        let lr = V(repeating: config.learningRate)
-        let wd = V(repeating: config.weightDecay)
-        var i = 0
         switch config.kind {
         case .sgd:
-            while i < count {
-                let w = min(Kernels.width, count - i)
-                let p = Kernels.load(parameters + i, w)
-                let g = Kernels.load(gradients + i, w)
-                Kernels.store(p - lr * (g + wd * p), parameters + i, w)
-                i += Kernels.width
-            }
+            Kernels.sgd(parameters, gradients, count: count, learningRate: config.learningRate, weightDecay: config.weightDecay)
         case .adam:
-            let m1 = moment1!, m2 = moment2!
-            let b1 = V(repeating: config.beta1), b2 = V(repeating: config.beta2)
-            let c1 = V(repeating: 1 - config.beta1), c2 = V(repeating: 1 - config.beta2)
-            let correction1 = V(repeating: 1 / (1 - powf(config.beta1, Float(t))))
-            let correction2 = V(repeating: 1 / (1 - powf(config.beta2, Float(t))))
-            let eps = V(repeating: config.epsilon)
-            while i < count {
-                let w = min(Kernels.width, count - i)
-                let p = Kernels.load(parameters + i, w)
-                let g = Kernels.load(gradients + i, w)
-                let m = b1 * Kernels.load(m1 + i, w) + c1 * g
-                let v = b2 * Kernels.load(m2 + i, w) + c2 * (g * g)
-                let update = (m * correction1) / ((v * correction2).squareRoot() + eps)
-                Kernels.store(m, m1 + i, w)
-                Kernels.store(v, m2 + i, w)
-                Kernels.store(p - lr * (update + wd * p), parameters + i, w)
-                i += Kernels.width
-            }
+            Kernels.adam(parameters, gradients, moment1!, moment2!, count: count,
+                         learningRate: config.learningRate, beta1: config.beta1, beta2: config.beta2,
+                         correction1: 1 / (1 - powf(config.beta1, Float(t))),
+                         correction2: 1 / (1 - powf(config.beta2, Float(t))),
+                         epsilon: config.epsilon, weightDecay: config.weightDecay)
         }
     }
 }

@@ -125,8 +125,7 @@ public final class SingleRank: TrainingLayout {
     public func forwardBackward(batch index: Int, from sampler: BatchSampler) -> Float {
         sampler.fill(index: index, rows: 0..<model.batchSize, tokens: model.tokens.value, targets: model.targets)
         let loss = model.forward()
-        model.parameters.zeroGradients()
-        model.backward()
+        model.backward(accumulate: false)  // = zero the gradients, then backward
         return loss / Float(model.batchSize)
     }
 

@@ -1,0 +1,373 @@
+import Core
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// `peak`: what this core can do, and how much of it a training step gets.
+///
+///     peak                                   measured single-core fp32 FMA peak, GFLOP/s
+///     peak --model [--emb 64 --hidden 1024 --batch-size 256 --seq-len 16 --vocab 27 --layers 1]
+///                                            the six matrix products and the whole training step
+///                                            of that configuration: µs, GFLOP/s, % of peak, and
+///                                            a breakdown of the step by phase
+///
+/// Every figure is the fastest of many short timed repetitions (`--repeats`, default 30, of about
+/// `--seconds`, default 0.002 s, each): see ``measure(_:)``.
+/// Output lines are `key: value`, so scripts can grep them.
+
+// MARK: - Command line
+
+func fail(_ message: String, _ code: Int32) -> Never {
+    let line = "peak: \(message)\n"
+    _ = line.withCString { write(2, $0, strlen($0)) }
+    exit(code)
+}
+
+struct Arguments {
+    var rest: [String]
+    mutating func flag(_ name: String) -> Bool {
+        if let i = rest.firstIndex(of: name) { rest.remove(at: i); return true }
+        return false
+    }
+    mutating func option<T: LosslessStringConvertible>(_ name: String, _ fallback: T) -> T {
+        guard let i = rest.firstIndex(of: name) else { return fallback }
+        guard i + 1 < rest.count, let value = T(rest[i + 1]) else { fail("\(name) needs a value", 64) }
+        rest.removeSubrange(i...i + 1)
+        return value
+    }
+}
+
+var parsed = Arguments(rest: Array(CommandLine.arguments.dropFirst()))
+if parsed.flag("--help") || parsed.flag("-h") {
+    print("""
+        usage: peak [--repeats N] [--seconds S]
+               peak --gemm MxNxK [--transposed-a] [--transposed-b]
+               peak --model [--emb E] [--hidden H] [--batch-size B] [--seq-len S] [--vocab V] [--layers L]
+                            [--data FILE] [--no-peak] [--no-breakdown] [--steps-only] [--repeats N] [--seconds S]
+        """)
+    exit(0)
+}
+let modelMode = parsed.flag("--model")
+let gemmShape: String = parsed.option("--gemm", "")
+let gemmTransposedA = parsed.flag("--transposed-a")
+let gemmTransposedB = parsed.flag("--transposed-b")
+let transposeShape: String = parsed.option("--transpose", "")
+let skipPeak = parsed.flag("--no-peak")
+let skipBreakdown = parsed.flag("--no-breakdown")
+let stepsOnly = parsed.flag("--steps-only")
+let repeats: Int = parsed.option("--repeats", 30)
+let seconds: Double = parsed.option("--seconds", 0.002)
+let emb: Int = parsed.option("--emb", 16)
+let hidden: Int = parsed.option("--hidden", 64)
+let batch: Int = parsed.option("--batch-size", 32)
+let seqLen: Int = parsed.option("--seq-len", 16)
+let vocabSize: Int = parsed.option("--vocab", 27)
+let layerCount: Int = parsed.option("--layers", 1)
+let dataPath: String = parsed.option("--data", "")
+if !parsed.rest.isEmpty { fail("unknown arguments \(parsed.rest) (see --help)", 64) }
+
+// MARK: - Timing
+
+func now() -> Double {
+    var t = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &t)
+    return Double(t.tv_sec) + Double(t.tv_nsec) * 1e-9
+}
+
+/// Seconds per call of `body`: calibrates a count so that one repetition lasts about `seconds`,
+/// then times `repeats` repetitions and returns the fastest and the median.
+///
+/// The machine is shared: a repetition that the scheduler interrupts is slow for reasons that
+/// have nothing to do with the code. Many short repetitions and their minimum give what the
+/// code costs when it has the core; the median shows how much the sharing adds.
+func measure(_ body: () -> Void) -> (best: Double, median: Double) {
+    body()
+    var count = 1
+    while true {
+        let start = now()
+        for _ in 0..<count { body() }
+        let elapsed = now() - start
+        if elapsed >= seconds / 4 || count >= 1 << 30 {
+            count = max(1, Int(Double(count) * seconds / max(elapsed, 1e-9)))
+            break
+        }
+        count *= 4
+    }
+    var samples: [Double] = []
+    for _ in 0..<repeats {
+        let start = now()
+        for _ in 0..<count { body() }
+        samples.append((now() - start) / Double(count))
+    }
+    samples.sort()
+    return (samples[0], samples[samples.count / 2])
+}
+
+/// The fastest time per call (see ``measure(_:)``).
+func timePerCall(_ body: () -> Void) -> Double { measure(body).best }
+
+func fixed(_ x: Double, _ decimals: Int) -> String {
+    var scale = 1.0
+    for _ in 0..<decimals { scale *= 10 }
+    let r = (x * scale).rounded() / scale
+    var s = decimals == 0 ? String(Int(r)) : String(r)
+    if decimals > 0, let dot = s.firstIndex(of: ".") {
+        let have = s.distance(from: dot, to: s.endIndex) - 1
+        if have < decimals { s += String(repeating: "0", count: decimals - have) }
+    }
+    return s
+}
+
+// MARK: - FMA peak
+
+/// `iterations` rounds of 16 independent 16-wide FMAs (`acc += x·y`): 512 FLOP per round.
+///
+/// A Zen 4/5 or Ice Lake+ core retires two 512-bit FMAs per cycle with a latency of 4 cycles, so
+/// at least 8 chains must be in flight; 16 chains leave margin and still fit the 32 registers
+/// with x and y. The accumulators grow by 1e-20 per round, so nothing overflows or goes
+/// denormal, and the final sum keeps the loop from being optimised away.
+#if PARALLELISMS_AVX2
+/// The same with 8-wide vectors and 12 chains (16 registers in AVX2): 192 FLOP per round.
+let flopsPerRound = 192.0
+let chains = "12 chains of 8-wide"
+@inline(never)
+func fmaChains(_ iterations: Int, _ x: Float) -> Float {
+    typealias V = SIMD8<Float>
+    let a = V(repeating: x), b = V(repeating: 1e-10)
+    var c0 = V(), c1 = V(), c2 = V(), c3 = V(), c4 = V(), c5 = V(), c6 = V(), c7 = V()
+    var c8 = V(), c9 = V(), c10 = V(), c11 = V()
+    for _ in 0..<iterations {
+        c0.addProduct(a, b); c1.addProduct(a, b); c2.addProduct(a, b); c3.addProduct(a, b)
+        c4.addProduct(a, b); c5.addProduct(a, b); c6.addProduct(a, b); c7.addProduct(a, b)
+        c8.addProduct(a, b); c9.addProduct(a, b); c10.addProduct(a, b); c11.addProduct(a, b)
+    }
+    let s = ((c0 + c1) + (c2 + c3)) + ((c4 + c5) + (c6 + c7)) + ((c8 + c9) + (c10 + c11))
+    return s.sum()
+}
+#else
+let flopsPerRound = 512.0
+let chains = "16 chains of 16-wide"
+@inline(never)
+func fmaChains(_ iterations: Int, _ x: Float) -> Float {
+    typealias V = SIMD16<Float>
+    let a = V(repeating: x), b = V(repeating: 1e-10)
+    var c0 = V(), c1 = V(), c2 = V(), c3 = V(), c4 = V(), c5 = V(), c6 = V(), c7 = V()
+    var c8 = V(), c9 = V(), c10 = V(), c11 = V(), c12 = V(), c13 = V(), c14 = V(), c15 = V()
+    for _ in 0..<iterations {
+        c0.addProduct(a, b); c1.addProduct(a, b); c2.addProduct(a, b); c3.addProduct(a, b)
+        c4.addProduct(a, b); c5.addProduct(a, b); c6.addProduct(a, b); c7.addProduct(a, b)
+        c8.addProduct(a, b); c9.addProduct(a, b); c10.addProduct(a, b); c11.addProduct(a, b)
+        c12.addProduct(a, b); c13.addProduct(a, b); c14.addProduct(a, b); c15.addProduct(a, b)
+    }
+    let s = ((c0 + c1) + (c2 + c3)) + ((c4 + c5) + (c6 + c7)) + ((c8 + c9) + (c10 + c11)) + ((c12 + c13) + (c14 + c15))
+    return s.sum()
+}
+#endif
+
+/// The best of `repeats` runs (a peak is a maximum, not a typical value).
+func measurePeak() -> Double {
+    let iterations = 1 << 14  // 8 MFLOP: about 35 µs, short enough to run between interruptions
+    var sink: Float = 0
+    var best = 0.0
+    _ = fmaChains(1 << 16, 1e-10)
+    for _ in 0..<max(10 * repeats, 100) {
+        let start = now()
+        sink += fmaChains(iterations, 1e-10)
+        let elapsed = now() - start
+        best = max(best, Double(iterations) * flopsPerRound / elapsed / 1e9)
+    }
+    if sink.isNaN { print("") }
+    return best
+}
+
+let peakGFLOPs: Double? = skipPeak ? nil : measurePeak()
+if let p = peakGFLOPs {
+    print("peak: \(fixed(p, 1)) GFLOP/s fp32 (one core, \(chains) FMA, best of \(max(10 * repeats, 100)) runs)")
+}
+func ofPeak(_ gflops: Double) -> String {
+    guard let peakGFLOPs else { return "" }
+    return "  (\(fixed(100 * gflops / peakGFLOPs, 1))% of peak)"
+}
+
+// MARK: - One product
+
+if !gemmShape.isEmpty {
+    let dims = gemmShape.split(separator: "x").compactMap { Int($0) }
+    if dims.count != 3 { fail("--gemm needs MxNxK", 64) }
+    let (m, n, k) = (dims[0], dims[1], dims[2])
+    var rng = SplitMix64(seed: 5)
+    let a = (0..<(m * k)).map { _ in rng.symmetric(1) }
+    let b = (0..<(k * n)).map { _ in rng.symmetric(1) }
+    var c = [Float](repeating: 0, count: m * n)
+    let t = a.withUnsafeBufferPointer { a in b.withUnsafeBufferPointer { b in c.withUnsafeMutableBufferPointer { c in
+        timePerCall {
+            if gemmTransposedB {
+                Kernels.gemm(m: m, n: n, k: k, a: a.baseAddress!, rowStride: gemmTransposedA ? 1 : k,
+                             depthStride: gemmTransposedA ? m : 1, transposedB: b.baseAddress!, ldb: k,
+                             c: c.baseAddress!, ldc: n)
+            } else {
+                Kernels.gemm(m: m, n: n, k: k, a: a.baseAddress!, rowStride: gemmTransposedA ? 1 : k,
+                             depthStride: gemmTransposedA ? m : 1, b: b.baseAddress!, ldb: n,
+                             c: c.baseAddress!, ldc: n)
+            }
+        }
+    } } }
+    let g = 2 * Double(m * n * k) / t / 1e9
+    print("gemm: \(m)×\(n)×\(k)\(gemmTransposedA ? " Aᵀ" : "")\(gemmTransposedB ? " Bᵀ" : "")  \(fixed(t * 1e6, 3)) µs  \(fixed(g, 1)) GFLOP/s\(ofPeak(g))")
+}
+
+// MARK: - One transpose
+
+if !transposeShape.isEmpty {
+    let dims = transposeShape.split(separator: "x").compactMap { Int($0) }
+    if dims.count != 2 { fail("--transpose needs RxC", 64) }
+    let input = [Float](repeating: 1, count: dims[0] * dims[1])
+    var output = input
+    let t = input.withUnsafeBufferPointer { i in output.withUnsafeMutableBufferPointer { o in
+        timePerCall { Kernels.transpose(i.baseAddress!, rows: dims[0], cols: dims[1], into: o.baseAddress!) }
+    } }
+    print("transpose: \(dims[0])×\(dims[1])  \(fixed(t * 1e6, 3)) µs  \(fixed(t * 1e9 / Double(dims[0] * dims[1]), 3)) ns/element")
+}
+
+// MARK: - Model: the six products and the whole step
+
+if modelMode {
+    // A synthetic data set: random lower-case words, so the vocabulary is `vocabSize` tokens and
+    // the sampler does exactly the work it does in `train`. Or the real file, if given.
+    let dataset: Dataset
+    do {
+        if dataPath.isEmpty {
+            var rng = SplitMix64(seed: 1)
+            var bytes: [UInt8] = []
+            for _ in 0..<5000 {
+                for _ in 0..<(3 + rng.below(6)) { bytes.append(UInt8(0x61 + rng.below(max(1, vocabSize - 1)))) }
+                bytes.append(0x0A)
+            }
+            for c in 0..<(vocabSize - 1) { bytes.append(UInt8(0x61 + c)); bytes.append(0x0A) }
+            dataset = try Dataset(bytes: bytes, seqLen: seqLen, name: "synthetic")
+        } else {
+            dataset = try Dataset.load(path: dataPath, seqLen: seqLen)
+        }
+    } catch {
+        fail("\(error)", 1)
+    }
+    let config = ModelConfig(vocab: dataset.vocabulary.count, seqLen: seqLen, emb: emb, hidden: hidden, layers: layerCount)
+    let model = Model(config: config, batchSize: batch)
+    model.load(config.initialParameters(seed: 42))
+    let optimizer = Optimizer(config: OptimizerConfig(kind: .sgd, learningRate: 0.1), count: model.parameters.count)
+    let sampler = BatchSampler(examples: dataset.train, batchSize: batch, seed: 42, stream: .trainingBatches)
+    print("model: \(config), batch \(batch), \(config.parameterCount) parameters")
+
+    var flops = 0.0
+    for i in 1...layerCount + 1 {
+        let s = config.linearShape(block: i)
+        flops += 6 * Double(batch) * Double(s.inputs) * Double(s.outputs)
+    }
+    print("flops_per_step: \(fixed(flops / 1e6, 3)) MFLOP (6·B·in·out summed over the Linears)")
+
+    // The reference step of `SingleRank`: sample → forward → (zero grads →) backward → update.
+    var step = 0
+    var lossSink: Float = 0
+    func trainStep() {
+        sampler.fill(index: step, rows: 0..<batch, tokens: model.tokens.value, targets: model.targets)
+        lossSink += model.forward()
+        model.backward(accumulate: false)  // = zero the gradients, then backward
+        optimizer.step(model.parameters.value, model.parameters.grad, t: step + 1)
+        step += 1
+    }
+    // Keep the weights where training would take them, so the ReLU pattern is realistic, then
+    // put them back before every timed phase (a long timed run at lr 0.1 could diverge).
+    for _ in 0..<200 { trainStep() }
+    let trained = Array(UnsafeBufferPointer(start: model.parameters.value, count: model.parameters.count))
+    let reload = { model.load(trained) }
+
+    let (stepTime, stepMedian) = measure(trainStep)
+    reload()
+    let stepGFLOPs = flops / stepTime / 1e9
+    print("step_us: \(fixed(stepTime * 1e6, 2)) (fastest of \(repeats) repetitions; median \(fixed(stepMedian * 1e6, 2)))")
+    print("step_gflops: \(fixed(stepGFLOPs, 1))\(ofPeak(stepGFLOPs))")
+    if stepsOnly { exit(0) }
+
+    // The matrix products alone, with exactly the arguments the layers pass in the step.
+    let acts = model.activations
+    var productTime = 0.0
+    var rows: [(String, Double, Double)] = []
+    for i in 1...layerCount + 1 {
+        let s = config.linearShape(block: i)
+        let layer = model.layers[i] as! Linear
+        let x = acts[i], y = acts[i + 1]
+        let name = i == layerCount + 1 ? "head" : "fc\(i)"
+        let f = 2 * Double(batch) * Double(s.inputs) * Double(s.outputs)
+        let forward = timePerCall {
+            Kernels.gemm(m: batch, n: s.outputs, k: s.inputs, a: x.value, rowStride: s.inputs, depthStride: 1,
+                         b: layer.weight, ldb: s.outputs, c: y.value, ldc: s.outputs,
+                         epilogue: .init(bias: UnsafePointer(layer.bias), relu: layer.relu))
+        }
+        let dW = timePerCall {
+            Kernels.gemm(m: s.inputs, n: s.outputs, k: batch, a: x.value, rowStride: 1, depthStride: s.inputs,
+                         b: y.grad, ldb: s.outputs, c: layer.weightGrad, ldc: s.outputs)  // overwritten, as in the step
+        }
+        let dX = timePerCall {
+            Kernels.gemm(m: batch, n: s.inputs, k: s.outputs, a: y.grad, rowStride: s.outputs, depthStride: 1,
+                         transposedB: layer.weight, ldb: s.outputs, c: x.grad, ldc: s.inputs)
+        }
+        rows.append(("\(name) forward  x·W    \(batch)×\(s.inputs)·\(s.inputs)×\(s.outputs)", forward, f))
+        rows.append(("\(name) backward xᵀ·dy   \(s.inputs)×\(batch)·\(batch)×\(s.outputs)", dW, f))
+        rows.append(("\(name) backward dy·Wᵀ   \(batch)×\(s.outputs)·\(s.outputs)×\(s.inputs)", dX, f))
+        productTime += forward + dW + dX
+    }
+    reload()
+    for (label, t, f) in rows {
+        let g = f > 0 ? "  \(fixed(f / t / 1e9, 1)) GFLOP/s\(ofPeak(f / t / 1e9))" : ""
+        print("product: \(label)  \(fixed(t * 1e6, 2)) µs\(g)")
+    }
+    let productGFLOPs = flops / productTime / 1e9
+    print("products_us: \(fixed(productTime * 1e6, 2))")
+    print("products_gflops: \(fixed(productGFLOPs, 1))\(ofPeak(productGFLOPs))")
+
+    if !skipBreakdown {
+        // The step phase by phase, each timed alone in a loop (so caches are warmer than in a
+        // real step: the sum is a lower bound of the step time).
+        var phases: [(String, Double)] = []
+        var sampleIndex = 1_000_000
+        phases.append(("sample batch", timePerCall {
+            sampler.fill(index: sampleIndex, rows: 0..<batch, tokens: model.tokens.value, targets: model.targets)
+            sampleIndex += 1
+        }))
+        for (i, layer) in model.layers.enumerated() {
+            let name = i == 0 ? "embedding" : (i == layerCount + 1 ? "head" : "fc\(i)")
+            phases.append(("\(name) forward", timePerCall { layer.forward(acts[i], acts[i + 1]) }))
+        }
+        let lossForward = timePerCall { lossSink += model.loss.forward(model.logits, model.targets) }
+        phases.append(("loss forward (softmax)", lossForward))
+
+        // Backward of the loss turns the probabilities into gradients in place: redo forward each time.
+        let lossBoth = timePerCall {
+            lossSink += model.loss.forward(model.logits, model.targets)
+            model.loss.backward(model.logits, model.targets)
+        }
+        phases.append(("loss backward", max(0, lossBoth - lossForward)))
+        for i in stride(from: model.layers.count - 1, through: 0, by: -1) {
+            let name = i == 0 ? "embedding" : (i == layerCount + 1 ? "head" : "fc\(i)")
+            if let linear = model.layers[i] as? Linear {
+                phases.append(("\(name) backward", timePerCall { linear.backward(acts[i], acts[i + 1], accumulate: false) }))
+            } else if let embedding = model.layers[i] as? Embedding {
+                phases.append(("\(name) backward", timePerCall { embedding.backward(acts[i], acts[i + 1], accumulate: false) }))
+            }
+        }
+        reload()
+        phases.append(("optimizer (sgd)", timePerCall {
+            optimizer.step(model.parameters.value, model.parameters.grad, t: 1)
+        }))
+        reload()
+        let total = phases.reduce(0) { $0 + $1.1 }
+        for (name, t) in phases {
+            print("phase: \(name)  \(fixed(t * 1e6, 2)) µs  \(fixed(100 * t / total, 1))%")
+        }
+        print("phases_us: \(fixed(total * 1e6, 2)) (sum of phases timed alone)")
+    }
+    if lossSink.isNaN { print("") }
+}
