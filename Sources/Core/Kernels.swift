@@ -42,7 +42,7 @@ import Darwin
 ///
 /// **Measured** (AMD EPYC Zen 5, one core, peak 254 GFLOP/s by `peak`): 32×256·256×64 at
 /// 246 GFLOP/s (97%), 256×1024·1024×1024 at 223 GFLOP/s (88%); the default model's step runs
-/// its six products at ~80% of peak overall (the 27-column head and the transposes of `dY·Wᵀ`
+/// its six products at ~85% of peak overall (the 27-column head and the transposes of `dY·Wᵀ`
 /// cost the rest). Compiler note: the module is built with `-Xllvm -unroll-runtime=false`
 /// (see Package.swift), and `replace(with:where:)` is used only where it was checked to
 /// compile to a single `vmaxps`/blend: in bigger loops LLVM splits it into 2-lane selects.
