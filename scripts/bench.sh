@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Benchmark table: µs/step, tokens/s and final validation loss per layout.
 #
-#   scripts/bench.sh [--steps N] [--repeats R] [--data FILE] [--only REGEX] [--plot [DIR]]
+#   scripts/bench.sh [--steps N] [--repeats R] [--data FILE] [--only REGEX] [--plot [DIR]] [--no-speed]
+#
+# After the layouts it runs scripts/bench-speed.sh (single-core peak, train's GFLOP/s and % of
+# peak, the compute-bound configuration, and step time against --hidden and --batch-size) unless
+# --no-speed.
 #
 # --plot also writes every layout's --metrics file and turns them into PNGs with scripts/plot.py
 # (loss curves, step time, communication by kind) in DIR (default docs/images).
@@ -19,6 +23,7 @@ steps=25000
 repeats=3
 only=""
 plot=""
+speed=1
 data="$ROOT/../shared/data/names.txt"
 [ -f "$data" ] || data="$ROOT/data/words.txt"
 while [ $# -gt 0 ]; do
@@ -27,6 +32,7 @@ while [ $# -gt 0 ]; do
     --repeats) repeats="$2"; shift 2 ;;
     --data) data="$2"; shift 2 ;;
     --only) only="$2"; shift 2 ;;
+    --no-speed) speed=0; shift ;;
     --plot) plot="$ROOT/docs/images"; if [ $# -gt 1 ] && [[ "$2" != --* ]]; then plot="$2"; shift; fi; shift ;;
     *) echo "error: unknown argument '$1'" >&2; exit 2 ;;
   esac
@@ -93,4 +99,9 @@ if [ -n "$plot" ]; then
     $SUDO apt-get install -y -qq python3-matplotlib >/dev/null || { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq python3-matplotlib >/dev/null; }
   }
   "$ROOT/scripts/plot.py" "$plot"/metrics/*.jsonl --out "$plot"
+fi
+
+if [ "$speed" = 1 ]; then
+  echo
+  "$ROOT/scripts/bench-speed.sh" --data "$data"
 fi
