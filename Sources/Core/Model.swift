@@ -165,24 +165,9 @@ public final class Model {
 
     /// Backpropagates the last forward, adding into `parameters.grad`.
     public func backward() {
-        backward(accumulate: true)
-    }
-
-    /// Backpropagates the last forward; with `accumulate: false` the gradients are overwritten,
-    /// which gives what zeroing them and calling ``backward()`` gives, without the extra passes
-    /// over the gradient buffer.
-    public func backward(accumulate: Bool) {
         loss.backward(logits, targets)
         for i in stride(from: layers.count - 1, through: 0, by: -1) {
-            let layer = layers[i]
-            if let linear = layer as? Linear {
-                linear.backward(activations[i], activations[i + 1], accumulate: accumulate)
-            } else if let embedding = layer as? Embedding {
-                embedding.backward(activations[i], activations[i + 1], accumulate: accumulate)
-            } else {
-                if !accumulate { parameters.zeroGradients() }  // not reached: makeLayers builds only these two
-                layer.backward(activations[i], activations[i + 1])
-            }
+            layers[i].backward(activations[i], activations[i + 1])
         }
     }
 }

@@ -125,7 +125,8 @@ public final class SingleRank: TrainingLayout {
     public func forwardBackward(batch index: Int, from sampler: BatchSampler) -> Float {
         sampler.fill(index: index, rows: 0..<model.batchSize, tokens: model.tokens.value, targets: model.targets)
         let loss = model.forward()
-        model.backward(accumulate: false)  // = zero the gradients, then backward
+        model.parameters.zeroGradients()
+        model.backward()
         return loss / Float(model.batchSize)
     }
 

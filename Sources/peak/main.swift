@@ -268,13 +268,14 @@ if modelMode {
     }
     print("flops_per_step: \(fixed(flops / 1e6, 3)) MFLOP (6·B·in·out summed over the Linears)")
 
-    // The reference step of `SingleRank`: sample → forward → (zero grads →) backward → update.
+    // The reference step of `SingleRank`: sample → forward → zero grads → backward → update.
     var step = 0
     var lossSink: Float = 0
     func trainStep() {
         sampler.fill(index: step, rows: 0..<batch, tokens: model.tokens.value, targets: model.targets)
         lossSink += model.forward()
-        model.backward(accumulate: false)  // = zero the gradients, then backward
+        model.parameters.zeroGradients()
+        model.backward()
         optimizer.step(model.parameters.value, model.parameters.grad, t: step + 1)
         step += 1
     }

@@ -264,22 +264,54 @@ final class ElementwiseKernelTests: XCTestCase {
         }
     }
 
-    /// Overwriting backward = zeroing the gradients, then the accumulating backward.
+    /// Overwriting backward = zeroing the gradients, then the accumulating backward, for both
+    /// layers that offer it (stale gradient values must vanish).
     func testBackwardOverwriteEqualsZeroThenAccumulate() {
-        let config = ModelConfig(vocab: 7, seqLen: 3, emb: 4, hidden: 20, layers: 2)
-        let model = Model(config: config, batchSize: 9)
-        model.load(config.initialParameters(seed: 3))
         var f = Fixture(4)
-        for i in 0..<(9 * 3) { model.tokens.value[i] = Float(f.rng.below(7)) }
-        for i in 0..<9 { model.targets[i] = Int32(f.rng.below(7)) }
-        for i in 0..<model.parameters.count { model.parameters.grad[i] = 1e3 }  // stale values that must vanish
-        _ = model.forward()
-        model.backward(accumulate: false)
-        let overwritten = Array(UnsafeBufferPointer(start: model.parameters.grad, count: model.parameters.count))
-        model.parameters.zeroGradients()
-        _ = model.forward()
-        model.backward()
-        for i in 0..<model.parameters.count { XCTAssertEqual(overwritten[i], model.parameters.grad[i], accuracy: 1e-7, "parameter \(i)") }
+        // Linear 12 → 20 with ReLU over 9 rows.
+        let count = Linear.parameterCount(inputs: 12, outputs: 20)
+        let buffer = ParameterBuffer(count: count)
+        let p = f.floats(count, 0.5)
+        for i in 0..<count { buffer.value[i] = p[i] }
+        let linear = Linear(inputs: 12, outputs: 20, relu: true, parameters: buffer.view(offset: 0, count: count),
+                            workspace: Workspace(capacity: 12 * 20))
+        let x = Activation(rows: 9, cols: 12), y = Activation(rows: 9, cols: 20)
+        let xs = f.floats(9 * 12), dy = f.floats(9 * 20)
+        for i in 0..<xs.count { x.value[i] = xs[i] }
+        linear.forward(x, y)
+        func linearGradients(overwrite: Bool) -> [Float] {
+            for i in 0..<dy.count { y.grad[i] = dy[i] }
+            if overwrite {
+                for i in 0..<count { buffer.grad[i] = 1e3 }
+                linear.backward(x, y, accumulate: false)
+            } else {
+                buffer.zeroGradients()
+                linear.backward(x, y)
+            }
+            return Array(UnsafeBufferPointer(start: buffer.grad, count: count))
+        }
+        let a = linearGradients(overwrite: true), b = linearGradients(overwrite: false)
+        for i in 0..<count { XCTAssertEqual(a[i], b[i], accuracy: 1e-7, "linear parameter \(i)") }
+
+        // Embedding 7 × 4 over 9 rows of 3 tokens (tokens repeat).
+        let table = ParameterBuffer(count: 28)
+        let embedding = Embedding(vocab: 7, dim: 4, parameters: table.view(offset: 0, count: 28))
+        let tokens = Activation(rows: 9, cols: 3), out = Activation(rows: 9, cols: 12)
+        for i in 0..<27 { tokens.value[i] = Float(f.rng.below(7)) }
+        let dOut = f.floats(9 * 12)
+        func tableGradients(overwrite: Bool) -> [Float] {
+            for i in 0..<dOut.count { out.grad[i] = dOut[i] }
+            if overwrite {
+                for i in 0..<28 { table.grad[i] = 1e3 }
+                embedding.backward(tokens, out, accumulate: false)
+            } else {
+                table.zeroGradients()
+                embedding.backward(tokens, out)
+            }
+            return Array(UnsafeBufferPointer(start: table.grad, count: 28))
+        }
+        let c = tableGradients(overwrite: true), d = tableGradients(overwrite: false)
+        for i in 0..<28 { XCTAssertEqual(c[i], d[i], accuracy: 1e-7, "embedding parameter \(i)") }
     }
 
     func testSGDWithAndWithoutDecayOverTails() {
