@@ -87,24 +87,6 @@ public final class ParameterBuffer {
     public func zeroGradients() { grad.update(repeating: 0, count: count) }
 }
 
-/// Scratch floats shared by layers that run one at a time (e.g. a transposed weight).
-public final class Workspace {
-    public let capacity: Int
-    public let floats: UnsafeMutablePointer<Float>
-
-    public init(capacity: Int) {
-        self.capacity = capacity
-        floats = .allocate(capacity: max(1, capacity))
-        floats.initialize(repeating: 0, count: max(1, capacity))
-        MemoryLedger.add(.buffers, bytes: 4 * max(1, capacity))
-    }
-
-    deinit {
-        floats.deallocate()
-        MemoryLedger.add(.buffers, bytes: -4 * max(1, capacity))
-    }
-}
-
 /// One step of the network. Forward and backward take the same two arguments, as in ml.c:
 ///
 /// - `forward(input, output)` reads `input.value` and the parameters, writes `output.value`;
@@ -179,18 +161,15 @@ public final class Linear: Layer {
     public let weightGrad: UnsafeMutablePointer<Float>
     public let bias: UnsafeMutablePointer<Float>?
     public let biasGrad: UnsafeMutablePointer<Float>?
-    let workspace: Workspace
 
     public static func parameterCount(inputs: Int, outputs: Int, bias: Bool = true) -> Int {
         inputs * outputs + (bias ? outputs : 0)
     }
 
-    /// - Parameter workspace: at least `inputs · outputs` scratch floats, shared with other layers.
-    ///   (Kept for callers; `backward` no longer needs it: `dy · Wᵀ` transposes W 16 × 16 at a
-    ///   time while the product packs it, see ``Kernels/gemm(m:n:k:a:rowStride:depthStride:transposedB:ldb:c:ldc:epilogue:)``.)
-    public init(inputs: Int, outputs: Int, relu: Bool, bias: Bool = true, parameters: ParameterView, workspace: Workspace) {
+    /// `dy · Wᵀ` needs no scratch: the product transposes W 16 × 16 at a time while it packs it
+    /// (see ``Kernels/gemm(m:n:k:a:rowStride:depthStride:transposedB:ldb:c:ldc:epilogue:)``).
+    public init(inputs: Int, outputs: Int, relu: Bool, bias: Bool = true, parameters: ParameterView) {
         precondition(parameters.count == Self.parameterCount(inputs: inputs, outputs: outputs, bias: bias))
-        precondition(workspace.capacity >= inputs * outputs)
         self.inputs = inputs
         self.outputs = outputs
         self.relu = relu
@@ -199,7 +178,6 @@ public final class Linear: Layer {
         weightGrad = parameters.grad
         self.bias = bias ? parameters.value + inputs * outputs : nil
         self.biasGrad = bias ? parameters.grad + inputs * outputs : nil
-        self.workspace = workspace
     }
 
     public func forward(_ input: Activation, _ output: Activation) {

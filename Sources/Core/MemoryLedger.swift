@@ -17,9 +17,9 @@ public enum MemoryCategory: Int, CaseIterable, Sendable {
 /// Bytes currently allocated by this process's model buffers, by category.
 ///
 /// The buffers register themselves when allocated and unregister when freed (`Activation`,
-/// `ParameterBuffer`, `Optimizer`, `Workspace`, gather buffers), so the figures are the actual
-/// allocation sizes, not formulas. "Buffers" are communication and scratch space: FSDP's gather
-/// buffer, the transpose workspace.
+/// `ParameterBuffer`, `Optimizer`, gather buffers), so the figures are the actual
+/// allocation sizes, not formulas. "Buffers" are communication space: FSDP's gather
+/// buffer and its reduce-scatter output.
 public enum MemoryLedger {
     nonisolated(unsafe) static let bytes: UnsafeMutablePointer<Int> = {
         let p = UnsafeMutablePointer<Int>.allocate(capacity: MemoryCategory.allCases.count)

@@ -58,11 +58,6 @@ public struct ModelConfig: Equatable, Hashable, Sendable, Codable, CustomStringC
     /// Ψ, the total number of parameters.
     public var parameterCount: Int { parameterOffset(block: blockCount) }
 
-    /// The largest `inputs · outputs` of any Linear: the size of the transpose workspace.
-    public var largestWeight: Int {
-        (1...layers + 1).map { let s = linearShape(block: $0); return s.inputs * s.outputs }.max()!
-    }
-
     /// Names of the tensors in canonical order, with their offsets and shapes.
     public var tensors: [(name: String, offset: Int, shape: [Int])] {
         var result: [(String, Int, [Int])] = [("embedding", 0, [vocab, emb])]
@@ -96,17 +91,17 @@ public struct ModelConfig: Equatable, Hashable, Sendable, Codable, CustomStringC
     }
 
     /// The reference layer of block `i` over `parameters` (``parameterCount(block:)`` floats).
-    public func makeLayer(block i: Int, parameters: ParameterView, workspace: Workspace) -> Layer {
+    public func makeLayer(block i: Int, parameters: ParameterView) -> Layer {
         if i == 0 { return Embedding(vocab: vocab, dim: emb, parameters: parameters) }
         let s = linearShape(block: i)
-        return Linear(inputs: s.inputs, outputs: s.outputs, relu: i <= layers, parameters: parameters, workspace: workspace)
+        return Linear(inputs: s.inputs, outputs: s.outputs, relu: i <= layers, parameters: parameters)
     }
 
     /// The reference layers over parameter storage chosen by the caller: `parameters(i)` gives
     /// block `i`'s view. The same construction serves the reference model (slices of one flat
     /// buffer) and FSDP (one shared gather buffer).
-    public func makeLayers(parameters: (Int) -> ParameterView, workspace: Workspace) -> [Layer] {
-        (0..<blockCount).map { makeLayer(block: $0, parameters: parameters($0), workspace: workspace) }
+    public func makeLayers(parameters: (Int) -> ParameterView) -> [Layer] {
+        (0..<blockCount).map { makeLayer(block: $0, parameters: parameters($0)) }
     }
 }
 
@@ -123,7 +118,6 @@ public final class Model {
     public let activations: [Activation]
     public let targets: UnsafeMutablePointer<Int32>
     public var loss: SoftmaxCrossEntropy
-    let workspace: Workspace
 
     /// - Parameters:
     ///   - lossScale: the gradient scale of the loss, normally `1 / global batch`.
@@ -132,12 +126,9 @@ public final class Model {
         self.config = config
         self.batchSize = batchSize
         let parameters = ParameterBuffer(count: config.parameterCount, spare: spareGradients)
-        let workspace = Workspace(capacity: config.largestWeight)
         self.parameters = parameters
-        self.workspace = workspace
         layers = config.makeLayers(
-            parameters: { parameters.view(offset: config.parameterOffset(block: $0), count: config.parameterCount(block: $0)) },
-            workspace: workspace)
+            parameters: { parameters.view(offset: config.parameterOffset(block: $0), count: config.parameterCount(block: $0)) })
         activations = (-1..<config.blockCount).map { Activation(rows: batchSize, cols: config.outputWidth(block: $0)) }
         targets = .allocate(capacity: batchSize)
         targets.initialize(repeating: 0, count: batchSize)

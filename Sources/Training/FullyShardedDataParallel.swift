@@ -131,7 +131,6 @@ public final class FullyShardedDataParallel: TrainingLayout {
     public let local: LocalParameters
     let rows: Range<Int>
     let globalBatch: Int
-    let workspace: Workspace
 
     public init(_ context: TrainingContext, group: Communicator) throws(UsageError) {
         let batch = context.batchSize, config = context.config
@@ -140,13 +139,11 @@ public final class FullyShardedDataParallel: TrainingLayout {
         self.group = group
         globalBatch = batch
         let rowsPerRank = rows.count
-        let workspace = Workspace(capacity: config.largestWeight)
-        self.workspace = workspace
         blocks = ShardedBlocks(
             blocks: (0..<config.blockCount).map { i in
                 ShardedBlocks.Block(count: config.parameterCount(block: i),
                                     map: .contiguous(config.parameterOffset(block: i), config.parameterCount(block: i)),
-                                    make: { config.makeLayer(block: i, parameters: $0, workspace: workspace) })
+                                    make: { config.makeLayer(block: i, parameters: $0) })
             },
             group: group, initialParameters: context.initialParameters)
         activations = (-1..<config.blockCount).map { Activation(rows: rowsPerRank, cols: config.outputWidth(block: $0)) }

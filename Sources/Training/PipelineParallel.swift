@@ -188,7 +188,6 @@ public final class PipelineParallel: TrainingLayout {
     let config: ModelConfig
     let parameters: ParameterBuffer
     public let local: LocalParameters
-    let workspace: Workspace
 
     /// - Parameters:
     ///   - microBatches: `M ≥ 1`, dividing the global batch.
@@ -210,9 +209,8 @@ public final class PipelineParallel: TrainingLayout {
         plan = try TensorParallelPlan(config: config, blocks: blocks, tpSize: 1, tpRank: 0)
         parameters = ParameterBuffer(count: plan.parameterCount)
         plan.map.extract(from: context.initialParameters, into: parameters.value)
-        workspace = Workspace(capacity: plan.workspaceCapacity)
         stage = PipelineStage(
-            layers: plan.makeLayers(tp: grid.tp, buffer: parameters, workspace: workspace), widths: plan.widths,
+            layers: plan.makeLayers(tp: grid.tp, buffer: parameters), widths: plan.widths,
             rows: 0..<context.batchSize,
             schedule: PipelineSchedule(kind, stage: grid.pp.rank, stages: n, microBatches: microBatches),
             pp: grid.pp, seqLen: config.seqLen, lossScale: 1 / Float(context.batchSize))

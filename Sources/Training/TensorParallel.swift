@@ -23,12 +23,11 @@ public final class ColumnParallelLinear: Layer {
 
     /// - Parameters:
     ///   - parameters: `inputs · localOutputs + localOutputs` floats: `W[:, cols_t]` then `b[cols_t]`.
-    ///   - workspace: at least `inputs · localOutputs` floats.
-    public init(inputs: Int, localOutputs: Int, relu: Bool, parameters: ParameterView, workspace: Workspace, tp: Communicator) {
+    public init(inputs: Int, localOutputs: Int, relu: Bool, parameters: ParameterView, tp: Communicator) {
         self.inputs = inputs
         self.localOutputs = localOutputs
         self.tp = tp
-        local = Linear(inputs: inputs, outputs: localOutputs, relu: relu, parameters: parameters, workspace: workspace)
+        local = Linear(inputs: inputs, outputs: localOutputs, relu: relu, parameters: parameters)
     }
 
     public func forward(_ input: Activation, _ output: Activation) {
@@ -65,8 +64,7 @@ public final class RowParallelLinear: Layer {
 
     /// - Parameters:
     ///   - parameters: `localInputs · outputs + outputs` floats: `W[rows_t, :]` then all of `b`.
-    ///   - workspace: at least `localInputs · outputs` floats.
-    public init(localInputs: Int, outputs: Int, relu: Bool, parameters: ParameterView, workspace: Workspace, tp: Communicator) {
+    public init(localInputs: Int, outputs: Int, relu: Bool, parameters: ParameterView, tp: Communicator) {
         precondition(parameters.count == localInputs * outputs + outputs)
         self.localInputs = localInputs
         self.outputs = outputs
@@ -74,8 +72,7 @@ public final class RowParallelLinear: Layer {
         self.tp = tp
         let weights = localInputs * outputs
         local = Linear(inputs: localInputs, outputs: outputs, relu: false, bias: false,
-                       parameters: ParameterView(value: parameters.value, grad: parameters.grad, count: weights),
-                       workspace: workspace)
+                       parameters: ParameterView(value: parameters.value, grad: parameters.grad, count: weights))
         bias = parameters.value + weights
         biasGrad = parameters.grad + weights
     }
@@ -97,7 +94,7 @@ public final class RowParallelLinear: Layer {
 
 /// How a range of the model's blocks is laid out on one rank of a tensor-parallel group of `N`:
 /// each block's sharding, its local parameters (count and ``ParameterMap``), and the local widths
-/// of the activations it reads and writes. Pure: no MPI until ``makeLayers(tp:parameters:workspace:)``.
+/// of the activations it reads and writes. Pure: no MPI until ``makeLayers(tp:parameters:)``.
 ///
 /// The Linear blocks `1 … L+1` pair up as (1 column, 2 row), (3 column, 4 row), …; when `L + 1`
 /// is odd the head is left over and stays replicated, as does the embedding. So every hidden
@@ -127,8 +124,6 @@ public struct TensorParallelPlan: Sendable {
         /// Local width of the activation the block reads, and of the one it writes.
         public let inputWidth: Int
         public let outputWidth: Int
-        /// Scratch floats the layer needs (a Linear's transposed local weight).
-        public let workspace: Int
         public var parameterCount: Int { map.count }
     }
 
@@ -158,26 +153,26 @@ public struct TensorParallelPlan: Sendable {
             let sharding = Self.sharding(block: i, config: config, tpSize: tpSize)
             if i == 0 {
                 return Block(index: 0, sharding: .replicated, map: .contiguous(offset, config.parameterCount(block: 0)),
-                             inputWidth: config.seqLen, outputWidth: config.outputWidth(block: 0), workspace: 0)
+                             inputWidth: config.seqLen, outputWidth: config.outputWidth(block: 0))
             }
             let (inputs, outputs) = config.linearShape(block: i)
             switch sharding {
             case .replicated:
                 return Block(index: i, sharding: .replicated, map: .contiguous(offset, config.parameterCount(block: i)),
-                             inputWidth: inputs, outputWidth: outputs, workspace: inputs * outputs)
+                             inputWidth: inputs, outputWidth: outputs)
             case .column:
                 // One run per input row: W[r, t·o ..< (t+1)·o], then b[t·o ..< (t+1)·o].
                 let o = outputs / tpSize, first = tpRank * o
                 var map = ParameterMap()
                 for r in 0..<inputs { map.append(start: offset + r * outputs + first, count: o) }
                 map.append(start: offset + inputs * outputs + first, count: o)
-                return Block(index: i, sharding: .column, map: map, inputWidth: inputs, outputWidth: o, workspace: inputs * o)
+                return Block(index: i, sharding: .column, map: map, inputWidth: inputs, outputWidth: o)
             case .row:
                 // Rows t·k ..< (t+1)·k of W are contiguous; then the whole bias.
                 let k = inputs / tpSize
                 let map = ParameterMap.contiguous(offset + tpRank * k * outputs, k * outputs)
                     + .contiguous(offset + inputs * outputs, outputs)
-                return Block(index: i, sharding: .row, map: map, inputWidth: k, outputWidth: outputs, workspace: k * outputs)
+                return Block(index: i, sharding: .row, map: map, inputWidth: k, outputWidth: outputs)
             }
         }
     }
@@ -186,46 +181,44 @@ public struct TensorParallelPlan: Sendable {
     public var parameterCount: Int { blocks.reduce(0) { $0 + $1.parameterCount } }
     /// The blocks' maps one after the other: the map of a buffer laid out block after block.
     public var map: ParameterMap { blocks.reduce(ParameterMap()) { $0 + $1.map } }
-    /// The workspace the layers share (they run one at a time).
-    public var workspaceCapacity: Int { blocks.map(\.workspace).max() ?? 0 }
     /// Local activation widths: the input of the first block, then every block's output.
     public var widths: [Int] { [blocks.first?.inputWidth ?? 0] + blocks.map(\.outputWidth) }
 
     /// The layers, over parameter storage chosen by the caller: `parameters(i)` is the view of
     /// canonical block `i`'s local floats (``Block/parameterCount`` of them, in ``Block/map``
     /// order). The sharded layers communicate over `tp`, which must have `tpSize` ranks.
-    public func makeLayers(tp: Communicator, parameters: (Int) -> ParameterView, workspace: Workspace) -> [Layer] {
-        blocks.map { makeLayer($0, tp: tp, parameters: parameters($0.index), workspace: workspace) }
+    public func makeLayers(tp: Communicator, parameters: (Int) -> ParameterView) -> [Layer] {
+        blocks.map { makeLayer($0, tp: tp, parameters: parameters($0.index)) }
     }
 
     /// The layer of one block over `parameters` (``Block/parameterCount`` floats, ``Block/map`` order).
-    public func makeLayer(_ block: Block, tp: Communicator, parameters view: ParameterView, workspace: Workspace) -> Layer {
-        precondition(tp.size == tpSize && tp.rank == tpRank && workspace.capacity >= workspaceCapacity)
+    public func makeLayer(_ block: Block, tp: Communicator, parameters view: ParameterView) -> Layer {
+        precondition(tp.size == tpSize && tp.rank == tpRank)
         precondition(view.count == block.parameterCount)
         let relu = block.index <= config.layers
         switch block.sharding {
         case .replicated where block.index == 0:
             return Embedding(vocab: config.vocab, dim: config.emb, parameters: view)
         case .replicated:
-            return Linear(inputs: block.inputWidth, outputs: block.outputWidth, relu: relu, parameters: view, workspace: workspace)
+            return Linear(inputs: block.inputWidth, outputs: block.outputWidth, relu: relu, parameters: view)
         case .column:
             return ColumnParallelLinear(inputs: block.inputWidth, localOutputs: block.outputWidth, relu: relu,
-                                        parameters: view, workspace: workspace, tp: tp)
+                                        parameters: view, tp: tp)
         case .row:
             return RowParallelLinear(localInputs: block.inputWidth, outputs: block.outputWidth, relu: relu,
-                                     parameters: view, workspace: workspace, tp: tp)
+                                     parameters: view, tp: tp)
         }
     }
 
     /// The layers over one flat buffer holding the blocks one after the other (``map`` order).
-    public func makeLayers(tp: Communicator, buffer: ParameterBuffer, workspace: Workspace) -> [Layer] {
+    public func makeLayers(tp: Communicator, buffer: ParameterBuffer) -> [Layer] {
         precondition(buffer.count == parameterCount)
         var offsets: [Int: Int] = [:]
         var offset = 0
         for block in blocks { offsets[block.index] = offset; offset += block.parameterCount }
         return makeLayers(tp: tp, parameters: { i in
             buffer.view(offset: offsets[i]!, count: blocks.first { $0.index == i }!.parameterCount)
-        }, workspace: workspace)
+        })
     }
 }
 
@@ -255,7 +248,6 @@ public final class TensorParallel: TrainingLayout {
     let targets: UnsafeMutablePointer<Int32>
     let loss: SoftmaxCrossEntropy
     public let local: LocalParameters
-    let workspace: Workspace
     let batchSize: Int
 
     public init(_ context: TrainingContext) throws(UsageError) {
@@ -267,8 +259,7 @@ public final class TensorParallel: TrainingLayout {
         batchSize = context.batchSize
         parameters = ParameterBuffer(count: plan.parameterCount)
         plan.map.extract(from: context.initialParameters, into: parameters.value)
-        workspace = Workspace(capacity: plan.workspaceCapacity)
-        layers = plan.makeLayers(tp: tp, buffer: parameters, workspace: workspace)
+        layers = plan.makeLayers(tp: tp, buffer: parameters)
         activations = plan.widths.map { Activation(rows: context.batchSize, cols: $0) }
         targets = .allocate(capacity: context.batchSize)
         targets.initialize(repeating: 0, count: context.batchSize)

@@ -25,7 +25,6 @@ public final class ThreeDimensional: TrainingLayout {
     public let plan: TensorParallelPlan
     let blocks: ShardedBlocks
     let stage: PipelineStage
-    let workspace: Workspace
     public let local: LocalParameters
     let globalBatch: Int
 
@@ -50,12 +49,10 @@ public final class ThreeDimensional: TrainingLayout {
         let blockRange = PipelinePartition.blocks(stage: grid.pp.rank, stages: pp, blockCount: config.blockCount)
         let plan = try TensorParallelPlan(config: config, blocks: blockRange, tpSize: tp, tpRank: grid.tp.rank)
         self.plan = plan
-        let workspace = Workspace(capacity: plan.workspaceCapacity)
-        self.workspace = workspace
         blocks = ShardedBlocks(
             blocks: plan.blocks.map { block in
                 ShardedBlocks.Block(count: block.parameterCount, map: block.map,
-                                    make: { plan.makeLayer(block, tp: grid.tp, parameters: $0, workspace: workspace) })
+                                    make: { plan.makeLayer(block, tp: grid.tp, parameters: $0) })
             },
             group: grid.dp, initialParameters: context.initialParameters)
         stage = PipelineStage(layers: blocks.layers, widths: plan.widths, rows: try dataParallelRows(batch: batch, group: grid.dp),

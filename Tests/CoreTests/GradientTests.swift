@@ -11,8 +11,7 @@ final class GradientTests: XCTestCase {
         let buffer = ParameterBuffer(count: count)
         let p = f.floats(count, 0.5)
         for i in 0..<count { buffer.value[i] = p[i] }
-        let layer = Linear(inputs: inputs, outputs: outputs, relu: relu, parameters: buffer.view(offset: 0, count: count),
-                           workspace: Workspace(capacity: inputs * outputs))
+        let layer = Linear(inputs: inputs, outputs: outputs, relu: relu, parameters: buffer.view(offset: 0, count: count))
         let x = Activation(rows: rows, cols: inputs), y = Activation(rows: rows, cols: outputs)
         let xs = f.floats(rows * inputs)
         for i in 0..<xs.count { x.value[i] = xs[i] }
@@ -73,8 +72,7 @@ final class GradientTests: XCTestCase {
         var f = Fixture(9)
         let p = f.floats(count)
         for i in 0..<count { buffer.value[i] = p[i] }
-        let layer = Linear(inputs: 4, outputs: 3, relu: false, parameters: buffer.view(offset: 0, count: count),
-                           workspace: Workspace(capacity: 12))
+        let layer = Linear(inputs: 4, outputs: 3, relu: false, parameters: buffer.view(offset: 0, count: count))
         let x = Activation(rows: 2, cols: 4), y = Activation(rows: 2, cols: 3)
         for i in 0..<8 { x.value[i] = Float(i) - 3 }
         for i in 0..<6 { y.grad[i] = 1 }

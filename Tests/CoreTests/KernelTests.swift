@@ -273,8 +273,7 @@ final class ElementwiseKernelTests: XCTestCase {
         let buffer = ParameterBuffer(count: count)
         let p = f.floats(count, 0.5)
         for i in 0..<count { buffer.value[i] = p[i] }
-        let linear = Linear(inputs: 12, outputs: 20, relu: true, parameters: buffer.view(offset: 0, count: count),
-                            workspace: Workspace(capacity: 12 * 20))
+        let linear = Linear(inputs: 12, outputs: 20, relu: true, parameters: buffer.view(offset: 0, count: count))
         let x = Activation(rows: 9, cols: 12), y = Activation(rows: 9, cols: 20)
         let xs = f.floats(9 * 12), dy = f.floats(9 * 20)
         for i in 0..<xs.count { x.value[i] = xs[i] }
