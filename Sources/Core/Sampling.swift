@@ -21,7 +21,7 @@ public func generateSamples(model: Model, vocabulary: Vocabulary, count: Int, te
         context.update(repeating: 0, count: seqLen)
         var ids: [Int32] = []
         while ids.count < maxLength {
-            for (i, layer) in model.layers.enumerated() { layer.forward(model.activations[i], model.activations[i + 1]) }
+            model.chain.forwardLayers()
             let logits = model.logits.value
             var m = -Float.infinity
             for j in 0..<vocab { m = max(m, logits[j] / temperature) }

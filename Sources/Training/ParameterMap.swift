@@ -101,13 +101,10 @@ public struct ParameterMap: Sendable, Equatable {
     }
 }
 
-/// Reassembles the canonical vector of `total` floats on world rank 0 from every rank's local
-/// floats and their map (collective over `world`; nil on the other ranks).
-///
-/// Replicated floats (held by several ranks) simply arrive more than once with the same value.
-/// A rank whose floats are all held elsewhere too may pass an empty map. Not a hot path: used for
-/// `--dump`, sampling and checkpoints, never inside a training step.
-public func assembleCanonical(world: Communicator, map: ParameterMap, values: UnsafePointer<Float>, total: Int) -> [Float]? {
+/// Every rank's map and local floats, on world rank 0 in rank order (nil on the other ranks).
+/// Collective over `world`. Not a hot path: used for `--dump`, sampling, checkpoints and the
+/// replica check, never inside a training step.
+func gatherParts(world: Communicator, map: ParameterMap, values: UnsafePointer<Float>) -> [(map: ParameterMap, values: [Float])]? {
     if world.rank != 0 {
         let encoded = map.encoded
         var header = [Int64(encoded.count), Int64(map.count)]
@@ -116,8 +113,7 @@ public func assembleCanonical(world: Communicator, map: ParameterMap, values: Un
         world.send(values, count: map.count, to: 0, tag: 73)
         return nil
     }
-    var canonical = [Float](repeating: .nan, count: total)
-    map.scatter(values, into: &canonical)
+    var parts = [(map: map, values: Array(UnsafeBufferPointer(start: values, count: map.count)))]
     for source in 1..<max(1, world.size) {
         var header = [Int64](repeating: 0, count: 2)
         world.receive(&header, count: 2, from: source, tag: 71)
@@ -125,7 +121,19 @@ public func assembleCanonical(world: Communicator, map: ParameterMap, values: Un
         encoded.withUnsafeMutableBufferPointer { world.receive($0.baseAddress!, count: $0.count, from: source, tag: 72) }
         var floats = [Float](repeating: 0, count: Int(header[1]))
         floats.withUnsafeMutableBufferPointer { world.receive($0.baseAddress!, count: $0.count, from: source, tag: 73) }
-        floats.withUnsafeBufferPointer { ParameterMap(encoded: encoded).scatter($0.baseAddress!, into: &canonical) }
+        parts.append((ParameterMap(encoded: encoded), floats))
     }
+    return parts
+}
+
+/// Reassembles the canonical vector of `total` floats on world rank 0 from every rank's local
+/// floats and their map (collective over `world`; nil on the other ranks).
+///
+/// Replicated floats (held by several ranks) simply arrive more than once with the same value.
+/// A rank whose floats are all held elsewhere too may pass an empty map.
+public func assembleCanonical(world: Communicator, map: ParameterMap, values: UnsafePointer<Float>, total: Int) -> [Float]? {
+    guard let parts = gatherParts(world: world, map: map, values: values) else { return nil }
+    var canonical = [Float](repeating: .nan, count: total)
+    for part in parts { part.values.withUnsafeBufferPointer { part.map.scatter($0.baseAddress!, into: &canonical) } }
     return canonical
 }

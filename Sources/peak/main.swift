@@ -262,9 +262,8 @@ if modelMode {
     print("model: \(config), batch \(batch), \(config.parameterCount) parameters")
 
     var flops = 0.0
-    for i in 1...layerCount + 1 {
-        let s = config.linearShape(block: i)
-        flops += 6 * Double(batch) * Double(s.inputs) * Double(s.outputs)
+    for block in config.plan.blocks where block.kind.isLinear {
+        flops += 6 * Double(batch) * Double(block.weightRows) * Double(block.weightColumns)
     }
     print("flops_per_step: \(fixed(flops / 1e6, 3)) MFLOP (6·B·in·out summed over the Linears)")
 
@@ -293,14 +292,15 @@ if modelMode {
     if stepsOnly { exit(0) }
 
     // The matrix products alone, with exactly the arguments the layers pass in the step.
-    let acts = model.activations
+    let acts = model.chain.activations
     var productTime = 0.0
     var rows: [(String, Double, Double)] = []
-    for i in 1...layerCount + 1 {
-        let s = config.linearShape(block: i)
-        let layer = model.layers[i] as! Linear
+    for block in model.plan.blocks where block.kind.isLinear {
+        let i = block.index
+        let s = (inputs: block.weightRows, outputs: block.weightColumns)
+        let layer = model.chain.layers[i] as! Linear
         let x = acts[i], y = acts[i + 1]
-        let name = i == layerCount + 1 ? "head" : "fc\(i)"
+        let name = block.name
         let f = 2 * Double(batch) * Double(s.inputs) * Double(s.outputs)
         let forward = timePerCall {
             Kernels.gemm(m: batch, n: s.outputs, k: s.inputs, a: x.value, rowStride: s.inputs, depthStride: 1,
@@ -338,24 +338,25 @@ if modelMode {
             sampler.fill(index: sampleIndex, rows: 0..<batch, tokens: model.tokens.value, targets: model.targets)
             sampleIndex += 1
         }))
-        for (i, layer) in model.layers.enumerated() {
-            let name = i == 0 ? "embedding" : (i == layerCount + 1 ? "head" : "fc\(i)")
+        let loss = model.chain.loss!
+        for (i, layer) in model.chain.layers.enumerated() {
+            let name = model.plan[i].name
             phases.append(("\(name) forward", timePerCall { layer.forward(acts[i], acts[i + 1]) }))
         }
-        let lossForward = timePerCall { lossSink += model.loss.forward(model.logits, model.targets) }
+        let lossForward = timePerCall { lossSink += loss.forward(model.logits, model.targets) }
         phases.append(("loss forward (softmax)", lossForward))
 
         // Backward of the loss turns the probabilities into gradients in place: redo forward each time.
         let lossBoth = timePerCall {
-            lossSink += model.loss.forward(model.logits, model.targets)
-            model.loss.backward(model.logits, model.targets)
+            lossSink += loss.forward(model.logits, model.targets)
+            loss.backward(model.logits, model.targets)
         }
         phases.append(("loss backward", max(0, lossBoth - lossForward)))
-        for i in stride(from: model.layers.count - 1, through: 0, by: -1) {
-            let name = i == 0 ? "embedding" : (i == layerCount + 1 ? "head" : "fc\(i)")
-            if let linear = model.layers[i] as? Linear {
+        for i in stride(from: model.chain.layers.count - 1, through: 0, by: -1) {
+            let name = model.plan[i].name
+            if let linear = model.chain.layers[i] as? Linear {
                 phases.append(("\(name) backward", timePerCall { linear.backward(acts[i], acts[i + 1], accumulate: false) }))
-            } else if let embedding = model.layers[i] as? Embedding {
+            } else if let embedding = model.chain.layers[i] as? Embedding {
                 phases.append(("\(name) backward", timePerCall { embedding.backward(acts[i], acts[i + 1], accumulate: false) }))
             }
         }

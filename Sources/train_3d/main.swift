@@ -21,6 +21,10 @@ struct Train3D: TrainingCommand {
 
     @OptionGroup var pipeline: PipelineOptions
 
+    func validate() throws {
+        for (flag, value) in [("tp", tp), ("dp", dp), ("pp", pp)] { try requirePositive(value, flag) }
+    }
+
     func makeLayout(_ context: TrainingContext) throws(UsageError) -> TrainingLayout {
         try ThreeDimensional(context, tp: tp, dp: dp, pp: pp, pipeline: pipeline)
     }

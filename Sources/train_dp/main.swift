@@ -12,9 +12,10 @@ struct TrainDP: TrainingCommand {
             help: "Gradient bucket size in KiB: a bucket's allreduce starts as soon as backward has filled it.")
     var bucketKB: Int = 1024
 
+    func validate() throws { try requirePositive(bucketKB, "bucket-kb") }
+
     func makeLayout(_ context: TrainingContext) throws(UsageError) -> TrainingLayout {
-        if bucketKB <= 0 { throw UsageError("--bucket-kb must be a positive integer (got \(bucketKB))") }
-        return try DataParallel(context, group: context.world, bucketBytes: bucketKB * 1024)
+        try DataParallel(context, bucketBytes: bucketKB * 1024)
     }
 }
 

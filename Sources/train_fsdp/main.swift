@@ -9,7 +9,7 @@ struct TrainFSDP: TrainingCommand {
     @OptionGroup var options: TrainingOptions
 
     func makeLayout(_ context: TrainingContext) throws(UsageError) -> TrainingLayout {
-        try FullyShardedDataParallel(context, group: context.world)
+        try FullyShardedDataParallel(context)
     }
 }
 

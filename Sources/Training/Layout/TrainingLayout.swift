@@ -7,6 +7,8 @@ public struct TrainingContext {
     public let world: Communicator
     public let options: TrainingOptions
     public let config: ModelConfig
+    /// The model's blocks (``ModelConfig/plan``), computed once.
+    public let plan: BlockPlan
     public let optimizer: OptimizerConfig
     public let dataset: Dataset
     public let initialParameters: [Float]
@@ -93,45 +95,5 @@ extension LocalParameters {
         precondition(full.count == total)
         full.withUnsafeMutableBufferPointer { world.broadcast($0.baseAddress!, count: total, root: 0) }
         map.extract(from: full, into: pick(self))
-    }
-}
-
-/// The rows of the global batch that this rank of a data-parallel group trains on: slice
-/// `group.rank` of `group.size` equal slices.
-public func dataParallelRows(batch: Int, group: Communicator) throws(UsageError) -> Range<Int> {
-    if batch % group.size != 0 {
-        throw UsageError("--batch-size \(batch) is not divisible by the \(group.size) data-parallel ranks")
-    }
-    let rows = batch / group.size
-    return group.rank * rows ..< (group.rank + 1) * rows
-}
-
-/// `train`: the whole model on one rank. The reference every other layout must reproduce.
-public final class SingleRank: TrainingLayout {
-    let model: Model
-    public let local: LocalParameters
-
-    public init(_ context: TrainingContext) throws(UsageError) {
-        if context.world.size != 1 {
-            throw UsageError("train is the single-rank reference: run it with one process (got \(context.world.size)); use train_dp or train_fsdp for more")
-        }
-        model = Model(config: context.config, batchSize: context.batchSize)
-        model.load(context.initialParameters)
-        local = LocalParameters(map: .contiguous(0, model.parameters.count), values: model.parameters.value,
-                                gradients: model.parameters.grad,
-                                optimizer: Optimizer(config: context.optimizer, count: model.parameters.count))
-    }
-
-    public func forwardBackward(batch index: Int, from sampler: BatchSampler) -> Float {
-        sampler.fill(index: index, rows: 0..<model.batchSize, tokens: model.tokens.value, targets: model.targets)
-        let loss = model.forward()
-        model.parameters.zeroGradients()
-        model.backward()
-        return loss / Float(model.batchSize)
-    }
-
-    public func evaluate(batch index: Int, from sampler: BatchSampler) -> Float {
-        sampler.fill(index: index, rows: 0..<model.batchSize, tokens: model.tokens.value, targets: model.targets)
-        return model.forward() / Float(model.batchSize)
     }
 }

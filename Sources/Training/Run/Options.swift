@@ -72,6 +72,10 @@ public struct TrainingOptions: ParsableArguments, Sendable {
     @Option(help: "Continue from the newest complete checkpoint in this directory (any layout's); --steps stays the total.")
     public var resume: String?
 
+    @Flag(name: .customLong("check-replicas"),
+          help: "After training, check that every parameter held by several ranks is bit-identical on all of them (fails the run if not).")
+    public var checkReplicas = false
+
     public init() {}
 
     public var model: (Int) -> ModelConfig {
@@ -82,11 +86,10 @@ public struct TrainingOptions: ParsableArguments, Sendable {
         OptimizerConfig(kind: optimizer, learningRate: lr, beta1: beta1, beta2: beta2, epsilon: eps, weightDecay: weightDecay)
     }
 
-    /// Checks every numeric flag; the error names the flag and the value.
-    public func check() throws(UsageError) {
-        func positive(_ value: Int, _ flag: String) throws(UsageError) {
-            if value <= 0 { throw UsageError("--\(flag) must be a positive integer (got \(value))") }
-        }
+    /// Checks every numeric flag when the command line is parsed; the error names the flag and
+    /// the value. (What depends on the world size or the data is checked by ``LayoutShape``.)
+    public func validate() throws {
+        func positive(_ value: Int, _ flag: String) throws(UsageError) { try requirePositive(value, flag) }
         try positive(steps, "steps")
         try positive(batchSize, "batch-size")
         try positive(seqLen, "seq-len")
@@ -120,6 +123,11 @@ public struct UsageError: Error, CustomStringConvertible {
     public init(_ description: String) { self.description = description }
 }
 
+/// Throws unless `value` (the value of `--flag`) is a positive integer.
+public func requirePositive(_ value: Int, _ flag: String) throws(UsageError) {
+    if value <= 0 { throw UsageError("--\(flag) must be a positive integer (got \(value))") }
+}
+
 /// The flags of the executables that run a pipeline (`train_pp`, `train_3d`).
 public struct PipelineOptions: ParsableArguments, Sendable {
     @Option(name: .customLong("micro-batches"), parsing: .unconditional,
@@ -130,6 +138,8 @@ public struct PipelineOptions: ParsableArguments, Sendable {
     public var schedule: PipelineScheduleKind = .oneForwardOneBackward
 
     public init() {}
+
+    public func validate() throws { try requirePositive(microBatches, "micro-batches") }
 }
 
 extension PipelineScheduleKind: ExpressibleByArgument {}

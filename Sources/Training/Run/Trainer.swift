@@ -1,64 +1,8 @@
 import Core
 import Distributed
-import Foundation
 
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Darwin)
-import Darwin
-#endif
-
-/// An executable of the suite: the shared flags plus a way to build its layout.
-///
-/// `launch()` is the whole program: parse, start MPI, load the data, build the layout, run the
-/// reference training loop, validate, sample. Any error becomes one line on stderr (printed by
-/// one rank) and exit status 1 on every rank; no rank is left waiting.
-public protocol TrainingCommand: ParsableCommand {
-    var options: TrainingOptions { get }
-    /// Builds this executable's layout. Throw a `UsageError` for a layout that cannot work.
-    func makeLayout(_ context: TrainingContext) throws(UsageError) -> TrainingLayout
-}
-
-extension TrainingCommand {
-    public static func launch() -> Never {
-        let command: Self
-        do {
-            command = try Self.parse(Array(CommandLine.arguments.dropFirst()))
-        } catch {
-            if Self.exitCode(for: error) == .success {
-                print(Self.fullMessage(for: error))
-                Glibc.exit(0)
-            }
-            // MPI has not started yet, but under mpirun every rank got the same bad command line:
-            // only the launcher's rank 0 reports it.
-            let environment = ProcessInfo.processInfo.environment
-            let rank = environment["OMPI_COMM_WORLD_RANK"] ?? environment["PMI_RANK"] ?? "0"
-            if rank == "0" {
-                let message = Self.message(for: error).split(separator: "\n").joined(separator: " ")
-                writeError("error: \(message) (see --help)")
-            }
-            Glibc.exit(64)
-        }
-        let world = MPI.initialize()
-        let code = Trainer(command: command, world: world).run()
-        MPI.finalize()
-        Glibc.exit(code)
-    }
-}
-
-/// Runs a step everywhere or fails everywhere: if any rank throws, the lowest failing rank prints
-/// its message and every rank gets `nil`. One tiny allreduce; no rank can be left behind.
-func agreeing<T>(_ world: Communicator, _ body: () throws -> T) -> T? {
-    var result: T?
-    var message = ""
-    do { result = try body() } catch { message = "\(error)" }
-    // Largest (size − rank) among failing ranks ⇒ the lowest failing rank.
-    let flag = world.max(Int32(result == nil ? world.size - world.rank : 0))
-    if flag == 0 { return result }
-    if world.rank == world.size - Int(flag) { writeError("error: \(message)") }
-    return nil
-}
-
+/// One training run, the same for every executable: set up, train, then report, save, dump,
+/// validate and sample. Every phase is collective; a failure in any rank ends it on every rank.
 struct Trainer<Command: TrainingCommand> {
     let command: Command
     let world: Communicator
@@ -67,189 +11,164 @@ struct Trainer<Command: TrainingCommand> {
 
     func say(_ line: String) { if isLeader { print(line) } }
 
+    /// What the phases share once the run is set up.
+    struct Session {
+        var context: TrainingContext
+        var layout: TrainingLayout
+        var metrics: MetricsWriter?
+        /// The first step to run (0, or where a checkpoint left off) and the batch seed.
+        var start = 0
+        var seed: UInt64
+        var config: ModelConfig { context.config }
+        /// The training loop's figures for the final metrics record (`training_seconds`, the ledger).
+        var summary = ""
+    }
+
     /// Returns the process exit status.
     func run() -> Int32 {
-        guard let dataset = agreeing(world, { () throws -> Dataset in
-            try options.check()
-            return try Dataset.load(path: options.data, seqLen: options.seqLen)
-        }) else { return 1 }
+        guard var session = prepare() else { return 1 }
+        guard train(&session) else { return 1 }
+        return finish(session) ? 0 : 1
+    }
 
+    /// Loads the data, builds the layout from the whole initial model, opens the metrics file and
+    /// resumes from a checkpoint when asked.
+    func prepare() -> Session? {
+        guard let dataset = agreeing(world, { () throws -> Dataset in
+            try Dataset.load(path: options.data, seqLen: options.seqLen)
+        }) else { return nil }
         let config = options.model(dataset.vocabulary.count)
-        let context = TrainingContext(world: world, options: options, config: config, optimizer: options.optimizerConfig,
-                                      dataset: dataset, initialParameters: config.initialParameters(seed: options.seed))
-        guard let layout = agreeing(world, { try command.makeLayout(context) }) else { return 1 }
+        let plan = config.plan
+        let context = TrainingContext(world: world, options: options, config: config, plan: plan,
+                                      optimizer: options.optimizerConfig, dataset: dataset,
+                                      initialParameters: plan.initialParameters(seed: options.seed))
+        guard let layout = agreeing(world, { try command.makeLayout(context) }) else { return nil }
         guard let metrics = agreeing(world, { () throws -> MetricsWriter? in
             guard isLeader, let path = options.metrics else { return nil }
             return try MetricsWriter(path: path)
-        }) else { return 1 }
-
-        say("\(Command._commandName): \(world.size) rank(s), \(config), \(config.parameterCount) parameters, "
+        }) else { return nil }
+        say("\(Command.name): \(world.size) rank(s), \(config), \(plan.parameterCount) parameters, "
             + "\(dataset.train.count) training / \(dataset.validation.count) validation examples from \(options.data)")
-
-        var start = 0
-        var seed = options.seed
+        var session = Session(context: context, layout: layout, metrics: metrics, seed: options.seed)
         if let directory = options.resume {
-            guard let resumed = resume(layout, from: directory, config: config) else { return 1 }
-            (start, seed) = resumed
+            guard let resumed = resume(layout, from: directory, config: config) else { return nil }
+            (session.start, session.seed) = resumed
         }
+        return session
+    }
 
-        let train = BatchSampler(examples: dataset.train, batchSize: options.batchSize, seed: seed, stream: .trainingBatches)
-        let validation = BatchSampler(examples: dataset.validation, batchSize: options.batchSize, seed: seed,
-                                      stream: .validationBatches)
-
-        // The reference loop. The communication ledger counts from here.
+    /// The reference loop: forward and backward, update, record; checkpoints every `--save-every`
+    /// steps; a progress line every `--log-every`. The communication ledger counts these steps only.
+    func train(_ session: inout Session) -> Bool {
+        let layout = session.layout, metrics = session.metrics
+        let sampler = BatchSampler(examples: session.context.dataset.train, batchSize: options.batchSize,
+                                   seed: session.seed, stream: .trainingBatches)
+        var progress = Progress(options: options)
         Ledger.reset()
         let loopStart = MPI.time()
-        var windowStart = loopStart
-        var windowSteps = 0
-        var windowLoss: Double = 0
-        var savedAt = options.resume == nil ? -1 : start
-        for step in start..<max(start, options.steps) {
-            let loss = layout.forwardBackward(batch: step, from: train)
+        var savedAt = options.resume == nil ? -1 : session.start
+        for step in session.start..<max(session.start, options.steps) {
+            let loss = layout.forwardBackward(batch: step, from: sampler)
             if !loss.isFinite {
                 metrics?.flush()
                 if isLeader { writeError("error: loss became \(loss) at step \(step); stopping (nothing saved)") }
-                return 1
+                return false
             }
             layout.update(step: step + 1)
             metrics?.record(step: step, loss: loss)
-            windowLoss += Double(loss)
-            windowSteps += 1
             if options.saveEvery > 0 && (step + 1) % options.saveEvery == 0 {
                 Ledger.isRecording = false
                 defer { Ledger.isRecording = true }
-                guard save(layout, step: step + 1, seed: seed, config: config) else { return 1 }
+                guard save(layout, step: step + 1, seed: session.seed, config: session.config) else { return false }
                 savedAt = step + 1
             }
-            if (step + 1) % options.logEvery == 0 || step + 1 == options.steps {
-                let now = MPI.time()
-                let perStep = (now - windowStart) / Double(windowSteps)
-                say("step \(step + 1)/\(options.steps)  loss \(format(loss, 4))  mean \(format(Float(windowLoss / Double(windowSteps)), 4))  "
-                    + "\(format(Float(perStep * 1e6), 1)) µs/step  \(format(Float(Double(options.batchSize) / perStep), 0)) tokens/s")
-                windowStart = now
-                windowLoss = 0
-                windowSteps = 0
-            }
+            if let line = progress.record(step: step, loss: loss) { say(line) }
         }
-        // The ledger covers the training steps only.
         let trainingSeconds = MPI.time() - loopStart
         Ledger.isRecording = false
-        let ledger = LedgerReport(world: world, steps: max(0, options.steps - start))
+        let ledger = LedgerReport(world: world, steps: max(0, options.steps - session.start))
         if isLeader { print(ledger.table) }
         if let line = layout.trainingFinished(), isLeader { print(line) }
+        session.summary = "\"training_seconds\":\(trainingSeconds),\(ledger.json)"
 
-        if options.checkpointDir != nil && savedAt != max(start, options.steps) {
-            guard save(layout, step: max(start, options.steps), seed: seed, config: config) else { return 1 }
+        let end = max(session.start, options.steps)
+        if options.checkpointDir != nil && savedAt != end {
+            guard save(layout, step: end, seed: session.seed, config: session.config) else { return false }
         }
+        return true
+    }
 
+    /// After training: the replica check, the dump, validation and samples.
+    func finish(_ session: Session) -> Bool {
+        let layout = session.layout, config = session.config, total = config.parameterCount
+        if options.checkReplicas {
+            guard let line = agreeing(world, { () throws -> String? in try layout.local.checkReplicas(world, total: total) })
+            else { return false }
+            if let line { say(line) }
+        }
         if let path = options.dump {
-            let parameters = layout.local.gather(world, total: config.parameterCount) { $0.values }
-            let gradients = layout.local.gather(world, total: config.parameterCount) { $0.gradients }
-            if isLeader, let parameters, let gradients {
-                do { try writeDump(path: path, config: config, parameters: parameters, gradients: gradients) } catch {
-                    writeError("error: \(error)")
-                    return 1
-                }
+            let parameters = layout.local.gather(world, total: total) { $0.values }
+            let gradients = layout.local.gather(world, total: total) { $0.gradients }
+            let written: Void? = agreeing(world) { () throws -> Void in
+                if let parameters, let gradients { try writeDump(path: path, config: config, parameters: parameters, gradients: gradients) }
             }
+            guard written != nil else { return false }
         }
 
+        let validation = BatchSampler(examples: session.context.dataset.validation, batchSize: options.batchSize,
+                                      seed: session.seed, stream: .validationBatches)
         var validationLoss: Double = 0
         for i in 0..<options.valBatches { validationLoss += Double(layout.evaluate(batch: i, from: validation)) }
         let valLoss = Float(validationLoss / Double(options.valBatches))
         say("validation loss \(format(valLoss, 4)) (\(options.valBatches) batches of \(options.batchSize))")
-        if let metrics {
+        if let metrics = session.metrics {
             metrics.append("{\"val_loss\":\(valLoss.description),\"steps\":\(options.steps),\"world\":\(world.size),"
-                           + "\"parameters\":\(config.parameterCount),\"training_seconds\":\(trainingSeconds),\(ledger.json)}\n")
+                           + "\"parameters\":\(total),\(session.summary)}\n")
             metrics.flush()
         }
 
-        let parameters = options.samples > 0 ? layout.local.gather(world, total: config.parameterCount) { $0.values } : nil
+        let parameters = options.samples > 0 ? layout.local.gather(world, total: total) { $0.values } : nil
         if isLeader, let parameters {
             let sampler = Model(config: config, batchSize: 1)
             sampler.load(parameters)
             say("samples (temperature \(options.temperature)):")
-            for text in generateSamples(model: sampler, vocabulary: dataset.vocabulary, count: options.samples,
+            for text in generateSamples(model: sampler, vocabulary: session.context.dataset.vocabulary, count: options.samples,
                                         temperature: options.temperature, seed: options.seed) {
                 say("  \(text)")
             }
         }
-        return 0
+        return true
     }
 }
 
-extension Trainer {
-    /// Gathers parameters and optimizer moments to rank 0, which writes the checkpoint.
-    func save(_ layout: TrainingLayout, step: Int, seed: UInt64, config: ModelConfig) -> Bool {
-        let total = config.parameterCount
-        let local = layout.local
-        let parameters = local.gather(world, total: total) { $0.values }
-        // Every rank must take part in every gather: no short-circuiting on rank 0's results.
-        var moments: ([Float], [Float])?
-        if local.optimizer.config.kind == .adam {
-            let m = local.gather(world, total: total) { $0.optimizer.moment1! }
-            let v = local.gather(world, total: total) { $0.optimizer.moment2! }
-            if let m, let v { moments = (m, v) }
-        }
-        return agreeing(world) { () throws in
-            guard isLeader, let parameters, let directory = options.checkpointDir else { return }
-            try Checkpoint(step: step, seed: seed, config: config, optimizer: local.optimizer.config,
-                           parameters: parameters, moments: moments).save(in: directory)
-        } != nil
+/// The progress line: every `--log-every` steps and at the last, the step's loss, the window's
+/// mean loss, and the window's time per step and tokens per second.
+struct Progress {
+    let every: Int
+    let steps: Int
+    let batchSize: Int
+    var windowStart = MPI.time()
+    var windowSteps = 0
+    var windowLoss: Double = 0
+
+    init(options: TrainingOptions) {
+        every = options.logEvery
+        steps = options.steps
+        batchSize = options.batchSize
     }
 
-    /// Rank 0 reads and checks the newest checkpoint; every rank loads its part of it.
-    /// Returns (completed steps, sampler seed), or nil after an error was reported.
-    func resume(_ layout: TrainingLayout, from directory: String, config: ModelConfig) -> (Int, UInt64)? {
-        guard let loaded = agreeing(world, { () throws -> Checkpoint? in
-            guard isLeader else { return nil }
-            let folder = try Checkpoint.latest(in: directory)
-            let checkpoint = try Checkpoint.load(folder: folder)
-            if let why = checkpoint.mismatch(config: config, optimizer: options.optimizer) {
-                throw UsageError("checkpoint '\(folder)' is from a different model: \(why)")
-            }
-            return checkpoint
-        }) else { return nil }
-        var header: [Int64] = [Int64(loaded?.step ?? 0), Int64(bitPattern: loaded?.seed ?? 0)]
-        world.broadcast(&header, count: 2, root: 0)
-        let total = config.parameterCount
-        let local = layout.local
-        local.load(loaded?.parameters, world, total: total) { $0.values }
-        if local.optimizer.config.kind == .adam {
-            local.load(loaded?.moments?.m, world, total: total) { $0.optimizer.moment1! }
-            local.load(loaded?.moments?.v, world, total: total) { $0.optimizer.moment2! }
+    mutating func record(step: Int, loss: Float) -> String? {
+        windowLoss += Double(loss)
+        windowSteps += 1
+        guard (step + 1) % every == 0 || step + 1 == steps else { return nil }
+        let now = MPI.time()
+        let perStep = (now - windowStart) / Double(windowSteps)
+        defer {
+            windowStart = now
+            windowLoss = 0
+            windowSteps = 0
         }
-        if let loaded, loaded.seed != options.seed {
-            say("note: continuing the checkpoint's batch sequence (seed \(loaded.seed)), not --seed \(options.seed)")
-        }
-        say("resumed from step \(header[0]) of \(directory)")
-        return (Int(header[0]), UInt64(bitPattern: header[1]))
+        return "step \(step + 1)/\(steps)  loss \(format(loss, 4))  mean \(format(Float(windowLoss / Double(windowSteps)), 4))  "
+            + "\(format(Float(perStep * 1e6), 1)) µs/step  \(format(Float(Double(batchSize) / perStep), 0)) tokens/s"
     }
-}
-
-func format(_ x: Float, _ decimals: Int) -> String {
-    var scale: Float = 1
-    for _ in 0..<decimals { scale *= 10 }
-    let rounded = (Double(x) * Double(scale)).rounded() / Double(scale)
-    if decimals == 0 { return String(Int(rounded)) }
-    var text = String(rounded)
-    if let dot = text.firstIndex(of: ".") {
-        let have = text.distance(from: dot, to: text.endIndex) - 1
-        if have < decimals { text += String(repeating: "0", count: decimals - have) }
-    }
-    return text
-}
-
-/// The dump format: "PSDUMP1\n", then a JSON header line with the model configuration and Ψ,
-/// then Ψ little-endian float32 parameters and Ψ float32 gradients, canonical layout.
-func writeDump(path: String, config: ModelConfig, parameters: [Float], gradients: [Float]) throws(UsageError) {
-    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-    if fd < 0 { throw UsageError("cannot write dump '\(path)': \(String(cString: strerror(errno)))") }
-    defer { close(fd) }
-    let header = "PSDUMP1\n{\"vocab\":\(config.vocab),\"seq_len\":\(config.seqLen),\"emb\":\(config.emb),\"hidden\":\(config.hidden),\"layers\":\(config.layers),\"count\":\(parameters.count)}\n"
-    var bytes = Array(header.utf8)
-    for array in [parameters, gradients] {
-        array.withUnsafeBytes { bytes.append(contentsOf: $0) }
-    }
-    let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
-    if written != bytes.count { throw UsageError("short write to dump '\(path)'") }
 }

@@ -1,180 +1,6 @@
 import Core
 import Distributed
 
-/// One stage of a pipeline: runs any chain of layers over the micro-batches of a step, receiving
-/// its input from the previous stage and sending its output to the next.
-///
-/// A stage knows nothing of which blocks it runs: it is a list of ``Layer``s, the (local)
-/// widths of the `layers.count + 1` activations between them, and its neighbours in the
-/// pipeline communicator. The stage without a previous neighbour fills its input with token ids
-/// (as floats) from the sampler; the stage without a next neighbour holds the targets and the
-/// loss. Tensor-parallel or FSDP-wrapped layers can be passed in unchanged (`widths` are then
-/// per-rank widths); their own collectives run inside `forward`/`backward`.
-///
-/// **What moves.** For every micro-batch of `b = rows/M` rows, the forward sends
-/// `b × widths.last` floats to the next stage and the backward sends `b × widths[0]` floats of
-/// input gradient to the previous one: per step and boundary of width `w`, `2 · rows · w · 4`
-/// bytes in `2M` messages, whatever `M`. Sends are non-blocking (a buffer is only waited on
-/// before it is written again), receives block; since every stage takes micro-batches in the
-/// same order and sends never block, the schedules cannot deadlock. At the end of a step the
-/// last stage broadcasts the summed loss over the pipeline (4 bytes).
-///
-/// **Memory.** One set of activations (`b × Σ widths` floats, values and gradients) per slot:
-/// `M` slots for GPipe, `min(M, N − s)` for 1F1B. Everything is allocated in `init`.
-public final class PipelineStage {
-    public let layers: [Layer]
-    public let widths: [Int]
-    /// The rows of the global batch this pipeline processes.
-    public let rows: Range<Int>
-    public let schedule: PipelineSchedule
-    /// Rows per micro-batch.
-    public let microRows: Int
-    let pp: Communicator
-    let previous: Int?
-    let next: Int?
-    let slots: Int
-    /// Slot `k`'s activations are `activations[k · (layers.count + 1) ..< (k + 1) · (layers.count + 1)]`.
-    let activations: [Activation]
-    /// The pipeline's rows of the batch: token ids (first stage) and targets (last stage).
-    let batchTokens: UnsafeMutablePointer<Float>
-    let batchTargets: UnsafeMutablePointer<Int32>
-    let seqLen: Int
-    let loss: SoftmaxCrossEntropy
-    var forwardSends: [Request]
-    var backwardSends: [Request]
-    static let forwardTag = 31, backwardTag = 32
-
-    /// Seconds spent waiting on a neighbour (blocked in a receive, a send's completion or the
-    /// loss broadcast) and seconds in training steps, since the stage was made.
-    public private(set) var waitingSeconds: Double = 0
-    public private(set) var stepSeconds: Double = 0
-
-    /// - Parameters:
-    ///   - widths: local widths of the stage's input and of each layer's output
-    ///     (`layers.count + 1`); on the first stage `widths[0]` is the context length.
-    ///   - rows: rows of the global batch this pipeline handles, split into `schedule.microBatches`.
-    ///   - lossScale: the loss's gradient scale, `1 / global batch`.
-    public init(layers: [Layer], widths: [Int], rows: Range<Int>, schedule: PipelineSchedule, pp: Communicator,
-                seqLen: Int, lossScale: Float) {
-        precondition(!layers.isEmpty && widths.count == layers.count + 1)
-        precondition(schedule.stages == pp.size && schedule.stage == pp.rank && rows.count % schedule.microBatches == 0)
-        self.layers = layers
-        self.widths = widths
-        self.rows = rows
-        self.schedule = schedule
-        self.pp = pp
-        self.seqLen = seqLen
-        microRows = rows.count / schedule.microBatches
-        previous = pp.rank > 0 ? pp.rank - 1 : nil
-        next = pp.rank + 1 < pp.size ? pp.rank + 1 : nil
-        precondition(previous != nil || widths[0] == seqLen, "the first stage's input is the token ids")
-        slots = schedule.slots
-        activations = (0..<slots).flatMap { _ in widths.map { Activation(rows: rows.count / schedule.microBatches, cols: $0) } }
-        let ends = previous == nil || next == nil
-        batchTokens = .allocate(capacity: ends ? rows.count * seqLen : 1)
-        batchTargets = .allocate(capacity: ends ? rows.count : 1)
-        batchTokens.initialize(repeating: 0, count: ends ? rows.count * seqLen : 1)
-        batchTargets.initialize(repeating: 0, count: ends ? rows.count : 1)
-        loss = SoftmaxCrossEntropy(gradientScale: lossScale)
-        forwardSends = Array(repeating: Request(), count: slots)
-        backwardSends = Array(repeating: Request(), count: slots)
-    }
-
-    deinit {
-        batchTokens.deallocate()
-        batchTargets.deallocate()
-    }
-
-    /// Forward and backward of every micro-batch of global batch `index`, adding into the
-    /// layers' parameter gradients (the caller zeroes them). Returns the loss summed over
-    /// ``rows``, the same on every stage.
-    public func trainingStep(batch index: Int, from sampler: BatchSampler) -> Float {
-        let start = MPI.time()
-        let total = run(schedule.actions, batch: index, from: sampler)
-        stepSeconds += MPI.time() - start
-        return total
-    }
-
-    /// Forward only: the loss summed over ``rows``, the same on every stage.
-    public func evaluate(batch index: Int, from sampler: BatchSampler) -> Float {
-        let saved = waitingSeconds
-        defer { waitingSeconds = saved }
-        return run(schedule.forwardOnly, batch: index, from: sampler)
-    }
-
-    func run(_ actions: [PipelineAction], batch index: Int, from sampler: BatchSampler) -> Float {
-        if previous == nil || next == nil {
-            sampler.fill(index: index, rows: rows, tokens: batchTokens, targets: batchTargets)
-        }
-        var total: Float = 0
-        for action in actions {
-            switch action.direction {
-            case .forward: total += forward(action.microBatch)
-            case .backward: backward(action.microBatch)
-            }
-        }
-        let start = MPI.time()
-        for k in 0..<slots {
-            forwardSends[k].wait()
-            backwardSends[k].wait()
-        }
-        pp.broadcast(&total, count: 1, root: pp.size - 1)
-        waitingSeconds += MPI.time() - start
-        return total
-    }
-
-    /// Collective over `world`: each rank's share of training-step time spent waiting on a pipeline
-    /// neighbour, by world rank, next to the ideal bubble `(N−1)/(M+N−1)`; the text on world rank 0.
-    public func waitingReport(world: Communicator) -> String? {
-        var mine = [waitingSeconds, stepSeconds]
-        var all = [Double](repeating: 0, count: 2 * world.size)
-        world.allgather(&mine, count: 2, into: &all)
-        guard world.rank == 0 else { return nil }
-        let shares = (0..<world.size).map { format(Float(100 * all[2 * $0] / Swift.max(all[2 * $0 + 1], 1e-12)), 1) + "%" }
-        return "pipeline: \(schedule.stages) stages, \(schedule.kind.rawValue), \(schedule.microBatches) micro-batches; "
-            + "waiting on neighbours \(shares.joined(separator: " / ")) of step time by rank "
-            + "(ideal bubble (N−1)/(M+N−1) = \(format(Float(100 * schedule.idealBubble), 1))%)"
-    }
-
-    /// Runs micro-batch `m` forward; on the last stage returns its summed loss (else 0).
-    func forward(_ m: Int) -> Float {
-        let slot = m % slots, base = slot * widths.count
-        let input = activations[base], output = activations[base + layers.count]
-        let start = MPI.time()
-        forwardSends[slot].wait()  // the slot's last output may still be on its way
-        if let previous {
-            pp.receive(input.value, count: input.count, from: previous, tag: Self.forwardTag)
-        }
-        waitingSeconds += MPI.time() - start
-        if previous == nil {
-            input.value.update(from: batchTokens + m * microRows * seqLen, count: microRows * seqLen)
-        }
-        for j in 0..<layers.count { layers[j].forward(activations[base + j], activations[base + j + 1]) }
-        if let next {
-            forwardSends[slot] = pp.startSend(output.value, count: output.count, to: next, tag: Self.forwardTag)
-            return 0
-        }
-        return loss.forward(output, batchTargets + m * microRows)
-    }
-
-    /// Runs micro-batch `m` backward (its forward ran earlier in the same slot).
-    func backward(_ m: Int) {
-        let slot = m % slots, base = slot * widths.count
-        let input = activations[base], output = activations[base + layers.count]
-        let start = MPI.time()
-        backwardSends[slot].wait()  // the slot's last input gradient may still be on its way
-        if let next { pp.receive(output.grad, count: output.count, from: next, tag: Self.backwardTag) }
-        waitingSeconds += MPI.time() - start
-        if next == nil { loss.backward(output, batchTargets + m * microRows) }
-        for j in stride(from: layers.count - 1, through: 0, by: -1) {
-            layers[j].backward(activations[base + j], activations[base + j + 1])
-        }
-        if let previous {
-            backwardSends[slot] = pp.startSend(input.grad, count: input.count, to: previous, tag: Self.backwardTag)
-        }
-    }
-}
-
 /// `train_pp`: the model's blocks cut into `N` contiguous stages (``PipelinePartition``), one
 /// per rank, each stage running the same reference layers on its blocks through a
 /// ``PipelineStage`` with the chosen ``PipelineScheduleKind`` and `M` micro-batches.
@@ -183,9 +9,7 @@ public final class PipelineStage {
 /// exactly the full-batch gradient), and each rank updates only its own blocks.
 public final class PipelineParallel: TrainingLayout {
     public let stage: PipelineStage
-    public let plan: TensorParallelPlan
-    let world: Communicator
-    let config: ModelConfig
+    let mesh: ProcessMesh
     let parameters: ParameterBuffer
     public let local: LocalParameters
 
@@ -193,29 +17,24 @@ public final class PipelineParallel: TrainingLayout {
     ///   - microBatches: `M ≥ 1`, dividing the global batch.
     ///   - schedule: GPipe or 1F1B.
     public init(_ context: TrainingContext, microBatches: Int, schedule kind: PipelineScheduleKind) throws(UsageError) {
-        if microBatches < 1 { throw UsageError("--micro-batches must be a positive integer (got \(microBatches))") }
-        if context.batchSize % microBatches != 0 {
-            throw UsageError("--batch-size \(context.batchSize) is not divisible by --micro-batches \(microBatches)")
-        }
-        config = context.config
-        let n = context.world.size
-        if n > config.blockCount {
-            throw UsageError("\(n) pipeline stages but the model has only \(config.blockCount) blocks (embedding, \(config.layers) hidden, head); use at most \(config.blockCount) ranks or more --layers")
-        }
-        world = context.world
-        let grid = ProcessGrid(world: world, tp: 1, dp: 1, pp: n)
-        let blocks = PipelinePartition.blocks(stage: grid.pp.rank, stages: n, blockCount: config.blockCount)
-        // A tensor-parallel group of one: the reference layers of this stage's blocks.
-        plan = try TensorParallelPlan(config: config, blocks: blocks, tpSize: 1, tpRank: 0)
-        parameters = ParameterBuffer(count: plan.parameterCount)
-        plan.map.extract(from: context.initialParameters, into: parameters.value)
+        let n = context.world.size, plan = context.plan
+        mesh = try LayoutShape.pipeline(stages: n, microBatches: microBatches).makeMesh(context)
+        let pp = mesh[.pp]
+        let blocks = plan.blocks[PipelinePartition.blocks(stage: pp.rank, stages: n, blockCount: plan.count)]
+        // The stage's blocks are contiguous in the canonical vector: its parameters are one run.
+        let first = blocks.first!.parameterOffset
+        let count = blocks.reduce(0) { $0 + $1.parameterCount }
+        let parameters = ParameterBuffer(count: count)
+        self.parameters = parameters
+        let map = ParameterMap.contiguous(first, count)
+        map.extract(from: context.initialParameters, into: parameters.value)
         stage = PipelineStage(
-            layers: plan.makeLayers(tp: grid.tp, buffer: parameters), widths: plan.widths,
-            rows: 0..<context.batchSize,
-            schedule: PipelineSchedule(kind, stage: grid.pp.rank, stages: n, microBatches: microBatches),
-            pp: grid.pp, seqLen: config.seqLen, lossScale: 1 / Float(context.batchSize))
-        local = LocalParameters(map: plan.map, values: parameters.value, gradients: parameters.grad,
-                                optimizer: Optimizer(config: context.optimizer, count: parameters.count))
+            layers: blocks.map { $0.makeLayer(parameters: parameters.view(offset: $0.parameterOffset - first, count: $0.parameterCount)) },
+            widths: plan.widths(blocks.indices), rows: 0..<context.batchSize,
+            schedule: PipelineSchedule(kind, stage: pp.rank, stages: n, microBatches: microBatches),
+            pp: pp, seqLen: context.config.seqLen, lossScale: 1 / Float(context.batchSize))
+        local = LocalParameters(map: map, values: parameters.value, gradients: parameters.grad,
+                                optimizer: Optimizer(config: context.optimizer, count: count))
     }
 
     public func forwardBackward(batch index: Int, from sampler: BatchSampler) -> Float {
@@ -223,7 +42,7 @@ public final class PipelineParallel: TrainingLayout {
         return stage.trainingStep(batch: index, from: sampler) / Float(stage.rows.count)
     }
 
-    public func trainingFinished() -> String? { stage.waitingReport(world: world) }
+    public func trainingFinished() -> String? { stage.waitingReport(world: mesh.world) }
 
     public func evaluate(batch index: Int, from sampler: BatchSampler) -> Float {
         stage.evaluate(batch: index, from: sampler) / Float(stage.rows.count)

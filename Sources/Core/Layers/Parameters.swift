@@ -1,0 +1,93 @@
+/// A batch of activations: `rows` examples of `cols` features, with a gradient of the same shape.
+///
+/// Allocated once, zeroed, and reused every step. Layers never own activations: the caller
+/// passes them in, so a pipeline stage can keep one set per micro-batch in flight and a sharded
+/// model can reuse the reference layers unchanged.
+public final class Activation {
+    public let rows: Int
+    public let cols: Int
+    public let value: UnsafeMutablePointer<Float>
+    public let grad: UnsafeMutablePointer<Float>
+    public var count: Int { rows * cols }
+
+    public init(rows: Int, cols: Int) {
+        self.rows = rows
+        self.cols = cols
+        value = .allocate(capacity: max(1, rows * cols))
+        grad = .allocate(capacity: max(1, rows * cols))
+        value.initialize(repeating: 0, count: max(1, rows * cols))
+        grad.initialize(repeating: 0, count: max(1, rows * cols))
+        MemoryLedger.add(.activations, bytes: 2 * 4 * max(1, rows * cols))
+    }
+
+    deinit {
+        value.deallocate()
+        grad.deallocate()
+        MemoryLedger.add(.activations, bytes: -2 * 4 * max(1, rows * cols))
+    }
+}
+
+/// A layer's parameters: a contiguous run of floats and the matching run of gradients.
+///
+/// Where the floats live is the caller's choice: a slice of the model's flat buffer (`train`,
+/// `train_dp`), or one gather buffer shared by every layer (`train_fsdp`). Layers just use them.
+public struct ParameterView: @unchecked Sendable {
+    public let value: UnsafeMutablePointer<Float>
+    public let grad: UnsafeMutablePointer<Float>
+    public let count: Int
+
+    public init(value: UnsafeMutablePointer<Float>, grad: UnsafeMutablePointer<Float>, count: Int) {
+        self.value = value
+        self.grad = grad
+        self.count = count
+    }
+}
+
+/// A flat, owned buffer of parameters and their gradients, zero-initialised.
+public final class ParameterBuffer {
+    public let count: Int
+    public let value: UnsafeMutablePointer<Float>
+    public let grad: UnsafeMutablePointer<Float>
+    /// Where the memory ledger files these bytes: the model's own parameters and gradients, or
+    /// a scratch/communication buffer (FSDP's gather buffer).
+    public let isScratch: Bool
+
+    public init(count: Int, isScratch: Bool = false) {
+        self.count = count
+        self.isScratch = isScratch
+        value = .allocate(capacity: max(1, count))
+        grad = .allocate(capacity: max(1, count))
+        value.initialize(repeating: 0, count: max(1, count))
+        grad.initialize(repeating: 0, count: max(1, count))
+        register(1)
+    }
+
+    deinit {
+        value.deallocate()
+        grad.deallocate()
+        register(-1)
+    }
+
+    private func register(_ sign: Int) {
+        MemoryLedger.add(isScratch ? .buffers : .parameters, bytes: sign * 4 * max(1, count))
+        MemoryLedger.add(isScratch ? .buffers : .gradients, bytes: sign * 4 * max(1, count))
+    }
+
+    /// The floats `offset ..< offset + count`.
+    public func view(offset: Int, count: Int) -> ParameterView {
+        precondition(offset >= 0 && offset + count <= self.count)
+        return ParameterView(value: value + offset, grad: grad + offset, count: count)
+    }
+
+    public func zeroGradients() { grad.update(repeating: 0, count: count) }
+}
+
+/// One step of the network. Forward and backward take the same two arguments, as in ml.c:
+///
+/// - `forward(input, output)` reads `input.value` and the parameters, writes `output.value`;
+/// - `backward(input, output)` reads `output.grad` (and the values), **adds** the parameter
+///   gradients into the parameters' `grad` (so micro-batches accumulate), and writes `input.grad`.
+public protocol Layer: AnyObject {
+    func forward(_ input: Activation, _ output: Activation)
+    func backward(_ input: Activation, _ output: Activation)
+}

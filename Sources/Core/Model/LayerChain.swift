@@ -1,0 +1,88 @@
+/// What a layout hangs on a ``LayerChain``: code that runs around each block.
+///
+/// The chain calls, for block `i` (its position in the chain):
+///
+///     forward:   willRunForward(i);  layers[i].forward
+///     backward:  willRunBackward(i); layers[i].backward; didRunBackward(i)
+///
+/// FSDP gathers a block's parameters in `willRun…` and reduce-scatters its gradients in
+/// `didRunBackward`; DP starts a gradient bucket's allreduce in `didRunBackward` once the bucket's
+/// last block is done. The reference computation never changes; only what surrounds it.
+public protocol LayerChainHooks: AnyObject {
+    func willRunForward(_ block: Int)
+    func willRunBackward(_ block: Int)
+    func didRunBackward(_ block: Int)
+}
+
+extension LayerChainHooks {
+    public func willRunForward(_ block: Int) {}
+    public func willRunBackward(_ block: Int) {}
+    public func didRunBackward(_ block: Int) {}
+}
+
+/// The one walk over the layers that every layout runs: layers, the activations between them,
+/// the targets and (at the end of the model) the loss, with per-block hooks.
+///
+/// `activations[0]` is the chain's input (token ids when the chain starts at the embedding),
+/// `activations[i + 1]` is layer `i`'s output. A chain that ends with the head owns the loss:
+/// ``forward()`` returns the batch's summed loss and ``backward()`` starts from it. A chain that
+/// ends earlier (a pipeline stage before the last) has no loss: the caller writes the output's
+/// gradient before ``backward()``. Several chains may share the same layers (a pipeline stage
+/// keeps one chain per micro-batch in flight). Nothing is allocated after `init`.
+public final class LayerChain {
+    public let layers: [Layer]
+    public let activations: [Activation]
+    /// The target token of each row (read only by the loss).
+    public let targets: UnsafeMutablePointer<Int32>
+    public let loss: SoftmaxCrossEntropy?
+    /// What runs around each block; set by the layout that owns the chain.
+    public var hooks: LayerChainHooks?
+    public let rows: Int
+
+    /// - Parameters:
+    ///   - widths: the input's width, then each layer's output width (`layers.count + 1`).
+    ///   - rows: rows of the batch the chain runs on.
+    ///   - loss: the loss after the last layer, or nil for a chain that ends before the head.
+    public init(layers: [Layer], widths: [Int], rows: Int, loss: SoftmaxCrossEntropy?, hooks: LayerChainHooks? = nil) {
+        precondition(widths.count == layers.count + 1)
+        self.layers = layers
+        self.rows = rows
+        self.loss = loss
+        self.hooks = hooks
+        activations = widths.map { Activation(rows: rows, cols: $0) }
+        targets = .allocate(capacity: max(1, rows))
+        targets.initialize(repeating: 0, count: max(1, rows))
+    }
+
+    deinit { targets.deallocate() }
+
+    public var input: Activation { activations[0] }
+    public var output: Activation { activations[activations.count - 1] }
+
+    /// Runs every layer forward (no loss).
+    public func forwardLayers() {
+        for i in 0..<layers.count {
+            hooks?.willRunForward(i)
+            layers[i].forward(activations[i], activations[i + 1])
+        }
+    }
+
+    /// Runs every layer forward, then the loss if the chain has one: returns the summed loss over
+    /// the rows (0 without a loss).
+    public func forward() -> Float {
+        forwardLayers()
+        guard let loss else { return 0 }
+        return loss.forward(output, targets)
+    }
+
+    /// Backpropagates the last forward, adding into the layers' parameter gradients. Without a
+    /// loss, `output.grad` must hold the gradient of the chain's output.
+    public func backward() {
+        loss?.backward(output, targets)
+        for i in stride(from: layers.count - 1, through: 0, by: -1) {
+            hooks?.willRunBackward(i)
+            layers[i].backward(activations[i], activations[i + 1])
+            hooks?.didRunBackward(i)
+        }
+    }
+}

@@ -1,0 +1,98 @@
+import Core
+import Distributed
+
+/// How a layout divides the work: its degree along each axis of the process mesh, and the
+/// micro-batches of a pipeline. The one place where a layout is checked against the world, the
+/// model and the batch, with the messages users see; flags that are wrong on their own (a zero
+/// `--tp`, a negative `--micro-batches`) are refused earlier, when the command line is parsed.
+public struct LayoutShape: Sendable {
+    /// What the executable is, for its messages.
+    public enum Executable: Sendable {
+        /// `train`: one rank.
+        case singleRank
+        /// One axis as large as the world (`train_dp`, `train_fsdp`, `train_tp`, `train_pp`).
+        case oneAxis
+        /// Degrees given by flags (`train_3d --tp T --dp D --pp P`).
+        case flags
+    }
+
+    public let executable: Executable
+    /// The mesh axes in rank order (first fastest) with their sizes.
+    public let axes: [(axis: MeshAxis, size: Int)]
+    /// Micro-batches per step, or nil when the layout runs no pipeline schedule.
+    public let microBatches: Int?
+
+    public static var singleRank: LayoutShape { LayoutShape(executable: .singleRank, axes: [], microBatches: nil) }
+
+    /// Data parallel (replicated or sharded) over all `ranks`.
+    public static func dataParallel(ranks: Int) -> LayoutShape {
+        LayoutShape(executable: .oneAxis, axes: [(.dp, ranks)], microBatches: nil)
+    }
+
+    /// Tensor parallel over all `ranks`.
+    public static func tensorParallel(ranks: Int) -> LayoutShape {
+        LayoutShape(executable: .oneAxis, axes: [(.tp, ranks)], microBatches: nil)
+    }
+
+    /// One pipeline stage per rank.
+    public static func pipeline(stages: Int, microBatches: Int) -> LayoutShape {
+        LayoutShape(executable: .oneAxis, axes: [(.pp, stages)], microBatches: microBatches)
+    }
+
+    /// `tp × dp × pp`, tensor-parallel ranks neighbours in rank order, then data, then pipeline.
+    public static func threeDimensional(tp: Int, dp: Int, pp: Int, microBatches: Int) -> LayoutShape {
+        LayoutShape(executable: .flags, axes: [(.tp, tp), (.dp, dp), (.pp, pp)], microBatches: microBatches)
+    }
+
+    /// The degree along `axis` (1 when the layout does not use it).
+    public func size(_ axis: MeshAxis) -> Int { axes.first { $0.axis == axis }?.size ?? 1 }
+
+    /// Ranks the layout needs.
+    public var ranks: Int { axes.reduce(1) { $0 * $1.size } }
+
+    /// Throws the first reason this layout cannot run `plan` with a global batch of `batchSize`
+    /// on `worldSize` ranks.
+    public func check(worldSize: Int, plan: BlockPlan, batchSize: Int) throws(UsageError) {
+        let tp = size(.tp), dp = size(.dp), pp = size(.pp), m = microBatches ?? 1
+        switch executable {
+        case .singleRank where worldSize != 1:
+            throw UsageError("train is the single-rank reference: run it with one process (got \(worldSize)); use train_dp or train_fsdp for more")
+        case .flags where ranks != worldSize:
+            throw UsageError("--tp \(tp) × --dp \(dp) × --pp \(pp) = \(ranks), but mpirun started \(worldSize) ranks")
+        default:
+            precondition(ranks == worldSize || executable == .singleRank)
+        }
+        try TensorParallelPlan.check(plan, tpSize: tp)
+        if pp > plan.count {
+            let fix = executable == .flags ? "use --pp ≤ \(plan.count)" : "use at most \(plan.count) ranks"
+            throw UsageError("\(pp) pipeline stages but the model has only \(plan.count) blocks (embedding, \(plan.config.layers) hidden, head); \(fix) or more --layers")
+        }
+        if batchSize % (dp * m) != 0 {
+            switch (executable, microBatches) {
+            case (.flags, _):
+                throw UsageError("--batch-size \(batchSize) is not divisible by --dp \(dp) × --micro-batches \(m)")
+            case (_, .some):
+                throw UsageError("--batch-size \(batchSize) is not divisible by --micro-batches \(m)")
+            default:
+                throw UsageError("--batch-size \(batchSize) is not divisible by the \(dp) data-parallel ranks")
+            }
+        }
+    }
+
+    /// Checks the shape against `context`, then builds its mesh (collective over the world).
+    public func makeMesh(_ context: TrainingContext) throws(UsageError) -> ProcessMesh {
+        try check(worldSize: context.world.size, plan: context.plan, batchSize: context.batchSize)
+        return ProcessMesh(world: context.world, axes: axes.map { ($0.axis, $0.size) })
+    }
+}
+
+extension ProcessMesh {
+    /// The rows of the global batch that this rank trains on: slice `r` of the `D` equal slices,
+    /// `r` its coordinate on the data-parallel axis (all rows when the mesh has no such axis).
+    public func dataParallelRows(batch: Int) -> Range<Int> {
+        guard contains(.dp) else { return 0..<batch }
+        let group = self[.dp], rows = batch / group.size
+        precondition(rows * group.size == batch)
+        return group.rank * rows ..< (group.rank + 1) * rows
+    }
+}

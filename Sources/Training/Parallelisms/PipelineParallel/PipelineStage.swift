@@ -1,0 +1,176 @@
+import Core
+import Distributed
+
+/// One stage of a pipeline: runs any chain of layers over the micro-batches of a step, receiving
+/// its input from the previous stage and sending its output to the next.
+///
+/// A stage knows nothing of which blocks it runs: it is a list of ``Layer``s, the (local)
+/// widths of the `layers.count + 1` activations between them, the hooks to run around them, and
+/// its neighbours in the pipeline communicator. It keeps one ``LayerChain`` per micro-batch in
+/// flight, all over the same layers. The stage without a previous neighbour fills its input with
+/// token ids (as floats) from the sampler; the stage without a next neighbour holds the targets
+/// and its chains end with the loss. Tensor-parallel layers and FSDP's hooks can be passed in
+/// unchanged (`widths` are then per-rank widths); their own collectives run inside the chain.
+///
+/// **What moves.** For every micro-batch of `b = rows/M` rows, the forward sends
+/// `b × widths.last` floats to the next stage and the backward sends `b × widths[0]` floats of
+/// input gradient to the previous one: per step and boundary of width `w`, `2 · rows · w · 4`
+/// bytes in `2M` messages, whatever `M`. Sends are non-blocking (a buffer is only waited on
+/// before it is written again), receives block; since every stage takes micro-batches in the
+/// same order and sends never block, the schedules cannot deadlock. At the end of a step the
+/// last stage broadcasts the summed loss over the pipeline (4 bytes).
+///
+/// **Memory.** One set of activations (`b × Σ widths` floats, values and gradients) per slot:
+/// `M` slots for GPipe, `min(M, N − s)` for 1F1B. Everything is allocated in `init`.
+public final class PipelineStage {
+    public let layers: [Layer]
+    public let widths: [Int]
+    /// The rows of the global batch this pipeline processes.
+    public let rows: Range<Int>
+    public let schedule: PipelineSchedule
+    /// Rows per micro-batch.
+    public let microRows: Int
+    let pp: Communicator
+    let previous: Int?
+    let next: Int?
+    /// Micro-batch `m` runs in chain `m % chains.count`.
+    let chains: [LayerChain]
+    /// The pipeline's rows of the batch: token ids (first stage) and targets (last stage).
+    let batchTokens: UnsafeMutablePointer<Float>
+    let batchTargets: UnsafeMutablePointer<Int32>
+    let seqLen: Int
+    var forwardSends: [Request]
+    var backwardSends: [Request]
+    static let forwardTag = 31, backwardTag = 32
+
+    /// Seconds spent waiting on a neighbour (blocked in a receive, a send's completion or the
+    /// loss broadcast) and seconds in training steps, since the stage was made.
+    public private(set) var waitingSeconds: Double = 0
+    public private(set) var stepSeconds: Double = 0
+
+    /// - Parameters:
+    ///   - widths: local widths of the stage's input and of each layer's output
+    ///     (`layers.count + 1`); on the first stage `widths[0]` is the context length.
+    ///   - hooks: what runs around each layer (FSDP's gather and scatter in `train_3d`).
+    ///   - rows: rows of the global batch this pipeline handles, split into `schedule.microBatches`.
+    ///   - lossScale: the loss's gradient scale, `1 / global batch`.
+    public init(layers: [Layer], widths: [Int], hooks: LayerChainHooks? = nil, rows: Range<Int>, schedule: PipelineSchedule,
+                pp: Communicator, seqLen: Int, lossScale: Float) {
+        precondition(!layers.isEmpty && widths.count == layers.count + 1)
+        precondition(schedule.stages == pp.size && schedule.stage == pp.rank && rows.count % schedule.microBatches == 0)
+        self.layers = layers
+        self.widths = widths
+        self.rows = rows
+        self.schedule = schedule
+        self.pp = pp
+        self.seqLen = seqLen
+        let microRows = rows.count / schedule.microBatches
+        self.microRows = microRows
+        let previous = pp.rank > 0 ? pp.rank - 1 : nil, next = pp.rank + 1 < pp.size ? pp.rank + 1 : nil
+        self.previous = previous
+        self.next = next
+        precondition(previous != nil || widths[0] == seqLen, "the first stage's input is the token ids")
+        chains = (0..<schedule.slots).map { _ in
+            LayerChain(layers: layers, widths: widths, rows: microRows,
+                       loss: next == nil ? SoftmaxCrossEntropy(gradientScale: lossScale) : nil, hooks: hooks)
+        }
+        let ends = previous == nil || next == nil
+        batchTokens = .allocate(capacity: ends ? rows.count * seqLen : 1)
+        batchTargets = .allocate(capacity: ends ? rows.count : 1)
+        batchTokens.initialize(repeating: 0, count: ends ? rows.count * seqLen : 1)
+        batchTargets.initialize(repeating: 0, count: ends ? rows.count : 1)
+        forwardSends = Array(repeating: Request(), count: schedule.slots)
+        backwardSends = Array(repeating: Request(), count: schedule.slots)
+    }
+
+    deinit {
+        batchTokens.deallocate()
+        batchTargets.deallocate()
+    }
+
+    /// Forward and backward of every micro-batch of global batch `index`, adding into the
+    /// layers' parameter gradients (the caller zeroes them). Returns the loss summed over
+    /// ``rows``, the same on every stage.
+    public func trainingStep(batch index: Int, from sampler: BatchSampler) -> Float {
+        let start = MPI.time()
+        let total = run(schedule.actions, batch: index, from: sampler)
+        stepSeconds += MPI.time() - start
+        return total
+    }
+
+    /// Forward only: the loss summed over ``rows``, the same on every stage.
+    public func evaluate(batch index: Int, from sampler: BatchSampler) -> Float {
+        let saved = waitingSeconds
+        defer { waitingSeconds = saved }
+        return run(schedule.forwardOnly, batch: index, from: sampler)
+    }
+
+    func run(_ actions: [PipelineAction], batch index: Int, from sampler: BatchSampler) -> Float {
+        if previous == nil || next == nil {
+            sampler.fill(index: index, rows: rows, tokens: batchTokens, targets: batchTargets)
+        }
+        var total: Float = 0
+        for action in actions {
+            switch action.direction {
+            case .forward: total += forward(action.microBatch)
+            case .backward: backward(action.microBatch)
+            }
+        }
+        let start = MPI.time()
+        for k in chains.indices {
+            forwardSends[k].wait()
+            backwardSends[k].wait()
+        }
+        pp.broadcast(&total, count: 1, root: pp.size - 1)
+        waitingSeconds += MPI.time() - start
+        return total
+    }
+
+    /// Collective over `world`: each rank's share of training-step time spent waiting on a pipeline
+    /// neighbour, by world rank, next to the ideal bubble `(N−1)/(M+N−1)`; the text on world rank 0.
+    public func waitingReport(world: Communicator) -> String? {
+        var mine = [waitingSeconds, stepSeconds]
+        var all = [Double](repeating: 0, count: 2 * world.size)
+        world.allgather(&mine, count: 2, into: &all)
+        guard world.rank == 0 else { return nil }
+        let shares = (0..<world.size).map { format(Float(100 * all[2 * $0] / Swift.max(all[2 * $0 + 1], 1e-12)), 1) + "%" }
+        return "pipeline: \(schedule.stages) stages, \(schedule.kind.rawValue), \(schedule.microBatches) micro-batches; "
+            + "waiting on neighbours \(shares.joined(separator: " / ")) of step time by rank "
+            + "(ideal bubble (N−1)/(M+N−1) = \(format(Float(100 * schedule.idealBubble), 1))%)"
+    }
+
+    /// Runs micro-batch `m` forward; on the last stage returns its summed loss (else 0).
+    func forward(_ m: Int) -> Float {
+        let slot = m % chains.count, chain = chains[slot]
+        let start = MPI.time()
+        forwardSends[slot].wait()  // the slot's last output may still be on its way
+        if let previous {
+            pp.receive(chain.input.value, count: chain.input.count, from: previous, tag: Self.forwardTag)
+        }
+        waitingSeconds += MPI.time() - start
+        if previous == nil {
+            chain.input.value.update(from: batchTokens + m * microRows * seqLen, count: microRows * seqLen)
+        }
+        if next == nil {
+            chain.targets.update(from: batchTargets + m * microRows, count: microRows)
+        }
+        let loss = chain.forward()
+        if let next {
+            forwardSends[slot] = pp.startSend(chain.output.value, count: chain.output.count, to: next, tag: Self.forwardTag)
+        }
+        return loss
+    }
+
+    /// Runs micro-batch `m` backward (its forward ran earlier in the same slot).
+    func backward(_ m: Int) {
+        let slot = m % chains.count, chain = chains[slot]
+        let start = MPI.time()
+        backwardSends[slot].wait()  // the slot's last input gradient may still be on its way
+        if let next { pp.receive(chain.output.grad, count: chain.output.count, from: next, tag: Self.backwardTag) }
+        waitingSeconds += MPI.time() - start
+        chain.backward()
+        if let previous {
+            backwardSends[slot] = pp.startSend(chain.input.grad, count: chain.input.count, to: previous, tag: Self.backwardTag)
+        }
+    }
+}

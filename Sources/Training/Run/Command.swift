@@ -1,0 +1,66 @@
+import Core
+import Distributed
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// An executable of the suite: the shared flags plus a way to build its layout.
+///
+/// `launch()` is the whole program: parse and validate the flags, start MPI, then hand over to
+/// the ``Trainer``. Any error becomes one line on stderr (printed by one rank) and a non-zero
+/// exit status on every rank; no rank is left waiting.
+public protocol TrainingCommand: ParsableCommand {
+    var options: TrainingOptions { get }
+    /// Builds this executable's layout. Throw a `UsageError` for a layout that cannot work.
+    func makeLayout(_ context: TrainingContext) throws(UsageError) -> TrainingLayout
+}
+
+extension TrainingCommand {
+    /// The executable's name, as `--help` shows it.
+    static var name: String { configuration.commandName ?? "train" }
+
+    public static func launch() -> Never {
+        let command: Self
+        do {
+            command = try Self.parse(Array(CommandLine.arguments.dropFirst()))
+        } catch {
+            if Self.exitCode(for: error) == .success {
+                print(Self.fullMessage(for: error))
+                exitProcess(0)
+            }
+            // MPI has not started yet, but under mpirun every rank got the same bad command line
+            // (flag checks run in `validate()`, during parsing): only the launcher's rank 0 reports it.
+            let environment = ProcessInfo.processInfo.environment
+            let rank = environment["OMPI_COMM_WORLD_RANK"] ?? environment["PMI_RANK"] ?? "0"
+            if rank == "0" {
+                let message = Self.message(for: error).split(separator: "\n").joined(separator: " ")
+                writeError("error: \(message) (see --help)")
+            }
+            exitProcess(64)
+        }
+        let world = MPI.initialize()
+        let code = Trainer(command: command, world: world).run()
+        MPI.finalize()
+        exitProcess(code)
+    }
+}
+
+/// Ends the process: the C library's `exit`, which `ParsableCommand.exit` hides inside the protocol.
+private func exitProcess(_ code: Int32) -> Never { exit(code) }
+
+/// Runs a step everywhere or fails everywhere: if any rank throws, the lowest failing rank prints
+/// its message and every rank gets `nil`. One tiny allreduce; no rank can be left behind.
+func agreeing<T>(_ world: Communicator, _ body: () throws -> T) -> T? {
+    var result: T?
+    var message = ""
+    do { result = try body() } catch { message = "\(error)" }
+    // Largest (size − rank) among failing ranks ⇒ the lowest failing rank.
+    let flag = world.max(Int32(result == nil ? world.size - world.rank : 0))
+    if flag == 0 { return result }
+    if world.rank == world.size - Int(flag) { writeError("error: \(message)") }
+    return nil
+}

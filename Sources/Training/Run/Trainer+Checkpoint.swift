@@ -1,0 +1,51 @@
+import Core
+import Distributed
+
+extension Trainer {
+    /// Gathers parameters and optimizer moments to rank 0, which writes the checkpoint.
+    func save(_ layout: TrainingLayout, step: Int, seed: UInt64, config: ModelConfig) -> Bool {
+        let total = config.parameterCount
+        let local = layout.local
+        let parameters = local.gather(world, total: total) { $0.values }
+        // Every rank must take part in every gather: no short-circuiting on rank 0's results.
+        var moments: ([Float], [Float])?
+        if local.optimizer.config.kind == .adam {
+            let m = local.gather(world, total: total) { $0.optimizer.moment1! }
+            let v = local.gather(world, total: total) { $0.optimizer.moment2! }
+            if let m, let v { moments = (m, v) }
+        }
+        return agreeing(world) { () throws in
+            guard isLeader, let parameters, let directory = options.checkpointDir else { return }
+            try Checkpoint(step: step, seed: seed, config: config, optimizer: local.optimizer.config,
+                           parameters: parameters, moments: moments).save(in: directory)
+        } != nil
+    }
+
+    /// Rank 0 reads and checks the newest checkpoint; every rank loads its part of it.
+    /// Returns (completed steps, sampler seed), or nil after an error was reported.
+    func resume(_ layout: TrainingLayout, from directory: String, config: ModelConfig) -> (Int, UInt64)? {
+        guard let loaded = agreeing(world, { () throws -> Checkpoint? in
+            guard isLeader else { return nil }
+            let folder = try Checkpoint.latest(in: directory)
+            let checkpoint = try Checkpoint.load(folder: folder)
+            if let why = checkpoint.mismatch(config: config, optimizer: options.optimizer) {
+                throw UsageError("checkpoint '\(folder)' is from a different model: \(why)")
+            }
+            return checkpoint
+        }) else { return nil }
+        var header: [Int64] = [Int64(loaded?.step ?? 0), Int64(bitPattern: loaded?.seed ?? 0)]
+        world.broadcast(&header, count: 2, root: 0)
+        let total = config.parameterCount
+        let local = layout.local
+        local.load(loaded?.parameters, world, total: total) { $0.values }
+        if local.optimizer.config.kind == .adam {
+            local.load(loaded?.moments?.m, world, total: total) { $0.optimizer.moment1! }
+            local.load(loaded?.moments?.v, world, total: total) { $0.optimizer.moment2! }
+        }
+        if let loaded, loaded.seed != options.seed {
+            say("note: continuing the checkpoint's batch sequence (seed \(loaded.seed)), not --seed \(options.seed)")
+        }
+        say("resumed from step \(header[0]) of \(directory)")
+        return (Int(header[0]), UInt64(bitPattern: header[1]))
+    }
+}
