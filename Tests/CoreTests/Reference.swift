@@ -2,7 +2,8 @@ import Foundation
 import Core
 
 /// A naive model in Double, written independently of the kernels: the ground truth for the
-/// gradient checks (its loss is differentiated by central finite differences).
+/// gradient checks (its loss is differentiated by central finite differences). It walks the
+/// block plan and computes each block from its kind, so a new kind of block needs a case here.
 struct DoubleModel {
     let config: ModelConfig
 
@@ -10,18 +11,21 @@ struct DoubleModel {
     func loss(_ p: [Double], tokens: [[Int]], targets: [Int]) -> Double {
         var total = 0.0
         for (row, context) in tokens.enumerated() {
-            var x: [Double] = []
-            for t in context { x += (0..<config.emb).map { p[t * config.emb + $0] } }
-            for i in 1...config.layers + 1 {
-                let s = config.linearShape(block: i)
-                let offset = config.parameterOffset(block: i)
-                var y = [Double](repeating: 0, count: s.outputs)
-                for o in 0..<s.outputs {
-                    var sum = p[offset + s.inputs * s.outputs + o]
-                    for k in 0..<s.inputs { sum += x[k] * p[offset + k * s.outputs + o] }
-                    y[o] = i <= config.layers ? max(0, sum) : sum
+            var x = context.map(Double.init)
+            for block in config.plan.blocks {
+                let offset = block.parameterOffset, inputs = block.weightRows, outputs = block.weightColumns
+                switch block.kind {
+                case .embedding:
+                    x = x.flatMap { t in (0..<outputs).map { p[offset + Int(t) * outputs + $0] } }
+                case .dense, .head:
+                    var y = [Double](repeating: 0, count: outputs)
+                    for o in 0..<outputs {
+                        var sum = p[offset + inputs * outputs + o]
+                        for k in 0..<inputs { sum += x[k] * p[offset + k * outputs + o] }
+                        y[o] = block.kind == .dense ? max(0, sum) : sum
+                    }
+                    x = y
                 }
-                x = y
             }
             let m = x.max()!
             let z = x.reduce(0) { $0 + exp($1 - m) }
