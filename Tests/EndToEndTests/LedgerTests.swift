@@ -45,21 +45,41 @@ final class LedgerTests: XCTestCase {
                       memoryPerRank: last["memory_per_rank"] as! [[String: Int]])
     }
 
-    /// DP allreduces Ψ floats per step — plus one float, the loss sum riding in the same buffer —
-    /// in one call; its memory is the whole model on every rank.
+    /// DP allreduces Ψ floats of gradients per step, in one call with the default bucket size,
+    /// plus the 4-byte loss sum; its memory is the whole model on every rank.
     func testDataParallelAllreducesPsiFloats() throws {
         let model = Model()
         for np in [2, 3] {
             let r = try ledger("train_dp", np: np, model.flags + ["--optimizer", "adam", "--lr", "0.01"])
             XCTAssertEqual(r.steps, 40)
-            XCTAssertEqual(r.bytesPerStep("allreduce"), Double(4 * (model.psi + 1)), "N=\(np)")
-            XCTAssertEqual(r.callsPerStep("allreduce"), 1)
+            XCTAssertEqual(r.bytesPerStep("allreduce"), Double(4 * model.psi + 4), "N=\(np)")
+            XCTAssertEqual(r.callsPerStep("allreduce"), 2, "one bucket and the loss")
             XCTAssertEqual(r.bytesPerStep("allgather") + r.bytesPerStep("reduce_scatter") + r.bytesPerStep("send"), 0)
             XCTAssertEqual(r.memory["parameters"], 4 * model.psi)
-            XCTAssertEqual(r.memory["gradients"], 4 * (model.psi + 1))
+            XCTAssertEqual(r.memory["gradients"], 4 * model.psi)
             XCTAssertEqual(r.memory["optimizer"], 8 * model.psi)
             XCTAssertEqual(r.memoryPerRank.count, np)
         }
+    }
+
+    /// With small buckets, DP's gradient allreduces really are cut at block boundaries: the
+    /// buckets are formed from the last block backwards, each closed once it holds at least
+    /// `--bucket-kb`, the embedding closing the last one. The ledger must show exactly one call
+    /// per bucket (plus the loss) and Ψ floats in all; a collapse to one bucket would fail.
+    func testDataParallelBucketsAreSeparateAllreduces() throws {
+        var model = Model(layers: 3)
+        (model.seqLen, model.emb, model.hidden) = (16, 16, 64)  // the default widths
+        let bucketBytes = 4 * 1024
+        var buckets: [Int] = []
+        var pending = 0
+        for (i, size) in model.blocks.enumerated().reversed() {
+            pending += size
+            if pending * 4 >= bucketBytes || i == 0 { buckets.append(pending); pending = 0 }
+        }
+        XCTAssertGreaterThan(buckets.count, 2, "the test needs several buckets: \(buckets)")
+        let r = try ledger("train_dp", np: 2, model.flags + ["--bucket-kb", "\(bucketBytes / 1024)"])
+        XCTAssertEqual(r.callsPerStep("allreduce"), Double(buckets.count + 1), "\(buckets.count) buckets and the loss")
+        XCTAssertEqual(r.bytesPerStep("allreduce"), Double(4 * model.psi + 4))
     }
 
     /// FSDP allgathers Ψ twice (forward and backward) and reduce-scatters it once per step; each
@@ -118,6 +138,27 @@ final class LedgerTests: XCTestCase {
             XCTAssertEqual(r.callsPerStep("send"), Double(micro))
             XCTAssertEqual(r.bytesPerStep("broadcast"), 4, "the loss, from the last stage")
         }
+    }
+
+    /// 3D (T = 2, D = 2, P = 1) is the sum of its parts, per rank: TP's activation allreduces
+    /// over its data-parallel group's B/D rows, FSDP's two allgathers and one reduce-scatter of its
+    /// own tensor-parallel blocks (each padded to D·⌈c/D⌉), and the 4-byte loss summed over dp.
+    func testThreeDimensionalIsTheSumOfItsParts() throws {
+        var model = Model(layers: 1)
+        model.hidden = 10  // divisible by T
+        let (t, d, batch) = (2, 2, 24)
+        let r = try ledger("train_3d", np: t * d, model.flags + ["--tp", "\(t)", "--dp", "\(d)"])
+        // Rank 0's blocks: the replicated embedding, fc1's column slice, the head's row slice + whole bias.
+        let vocab = Self.vocab, inputs = model.seqLen * model.emb, h = model.hidden / t
+        let local = [vocab * model.emb, inputs * h + h, h * vocab + vocab]
+        let padded = local.map { ($0 + d - 1) / d * d }.reduce(0, +)
+        XCTAssertEqual(r.bytesPerStep("allgather"), Double(2 * 4 * padded))
+        XCTAssertEqual(r.bytesPerStep("reduce_scatter"), Double(4 * padded))
+        XCTAssertEqual(r.callsPerStep("allgather"), Double(2 * local.count))
+        XCTAssertEqual(r.bytesPerStep("allreduce"), Double(4 * (batch / d) * (vocab + inputs) + 4))
+        XCTAssertEqual(r.callsPerStep("allreduce"), 3, "the head's output, fc1's input gradient, the loss")
+        XCTAssertEqual(r.bytesPerStep("send") + r.bytesPerStep("broadcast"), 0, "one stage: no pipeline traffic")
+        for bytes in r.memoryPerRank { XCTAssertEqual(bytes["parameters"], 4 * padded / d) }
     }
 
     func testSingleRankCommunicatesNothing() throws {
