@@ -149,6 +149,6 @@ final class CheckpointTests: XCTestCase {
     func testSaveEveryNeedsADirectory() throws {
         let run = try Launch.run("train", ["--data", Self.data, "--save-every", "5"], timeout: 30)
         XCTAssertNotEqual(run.status, 0)
-        XCTAssertEqual(run.stderrLines, ["error: --save-every needs --checkpoint-dir"])
+        XCTAssertEqual(run.stderrLines, ["error: --save-every needs --checkpoint-dir (see --help)"])
     }
 }

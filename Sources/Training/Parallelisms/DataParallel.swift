@@ -16,6 +16,8 @@ import Distributed
 /// ring), plus the 4-byte loss.
 public final class DataParallel: TrainingLayout {
     let mesh: ProcessMesh
+    /// The data-parallel group (the mesh's `dp` axis: all ranks).
+    let dp: Communicator
     let model: Model
     let buckets: GradientBuckets
     public let local: LocalParameters
@@ -25,15 +27,16 @@ public final class DataParallel: TrainingLayout {
     public init(_ context: TrainingContext, bucketBytes: Int) throws(UsageError) {
         mesh = try LayoutShape.dataParallel(ranks: context.world.size).makeMesh(context)
         rows = mesh.dataParallelRows(batch: context.batchSize)
-        let plan = context.plan, group = mesh[.dp]
+        let plan = context.plan
+        dp = mesh[.dp]
         globalBatch = context.batchSize
         model = Model(config: context.config, batchSize: rows.count, lossScale: 1 / Float(globalBatch))
         model.load(context.initialParameters)
-        buckets = GradientBuckets(plan: plan, gradients: model.parameters.grad, bucketBytes: bucketBytes, group: group)
+        buckets = GradientBuckets(plan: plan, gradients: model.parameters.grad, bucketBytes: bucketBytes, group: dp)
         model.chain.hooks = buckets
         // Every rank holds the same full model; when gathering, rank 0's copy is the answer.
         let everything = ParameterMap.contiguous(0, plan.parameterCount)
-        local = LocalParameters(map: everything, reported: group.rank == 0 ? everything : ParameterMap(),
+        local = LocalParameters(map: everything, reported: dp.rank == 0 ? everything : ParameterMap(),
                                 values: model.parameters.value, gradients: model.parameters.grad,
                                 optimizer: Optimizer(config: context.optimizer, count: plan.parameterCount))
     }
@@ -44,12 +47,12 @@ public final class DataParallel: TrainingLayout {
         model.parameters.zeroGradients()
         model.backward()
         buckets.waitForAll()
-        return mesh[.dp].sum(lossSum) / Float(globalBatch)
+        return dp.sum(lossSum) / Float(globalBatch)
     }
 
     public func evaluate(batch index: Int, from sampler: BatchSampler) -> Float {
         sampler.fill(index: index, rows: rows, tokens: model.tokens.value, targets: model.targets)
-        return mesh[.dp].sum(model.forward()) / Float(globalBatch)
+        return dp.sum(model.forward()) / Float(globalBatch)
     }
 }
 

@@ -8,6 +8,8 @@ import Distributed
 /// shards only. The loss is summed over the group: one 4-byte allreduce.
 public final class FullyShardedDataParallel: TrainingLayout {
     let mesh: ProcessMesh
+    /// The data-parallel group (the mesh's `dp` axis: all ranks).
+    let dp: Communicator
     let sharded: ShardedParameters
     let chain: LayerChain
     public let local: LocalParameters
@@ -17,6 +19,7 @@ public final class FullyShardedDataParallel: TrainingLayout {
     public init(_ context: TrainingContext) throws(UsageError) {
         mesh = try LayoutShape.dataParallel(ranks: context.world.size).makeMesh(context)
         rows = mesh.dataParallelRows(batch: context.batchSize)
+        dp = mesh[.dp]
         globalBatch = context.batchSize
         let plan = context.plan
         sharded = ShardedParameters(
@@ -25,7 +28,7 @@ public final class FullyShardedDataParallel: TrainingLayout {
                                         map: .contiguous(block.parameterOffset, block.parameterCount),
                                         make: block.makeLayer(parameters:))
             },
-            group: mesh[.dp], initialParameters: context.initialParameters)
+            group: dp, initialParameters: context.initialParameters)
         chain = LayerChain(layers: sharded.layers, widths: plan.widths(0..<plan.count), rows: rows.count,
                            loss: SoftmaxCrossEntropy(gradientScale: 1 / Float(globalBatch)), hooks: sharded)
         local = LocalParameters(map: sharded.map, values: sharded.shards.value, gradients: sharded.shards.grad,
@@ -37,11 +40,11 @@ public final class FullyShardedDataParallel: TrainingLayout {
         let lossSum = chain.forward()
         sharded.shards.zeroGradients()
         chain.backward()
-        return mesh[.dp].sum(lossSum) / Float(globalBatch)
+        return dp.sum(lossSum) / Float(globalBatch)
     }
 
     public func evaluate(batch index: Int, from sampler: BatchSampler) -> Float {
         sampler.fill(index: index, rows: rows, tokens: chain.input.value, targets: chain.targets)
-        return mesh[.dp].sum(chain.forward()) / Float(globalBatch)
+        return dp.sum(chain.forward()) / Float(globalBatch)
     }
 }

@@ -22,6 +22,8 @@ import Distributed
 /// micro-batch, and the PP activations and gradients at its stage's boundaries.
 public final class ThreeDimensional: TrainingLayout {
     public let mesh: ProcessMesh
+    /// The data-parallel group, over which the pipelines' losses are summed.
+    let dp: Communicator
     public let plan: TensorParallelPlan
     let sharded: ShardedParameters
     let stage: PipelineStage
@@ -32,6 +34,7 @@ public final class ThreeDimensional: TrainingLayout {
         let shape = LayoutShape.threeDimensional(tp: tp, dp: dp, pp: pp, microBatches: pipeline.microBatches)
         let mesh = try shape.makeMesh(context)
         self.mesh = mesh
+        dp = mesh[.dp]
         globalBatch = context.batchSize
         let blockRange = PipelinePartition.blocks(stage: mesh[.pp].rank, stages: pp, blockCount: context.plan.count)
         let plan = try TensorParallelPlan(context.plan, blocks: blockRange, tpSize: tp, tpRank: mesh[.tp].rank)
@@ -53,12 +56,12 @@ public final class ThreeDimensional: TrainingLayout {
 
     public func forwardBackward(batch index: Int, from sampler: BatchSampler) -> Float {
         sharded.shards.zeroGradients()
-        return mesh[.dp].sum(stage.trainingStep(batch: index, from: sampler)) / Float(globalBatch)
+        return dp.sum(stage.trainingStep(batch: index, from: sampler)) / Float(globalBatch)
     }
 
     public func trainingFinished() -> String? { stage.waitingReport(world: mesh.world) }
 
     public func evaluate(batch index: Int, from sampler: BatchSampler) -> Float {
-        mesh[.dp].sum(stage.evaluate(batch: index, from: sampler)) / Float(globalBatch)
+        dp.sum(stage.evaluate(batch: index, from: sampler)) / Float(globalBatch)
     }
 }
