@@ -60,24 +60,13 @@ public struct Checkpoint {
 
         var files: [(String, [Float])] = [("parameters.f32", parameters)]
         if let moments { files += [("adam_m.f32", moments.m), ("adam_v.f32", moments.v)] }
-        var entries: [String] = []
+        var entries: [String: CheckpointState.File] = [:]
         for (name, values) in files {
             let bytes = values.withUnsafeBytes { Data($0) }
             try Self.writeSynced(bytes, to: temporary + "/" + name)
-            entries.append("\"\(name)\":{\"bytes\":\(bytes.count),\"crc32\":\(CRC32.checksum(bytes))}")
+            entries[name] = CheckpointState.File(bytes: bytes.count, crc32: CRC32.checksum(bytes))
         }
-        let tensors = config.tensors.map { "{\"name\":\"\($0.name)\",\"offset\":\($0.offset),\"shape\":\($0.shape)}" }
-        let state = """
-        {"format":"\(Self.format)","version":1,"step":\(step),\
-        "model":{"vocab":\(config.vocab),"seq_len":\(config.seqLen),"emb":\(config.emb),"hidden":\(config.hidden),"layers":\(config.layers)},\
-        "optimizer":{"kind":"\(optimizer.kind.rawValue)","lr":\(optimizer.learningRate),"beta1":\(optimizer.beta1),"beta2":\(optimizer.beta2),"eps":\(optimizer.epsilon),"weight_decay":\(optimizer.weightDecay)},\
-        "sampler":{"seed":\(seed),"next_batch":\(step)},\
-        "parameter_count":\(parameters.count),"dtype":"float32","byte_order":"little",\
-        "tensors":[\(tensors.joined(separator: ","))],\
-        "files":{\(entries.joined(separator: ","))}}
-
-        """
-        let stateBytes = Data(state.utf8)
+        let stateBytes = try CheckpointState(self, files: entries).encoded()
         try Self.writeSynced(stateBytes, to: temporary + "/state.json")
         try Self.syncDirectory(temporary)
 
@@ -148,42 +137,35 @@ public struct Checkpoint {
         guard UInt32(marker) == CRC32.checksum(stateBytes) else {
             throw UsageError("checkpoint '\(folder)' is corrupt: state.json does not match its checksum")
         }
-        guard let state = try? JSONSerialization.jsonObject(with: stateBytes) as? [String: Any],
-              state["format"] as? String == Self.format,
-              let step = state["step"] as? Int,
-              let model = state["model"] as? [String: Int],
-              let optimizer = state["optimizer"] as? [String: Any],
-              let kind = (optimizer["kind"] as? String).flatMap(OptimizerKind.init(rawValue:)),
-              let sampler = state["sampler"] as? [String: Any],
-              let seed = (sampler["seed"] as? NSNumber)?.uint64Value,
-              let files = state["files"] as? [String: [String: Any]],
-              let count = state["parameter_count"] as? Int
-        else { throw UsageError("checkpoint '\(folder)' is corrupt: state.json is not a valid checkpoint description") }
+        let state: CheckpointState
+        do { state = try CheckpointState.decode(stateBytes) } catch {
+            throw UsageError("checkpoint '\(folder)' is corrupt: state.json: \(error.reason)")
+        }
+        if let problem = state.problem {
+            throw UsageError("checkpoint '\(folder)' is corrupt: state.json: \(problem)")
+        }
+        let config = state.model.config
+        if config.parameterCount != state.parameterCount {
+            throw UsageError("checkpoint '\(folder)' is corrupt: parameter count does not match its model")
+        }
+        if state.tensors != config.tensors.map(CheckpointState.Tensor.init) {
+            throw UsageError("checkpoint '\(folder)' is corrupt: tensor table does not match its model")
+        }
 
         func floats(_ name: String) throws(UsageError) -> [Float] {
             let data = try read(name)
-            guard let entry = files[name], let bytes = entry["bytes"] as? Int,
-                  let crc = (entry["crc32"] as? NSNumber)?.uint32Value else {
+            guard let entry = state.files[name] else {
                 throw UsageError("checkpoint '\(folder)' is corrupt: \(name) is not listed in state.json")
             }
-            if data.count != bytes || bytes != count * 4 {
-                throw UsageError("checkpoint '\(folder)' is corrupt: \(name) has \(data.count) bytes, expected \(bytes)")
+            if data.count != entry.bytes || entry.bytes != state.parameterCount * 4 {
+                throw UsageError("checkpoint '\(folder)' is corrupt: \(name) has \(data.count) bytes, expected \(entry.bytes)")
             }
-            if CRC32.checksum(data) != crc { throw UsageError("checkpoint '\(folder)' is corrupt: \(name) fails its checksum") }
+            if CRC32.checksum(data) != entry.crc32 { throw UsageError("checkpoint '\(folder)' is corrupt: \(name) fails its checksum") }
             return data.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
         }
-        guard let vocab = model["vocab"], let seqLen = model["seq_len"], let emb = model["emb"],
-              let hidden = model["hidden"], let layers = model["layers"] else {
-            throw UsageError("checkpoint '\(folder)' is corrupt: incomplete model description")
-        }
-        let config = ModelConfig(vocab: vocab, seqLen: seqLen, emb: emb, hidden: hidden, layers: layers)
-        if config.parameterCount != count { throw UsageError("checkpoint '\(folder)' is corrupt: parameter count does not match its model") }
-        let number = { (key: String, fallback: Float) -> Float in (optimizer[key] as? NSNumber)?.floatValue ?? fallback }
+        let kind = state.optimizer.kind
         return Checkpoint(
-            step: step, seed: seed, config: config,
-            optimizer: OptimizerConfig(kind: kind, learningRate: number("lr", 0), beta1: number("beta1", 0.9),
-                                       beta2: number("beta2", 0.999), epsilon: number("eps", 1e-8),
-                                       weightDecay: number("weight_decay", 0)),
+            step: state.step, seed: state.sampler.seed, config: config, optimizer: state.optimizer.config,
             parameters: try floats("parameters.f32"),
             moments: kind == .adam ? (try floats("adam_m.f32"), try floats("adam_v.f32")) : nil)
     }
@@ -201,6 +183,253 @@ public struct Checkpoint {
             differences.append("optimizer \(self.optimizer.kind.rawValue) in the checkpoint, \(optimizer.rawValue) here")
         }
         return differences.isEmpty ? nil : differences.joined(separator: "; ")
+    }
+}
+
+/// The content of `state.json`, key for key: the snake_case names and nesting every checkpoint
+/// has had since version 1, so older checkpoints still load.
+///
+///     {"format", "version", "step",
+///      "model": {"vocab", "seq_len", "emb", "hidden", "layers"},
+///      "optimizer": {"kind", "lr", "beta1", "beta2", "eps", "weight_decay"},
+///      "sampler": {"seed", "next_batch"},
+///      "parameter_count", "dtype", "byte_order",
+///      "tensors": [{"name", "offset", "shape"}], "files": {NAME: {"bytes", "crc32"}}}
+///
+/// Every key is required: a missing, null or mistyped one is an error naming it (see
+/// ``decode(_:)``), never a default. Written with sorted keys on one line.
+struct CheckpointState: Codable, Equatable {
+    var format: String
+    var version: Int
+    var step: Int
+    var model: Model
+    var optimizer: Optimizer
+    var sampler: Sampler
+    var parameterCount: Int
+    var dtype: String
+    var byteOrder: String
+    var tensors: [Tensor]
+    var files: [String: File]
+
+    static let version = 1
+
+    enum CodingKeys: String, CodingKey {
+        case format, version, step, model, optimizer, sampler, dtype, tensors, files
+        case parameterCount = "parameter_count", byteOrder = "byte_order"
+    }
+
+    struct Model: Codable, Equatable {
+        var vocab, seqLen, emb, hidden, layers: Int
+
+        enum CodingKeys: String, CodingKey {
+            case vocab, emb, hidden, layers
+            case seqLen = "seq_len"
+        }
+
+        var config: ModelConfig { ModelConfig(vocab: vocab, seqLen: seqLen, emb: emb, hidden: hidden, layers: layers) }
+    }
+
+    struct Optimizer: Codable, Equatable {
+        var kind: OptimizerKind
+        var lr, beta1, beta2, eps, weightDecay: Float
+
+        enum CodingKeys: String, CodingKey {
+            case kind, lr, beta1, beta2, eps
+            case weightDecay = "weight_decay"
+        }
+
+        var config: OptimizerConfig {
+            OptimizerConfig(kind: kind, learningRate: lr, beta1: beta1, beta2: beta2, epsilon: eps, weightDecay: weightDecay)
+        }
+    }
+
+    struct Sampler: Codable, Equatable {
+        var seed: UInt64
+        /// The index of the next training batch: always `step` (batches are numbered by step).
+        var nextBatch: Int
+
+        enum CodingKeys: String, CodingKey {
+            case seed
+            case nextBatch = "next_batch"
+        }
+    }
+
+    struct Tensor: Codable, Equatable {
+        var name: String
+        var offset: Int
+        var shape: [Int]
+
+        init(_ tensor: (name: String, offset: Int, shape: [Int])) {
+            (name, offset, shape) = tensor
+        }
+    }
+
+    struct File: Codable, Equatable {
+        var bytes: Int
+        var crc32: UInt32
+    }
+
+    /// The description of `checkpoint`, whose data files are `files`.
+    init(_ checkpoint: Checkpoint, files: [String: File]) {
+        let c = checkpoint.config, o = checkpoint.optimizer
+        format = Checkpoint.format
+        version = Self.version
+        step = checkpoint.step
+        model = Model(vocab: c.vocab, seqLen: c.seqLen, emb: c.emb, hidden: c.hidden, layers: c.layers)
+        optimizer = Optimizer(kind: o.kind, lr: o.learningRate, beta1: o.beta1, beta2: o.beta2, eps: o.epsilon,
+                              weightDecay: o.weightDecay)
+        sampler = Sampler(seed: checkpoint.seed, nextBatch: checkpoint.step)
+        parameterCount = checkpoint.parameters.count
+        dtype = "float32"
+        byteOrder = "little"
+        tensors = c.tensors.map(Tensor.init)
+        self.files = files
+    }
+
+    /// One line of JSON and a newline.
+    func encoded() throws(UsageError) -> Data {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        do { return try encoder.encode(self) + Data("\n".utf8) } catch {
+            throw UsageError("cannot describe checkpoint: \(error)")
+        }
+    }
+
+    /// Why a state.json cannot be read, in one line: `missing key 'optimizer.lr'`,
+    /// `key 'step' has the wrong type`, …
+    struct Invalid: Error {
+        let reason: String
+    }
+
+    /// Decodes state.json, turning every `DecodingError` into a one-line ``Invalid`` naming the key.
+    static func decode(_ data: Data) throws(Invalid) -> CheckpointState {
+        do { return try JSONDecoder().decode(CheckpointState.self, from: data) } catch let error as DecodingError {
+            throw Invalid(reason: describe(error))
+        } catch {
+            throw Invalid(reason: "not valid JSON")
+        }
+    }
+
+    static func describe(_ error: DecodingError) -> String {
+        switch error {
+        case let .keyNotFound(key, context):
+            return "missing key '\(path(context.codingPath + [key]))'"
+        case let .typeMismatch(_, context):
+            return context.codingPath.isEmpty ? "not a JSON object" : "key '\(path(context.codingPath))' has the wrong type"
+        case let .valueNotFound(_, context):
+            return "key '\(path(context.codingPath))' is null"
+        case let .dataCorrupted(context):
+            return context.codingPath.isEmpty ? "not valid JSON" : "key '\(path(context.codingPath))' has an invalid value"
+        @unknown default:
+            return "not a valid checkpoint description"
+        }
+    }
+
+    /// `optimizer.lr`, `tensors[2].shape`, `files.parameters.f32.crc32`.
+    static func path(_ keys: [any CodingKey]) -> String {
+        var text = ""
+        for key in keys {
+            if let index = key.intValue {
+                text += "[\(index)]"
+            } else {
+                text += (text.isEmpty ? "" : ".") + key.stringValue
+            }
+        }
+        return text
+    }
+
+    /// What is wrong with a well-formed description, or nil.
+    var problem: String? {
+        if format != Checkpoint.format { return "format is '\(format)', expected '\(Checkpoint.format)'" }
+        if version != Self.version { return "version \(version) is not supported (expected \(Self.version))" }
+        if dtype != "float32" { return "dtype is '\(dtype)', expected 'float32'" }
+        if byteOrder != "little" { return "byte_order is '\(byteOrder)', expected 'little'" }
+        let dimensions = [("vocab", model.vocab), ("seq_len", model.seqLen), ("emb", model.emb),
+                          ("hidden", model.hidden), ("layers", model.layers)]
+        if let (name, value) = dimensions.first(where: { $0.1 < 1 }) { return "model.\(name) is \(value), expected at least 1" }
+        if step < 0 { return "step is \(step), expected at least 0" }
+        if sampler.nextBatch != step { return "sampler.next_batch is \(sampler.nextBatch), expected the step \(step)" }
+        return nil
+    }
+}
+
+// Hand-written decoding: every key through ``KeyedDecodingContainer/required(_:)``, so that a
+// number that does not fit its type names its key too.
+
+extension CheckpointState {
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        format = try c.required(.format)
+        version = try c.required(.version)
+        step = try c.required(.step)
+        model = try c.required(.model)
+        optimizer = try c.required(.optimizer)
+        sampler = try c.required(.sampler)
+        parameterCount = try c.required(.parameterCount)
+        dtype = try c.required(.dtype)
+        byteOrder = try c.required(.byteOrder)
+        tensors = try c.required(.tensors)
+        files = try c.required(.files)
+    }
+}
+
+extension CheckpointState.Model {
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        vocab = try c.required(.vocab)
+        seqLen = try c.required(.seqLen)
+        emb = try c.required(.emb)
+        hidden = try c.required(.hidden)
+        layers = try c.required(.layers)
+    }
+}
+
+extension CheckpointState.Optimizer {
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        kind = try c.required(.kind)
+        lr = try c.required(.lr)
+        beta1 = try c.required(.beta1)
+        beta2 = try c.required(.beta2)
+        eps = try c.required(.eps)
+        weightDecay = try c.required(.weightDecay)
+    }
+}
+
+extension CheckpointState.Sampler {
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        seed = try c.required(.seed)
+        nextBatch = try c.required(.nextBatch)
+    }
+}
+
+extension CheckpointState.Tensor {
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        name = try c.required(.name)
+        offset = try c.required(.offset)
+        shape = try c.required(.shape)
+    }
+}
+
+extension CheckpointState.File {
+    init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        bytes = try c.required(.bytes)
+        crc32 = try c.required(.crc32)
+    }
+}
+
+extension KeyedDecodingContainer {
+    /// `decode(_:forKey:)`, except that a number that does not fit `T` (−1 for a `UInt64`, 1.5
+    /// for an `Int`, 1e50 for a `Float`) becomes `DecodingError.dataCorrupted` at this key:
+    /// Foundation's JSONDecoder reports it as invalid JSON with an empty coding path.
+    func required<T: Decodable>(_ key: Key) throws -> T {
+        do { return try decode(T.self, forKey: key) } catch let error as DecodingError { throw error } catch {
+            throw DecodingError.dataCorrupted(.init(codingPath: codingPath + [key],
+                                                    debugDescription: "value does not fit \(T.self)", underlyingError: error))
+        }
     }
 }
 
