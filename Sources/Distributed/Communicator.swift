@@ -141,25 +141,25 @@ public struct Communicator: @unchecked Sendable {
     }
 
     /// Sends `count` elements to rank `destination` of this group (blocking, `MPI_Send`).
-    public func send<T: MPIScalar>(_ buffer: UnsafePointer<T>, count: Int, to destination: Int, tag: Int = 0) {
+    public func send<T: MPIScalar>(_ buffer: UnsafePointer<T>, count: Int, to destination: Int, tag: MessageTag) {
         let start = MPI_Wtime()
-        MPI.check(MPI_Send(buffer, Int32(count), T.datatype, Int32(destination), Int32(tag), handle), "MPI_Send")
+        MPI.check(MPI_Send(buffer, Int32(count), T.datatype, Int32(destination), tag.rawValue, handle), "MPI_Send")
         Ledger.record(.send, bytes: count * MemoryLayout<T>.size, since: start)
     }
 
     /// Receives `count` elements from rank `source` of this group (blocking, `MPI_Recv`).
-    public func receive<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int, from source: Int, tag: Int = 0) {
+    public func receive<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int, from source: Int, tag: MessageTag) {
         let start = MPI_Wtime()
-        MPI.check(MPI_Recv(buffer, Int32(count), T.datatype, Int32(source), Int32(tag), handle, cmpi_status_ignore()),
+        MPI.check(MPI_Recv(buffer, Int32(count), T.datatype, Int32(source), tag.rawValue, handle, cmpi_status_ignore()),
                   "MPI_Recv")
         Ledger.record(.receive, bytes: count * MemoryLayout<T>.size, since: start)
     }
 
     /// Starts a send without waiting (`MPI_Isend`).
-    public func startSend<T: MPIScalar>(_ buffer: UnsafePointer<T>, count: Int, to destination: Int, tag: Int = 0) -> Request {
+    public func startSend<T: MPIScalar>(_ buffer: UnsafePointer<T>, count: Int, to destination: Int, tag: MessageTag) -> Request {
         let start = MPI_Wtime()
         var request: OpaquePointer? = cmpi_request_null()
-        MPI.check(MPI_Isend(buffer, Int32(count), T.datatype, Int32(destination), Int32(tag), handle, &request), "MPI_Isend")
+        MPI.check(MPI_Isend(buffer, Int32(count), T.datatype, Int32(destination), tag.rawValue, handle, &request), "MPI_Isend")
         Ledger.record(.send, bytes: count * MemoryLayout<T>.size, since: start)
         return Request(handle: request, kind: .send)
     }

@@ -111,20 +111,20 @@ public func assembleCanonical(world: Communicator, map: ParameterMap, values: Un
     if world.rank != 0 {
         let encoded = map.encoded
         var header = [Int64(encoded.count), Int64(map.count)]
-        world.send(&header, count: 2, to: 0, tag: 71)
-        encoded.withUnsafeBufferPointer { world.send($0.baseAddress!, count: encoded.count, to: 0, tag: 72) }
-        world.send(values, count: map.count, to: 0, tag: 73)
+        world.send(&header, count: 2, to: 0, tag: .canonicalHeader)
+        encoded.withUnsafeBufferPointer { world.send($0.baseAddress!, count: encoded.count, to: 0, tag: .canonicalMap) }
+        world.send(values, count: map.count, to: 0, tag: .canonicalValues)
         return nil
     }
     var canonical = [Float](repeating: .nan, count: total)
     map.scatter(values, into: &canonical)
     for source in 1..<max(1, world.size) {
         var header = [Int64](repeating: 0, count: 2)
-        world.receive(&header, count: 2, from: source, tag: 71)
+        world.receive(&header, count: 2, from: source, tag: .canonicalHeader)
         var encoded = [Int64](repeating: 0, count: Int(header[0]))
-        encoded.withUnsafeMutableBufferPointer { world.receive($0.baseAddress!, count: $0.count, from: source, tag: 72) }
+        encoded.withUnsafeMutableBufferPointer { world.receive($0.baseAddress!, count: $0.count, from: source, tag: .canonicalMap) }
         var floats = [Float](repeating: 0, count: Int(header[1]))
-        floats.withUnsafeMutableBufferPointer { world.receive($0.baseAddress!, count: $0.count, from: source, tag: 73) }
+        floats.withUnsafeMutableBufferPointer { world.receive($0.baseAddress!, count: $0.count, from: source, tag: .canonicalValues) }
         floats.withUnsafeBufferPointer { ParameterMap(encoded: encoded).scatter($0.baseAddress!, into: &canonical) }
     }
     return canonical

@@ -42,7 +42,6 @@ public final class PipelineStage {
     let loss: SoftmaxCrossEntropy
     var forwardSends: [Request]
     var backwardSends: [Request]
-    static let forwardTag = 31, backwardTag = 32
 
     /// Seconds spent waiting on a neighbour (blocked in a receive, a send's completion or the
     /// loss broadcast) and seconds in training steps, since the stage was made.
@@ -143,7 +142,7 @@ public final class PipelineStage {
         let start = MPI.time()
         forwardSends[slot].wait()  // the slot's last output may still be on its way
         if let previous {
-            pp.receive(input.value, count: input.count, from: previous, tag: Self.forwardTag)
+            pp.receive(input.value, count: input.count, from: previous, tag: .pipelineActivation)
         }
         waitingSeconds += MPI.time() - start
         if previous == nil {
@@ -151,7 +150,7 @@ public final class PipelineStage {
         }
         for j in 0..<layers.count { layers[j].forward(activations[base + j], activations[base + j + 1]) }
         if let next {
-            forwardSends[slot] = pp.startSend(output.value, count: output.count, to: next, tag: Self.forwardTag)
+            forwardSends[slot] = pp.startSend(output.value, count: output.count, to: next, tag: .pipelineActivation)
             return 0
         }
         return loss.forward(output, batchTargets + m * microRows)
@@ -163,14 +162,14 @@ public final class PipelineStage {
         let input = activations[base], output = activations[base + layers.count]
         let start = MPI.time()
         backwardSends[slot].wait()  // the slot's last input gradient may still be on its way
-        if let next { pp.receive(output.grad, count: output.count, from: next, tag: Self.backwardTag) }
+        if let next { pp.receive(output.grad, count: output.count, from: next, tag: .pipelineGradient) }
         waitingSeconds += MPI.time() - start
         if next == nil { loss.backward(output, batchTargets + m * microRows) }
         for j in stride(from: layers.count - 1, through: 0, by: -1) {
             layers[j].backward(activations[base + j], activations[base + j + 1])
         }
         if let previous {
-            backwardSends[slot] = pp.startSend(input.grad, count: input.count, to: previous, tag: Self.backwardTag)
+            backwardSends[slot] = pp.startSend(input.grad, count: input.count, to: previous, tag: .pipelineGradient)
         }
     }
 }
