@@ -5,7 +5,7 @@
 /// other, and a message sent with the wrong tag blocks visibly instead of landing in the wrong
 /// buffer. Values are fixed (a mismatch between ranks built from different code would hang), and
 /// all lie well below `MPI_TAG_UB`, which MPI guarantees to be at least 32767.
-public enum MessageTag: Int32, CaseIterable, Sendable {
+public enum MessageTag: Int32, Sendable {
     /// Pipeline parallelism, forward: a stage's output activations of one micro-batch, sent to
     /// the next stage, which takes them as its input (`rows × width` floats).
     case pipelineActivation = 31

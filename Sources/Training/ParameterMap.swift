@@ -27,13 +27,6 @@ public struct ParameterMap: Sendable, Equatable {
         return map
     }
 
-    /// `count` floats of local padding.
-    public static func padding(_ count: Int) -> ParameterMap {
-        var map = ParameterMap()
-        map.append(start: nil, count: count)
-        return map
-    }
-
     /// Appends a run, merging it with the last one when they are adjacent.
     public mutating func append(start: Int?, count: Int) {
         guard count > 0 else { return }
@@ -46,6 +39,7 @@ public struct ParameterMap: Sendable, Equatable {
         self.count += count
     }
 
+    /// Appends `other`'s runs, merging at the seam when they are adjacent.
     public mutating func append(_ other: ParameterMap) {
         for run in other.runs { append(start: run.start, count: run.count) }
     }
