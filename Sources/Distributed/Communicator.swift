@@ -9,7 +9,6 @@ extension Float: MPIScalar { public static var datatype: OpaquePointer { cmpi_fl
 extension Double: MPIScalar { public static var datatype: OpaquePointer { cmpi_double() } }
 extension Int32: MPIScalar { public static var datatype: OpaquePointer { cmpi_int32() } }
 extension Int64: MPIScalar { public static var datatype: OpaquePointer { cmpi_int64() } }
-extension UInt8: MPIScalar { public static var datatype: OpaquePointer { cmpi_uint8() } }
 
 /// A group of ranks that talk to each other: the world, or one axis of a ``ProcessGrid``.
 ///
@@ -46,11 +45,6 @@ public struct Communicator: @unchecked Sendable {
         return Communicator(handle: out)
     }
 
-    /// Blocks until every rank of the group arrives.
-    public func barrier() {
-        MPI.check(MPI_Barrier(handle), "MPI_Barrier")
-    }
-
     /// In-place sum over the group: afterwards every rank holds Σ of all ranks' `buffer`.
     /// Moves 2·(p−1)/p·n·s bytes per rank (reduce-scatter then allgather).
     public func allreduceSum<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int) {
@@ -59,14 +53,6 @@ public struct Communicator: @unchecked Sendable {
         MPI.check(MPI_Allreduce(cmpi_in_place(), buffer, Int32(count), T.datatype, cmpi_op_sum(), handle),
                   "MPI_Allreduce")
         Ledger.record(.allreduce, bytes: count * MemoryLayout<T>.size, since: start)
-    }
-
-    /// In-place mean over the group (the sum, then one multiply by 1/p).
-    public func allreduceMean(_ buffer: UnsafeMutablePointer<Float>, count: Int) {
-        allreduceSum(buffer, count: count)
-        if size == 1 { return }
-        let scale = 1 / Float(size)
-        for i in 0..<count { buffer[i] *= scale }
     }
 
     /// In-place maximum over the group.
@@ -141,36 +127,27 @@ public struct Communicator: @unchecked Sendable {
     }
 
     /// Sends `count` elements to rank `destination` of this group (blocking, `MPI_Send`).
-    public func send<T: MPIScalar>(_ buffer: UnsafePointer<T>, count: Int, to destination: Int, tag: Int = 0) {
+    public func send<T: MPIScalar>(_ buffer: UnsafePointer<T>, count: Int, to destination: Int, tag: MessageTag) {
         let start = MPI_Wtime()
-        MPI.check(MPI_Send(buffer, Int32(count), T.datatype, Int32(destination), Int32(tag), handle), "MPI_Send")
+        MPI.check(MPI_Send(buffer, Int32(count), T.datatype, Int32(destination), tag.rawValue, handle), "MPI_Send")
         Ledger.record(.send, bytes: count * MemoryLayout<T>.size, since: start)
     }
 
     /// Receives `count` elements from rank `source` of this group (blocking, `MPI_Recv`).
-    public func receive<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int, from source: Int, tag: Int = 0) {
+    public func receive<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int, from source: Int, tag: MessageTag) {
         let start = MPI_Wtime()
-        MPI.check(MPI_Recv(buffer, Int32(count), T.datatype, Int32(source), Int32(tag), handle, cmpi_status_ignore()),
+        MPI.check(MPI_Recv(buffer, Int32(count), T.datatype, Int32(source), tag.rawValue, handle, cmpi_status_ignore()),
                   "MPI_Recv")
         Ledger.record(.receive, bytes: count * MemoryLayout<T>.size, since: start)
     }
 
     /// Starts a send without waiting (`MPI_Isend`).
-    public func startSend<T: MPIScalar>(_ buffer: UnsafePointer<T>, count: Int, to destination: Int, tag: Int = 0) -> Request {
+    public func startSend<T: MPIScalar>(_ buffer: UnsafePointer<T>, count: Int, to destination: Int, tag: MessageTag) -> Request {
         let start = MPI_Wtime()
         var request: OpaquePointer? = cmpi_request_null()
-        MPI.check(MPI_Isend(buffer, Int32(count), T.datatype, Int32(destination), Int32(tag), handle, &request), "MPI_Isend")
+        MPI.check(MPI_Isend(buffer, Int32(count), T.datatype, Int32(destination), tag.rawValue, handle, &request), "MPI_Isend")
         Ledger.record(.send, bytes: count * MemoryLayout<T>.size, since: start)
         return Request(handle: request, kind: .send)
-    }
-
-    /// Starts a receive without waiting (`MPI_Irecv`).
-    public func startReceive<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int, from source: Int, tag: Int = 0) -> Request {
-        let start = MPI_Wtime()
-        var request: OpaquePointer? = cmpi_request_null()
-        MPI.check(MPI_Irecv(buffer, Int32(count), T.datatype, Int32(source), Int32(tag), handle, &request), "MPI_Irecv")
-        Ledger.record(.receive, bytes: count * MemoryLayout<T>.size, since: start)
-        return Request(handle: request, kind: .receive)
     }
 }
 

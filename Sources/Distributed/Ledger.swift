@@ -17,6 +17,22 @@ public enum CommunicationKind: Int, CaseIterable, Sendable {
     }
 }
 
+/// What the ledger counts for one kind of communication.
+public struct CommunicationCounter: Sendable, Equatable {
+    /// Calls made.
+    public var calls: Int
+    /// Payload bytes handed to or received from MPI (see ``Ledger``).
+    public var bytes: Int
+    /// Seconds spent in MPI, waiting included.
+    public var seconds: Double
+
+    public init(calls: Int = 0, bytes: Int = 0, seconds: Double = 0) {
+        self.calls = calls
+        self.bytes = bytes
+        self.seconds = seconds
+    }
+}
+
 /// Per-process counters of every call in `Distributed`: calls, bytes, and seconds spent in MPI
 /// (including waiting for slower ranks), by kind.
 ///
@@ -28,11 +44,12 @@ public enum CommunicationKind: Int, CaseIterable, Sendable {
 /// 2·(p−1)/p of its buffer, a ring allgather or reduce-scatter (p−1)/p. Groups of one rank
 /// communicate nothing and are not counted.
 ///
-/// Counting costs two `MPI_Wtime` calls and a few adds per call; it never allocates.
+/// Counting costs two `MPI_Wtime` calls and a few adds per call; it never allocates (one
+/// ``CommunicationCounter`` per kind, allocated once).
 public enum Ledger {
-    nonisolated(unsafe) static let counters: UnsafeMutablePointer<Double> = {
-        let p = UnsafeMutablePointer<Double>.allocate(capacity: CommunicationKind.allCases.count * 3)
-        p.initialize(repeating: 0, count: CommunicationKind.allCases.count * 3)
+    nonisolated(unsafe) static let counters: UnsafeMutablePointer<CommunicationCounter> = {
+        let p = UnsafeMutablePointer<CommunicationCounter>.allocate(capacity: CommunicationKind.allCases.count)
+        p.initialize(repeating: CommunicationCounter(), count: CommunicationKind.allCases.count)
         return p
     }()
 
@@ -42,24 +59,23 @@ public enum Ledger {
     @inline(__always)
     static func record(_ kind: CommunicationKind, bytes: Int, since start: Double) {
         guard isRecording else { return }
-        let c = counters + kind.rawValue * 3
-        c[0] += 1
-        c[1] += Double(bytes)
-        c[2] += MPI_Wtime() - start
+        counters[kind.rawValue].calls += 1
+        counters[kind.rawValue].bytes += bytes
+        counters[kind.rawValue].seconds += MPI_Wtime() - start
     }
 
     @inline(__always)
     static func addSeconds(_ kind: CommunicationKind, since start: Double) {
         guard isRecording else { return }
-        counters[kind.rawValue * 3 + 2] += MPI_Wtime() - start
+        counters[kind.rawValue].seconds += MPI_Wtime() - start
     }
 
-    /// `(calls, bytes, seconds)` per kind, in `CommunicationKind` order, flattened.
-    public static func snapshot() -> [Double] {
-        Array(UnsafeBufferPointer(start: counters, count: CommunicationKind.allCases.count * 3))
+    /// The counters, one per kind, in `CommunicationKind` order.
+    public static func snapshot() -> [CommunicationCounter] {
+        Array(UnsafeBufferPointer(start: counters, count: CommunicationKind.allCases.count))
     }
 
     public static func reset() {
-        counters.update(repeating: 0, count: CommunicationKind.allCases.count * 3)
+        counters.update(repeating: CommunicationCounter(), count: CommunicationKind.allCases.count)
     }
 }

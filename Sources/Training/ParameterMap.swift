@@ -27,13 +27,6 @@ public struct ParameterMap: Sendable, Equatable {
         return map
     }
 
-    /// `count` floats of local padding.
-    public static func padding(_ count: Int) -> ParameterMap {
-        var map = ParameterMap()
-        map.append(start: nil, count: count)
-        return map
-    }
-
     /// Appends a run, merging it with the last one when they are adjacent.
     public mutating func append(start: Int?, count: Int) {
         guard count > 0 else { return }
@@ -46,6 +39,7 @@ public struct ParameterMap: Sendable, Equatable {
         self.count += count
     }
 
+    /// Appends `other`'s runs, merging at the seam when they are adjacent.
     public mutating func append(_ other: ParameterMap) {
         for run in other.runs { append(start: run.start, count: run.count) }
     }
@@ -108,19 +102,19 @@ func gatherParts(world: Communicator, map: ParameterMap, values: UnsafePointer<F
     if world.rank != 0 {
         let encoded = map.encoded
         var header = [Int64(encoded.count), Int64(map.count)]
-        world.send(&header, count: 2, to: 0, tag: 71)
-        encoded.withUnsafeBufferPointer { world.send($0.baseAddress!, count: encoded.count, to: 0, tag: 72) }
-        world.send(values, count: map.count, to: 0, tag: 73)
+        world.send(&header, count: 2, to: 0, tag: .canonicalHeader)
+        encoded.withUnsafeBufferPointer { world.send($0.baseAddress!, count: encoded.count, to: 0, tag: .canonicalMap) }
+        world.send(values, count: map.count, to: 0, tag: .canonicalValues)
         return nil
     }
     var parts = [(map: map, values: Array(UnsafeBufferPointer(start: values, count: map.count)))]
     for source in 1..<max(1, world.size) {
         var header = [Int64](repeating: 0, count: 2)
-        world.receive(&header, count: 2, from: source, tag: 71)
+        world.receive(&header, count: 2, from: source, tag: .canonicalHeader)
         var encoded = [Int64](repeating: 0, count: Int(header[0]))
-        encoded.withUnsafeMutableBufferPointer { world.receive($0.baseAddress!, count: $0.count, from: source, tag: 72) }
+        encoded.withUnsafeMutableBufferPointer { world.receive($0.baseAddress!, count: $0.count, from: source, tag: .canonicalMap) }
         var floats = [Float](repeating: 0, count: Int(header[1]))
-        floats.withUnsafeMutableBufferPointer { world.receive($0.baseAddress!, count: $0.count, from: source, tag: 73) }
+        floats.withUnsafeMutableBufferPointer { world.receive($0.baseAddress!, count: $0.count, from: source, tag: .canonicalValues) }
         parts.append((ParameterMap(encoded: encoded), floats))
     }
     return parts

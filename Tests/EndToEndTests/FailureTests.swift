@@ -77,7 +77,7 @@ final class Job {
         let dir = try Launch.temporaryDirectory()
         metrics = dir.appendingPathComponent("m.jsonl").path
         errorFile = dir.appendingPathComponent("stderr")
-        FileManager.default.createFile(atPath: errorFile.path, contents: nil)
+        guard FileManager.default.createFile(atPath: errorFile.path, contents: nil) else { throw CocoaError(.fileWriteUnknown) }
         let path = Launch.bin.appendingPathComponent(executable).path
         guard FileManager.default.isExecutableFile(atPath: path) else {
             XCTFail("\(path) is missing: run scripts/test.sh (it builds release first)")

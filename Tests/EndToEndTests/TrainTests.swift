@@ -89,9 +89,29 @@ final class TrainTests: XCTestCase {
         XCTAssertTrue(run.stderr.contains("single-rank reference"), run.stderr)
     }
 
+    /// `--lr 1e30`: step 0 runs on the initial weights, so its loss is finite, and its update
+    /// moves every weight by 1e30 × its gradient; step 1's forward pass then overflows (products
+    /// of weights ~1e27 exceed Float's range, ∞ − ∞ in the softmax) and its loss is NaN. Nothing
+    /// here is random beyond the fixed seed and data, so the step is always 1. Proves that
+    /// training stops at the first non-finite loss — exit status 1, one error line naming step 1
+    /// — and that the steps before it were recorded (step 0 only).
     func testNonFiniteLossStopsNamingTheStep() throws {
-        let run = try Launch.run("train", ["--data", try SmallData.write(), "--lr", "1e30", "--steps", "50"], timeout: 60)
+        let metrics = try Launch.temporaryDirectory().appendingPathComponent("m.jsonl").path
+        let run = try Launch.run("train", ["--data", try SmallData.write(), "--lr", "1e30", "--steps", "50", "--seed", "42",
+                                           "--metrics", metrics], timeout: 60)
         XCTAssertEqual(run.status, 1)
-        XCTAssertTrue(run.stderr.contains("at step"), run.stderr)
+        XCTAssertEqual(run.stderrLines.count, 1, run.stderr)
+        let line = run.stderrLines.first ?? ""
+        XCTAssertTrue(line.hasPrefix("error: loss became "), run.stderr)
+        XCTAssertEqual(Self.failingStep(line), 1, run.stderr)
+        XCTAssertEqual(try Metrics(path: metrics).losses.count, 1, "step 0 was recorded, nothing after")
+    }
+
+    /// The step named by "error: loss became X at step S; …".
+    static func failingStep(_ line: String) -> Int? {
+        guard let range = line.range(of: " at step ") else { return nil }
+        let digits = line[range.upperBound...].prefix { $0.isNumber }
+        guard line[range.upperBound...].dropFirst(digits.count).hasPrefix(";") else { return nil }
+        return Int(digits)
     }
 }

@@ -34,7 +34,7 @@ public final class ThreeDimensional: TrainingLayout {
         let shape = LayoutShape.threeDimensional(tp: tp, dp: dp, pp: pp, microBatches: pipeline.microBatches)
         let mesh = try shape.makeMesh(context)
         self.mesh = mesh
-        dp = mesh[.dp]
+        self.dp = mesh[.dp]
         globalBatch = context.batchSize
         let blockRange = PipelinePartition.blocks(stage: mesh[.pp].rank, stages: pp, blockCount: context.plan.count)
         let plan = try TensorParallelPlan(context.plan, blocks: blockRange, tpSize: tp, tpRank: mesh[.tp].rank)

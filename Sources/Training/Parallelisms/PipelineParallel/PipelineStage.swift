@@ -41,7 +41,6 @@ public final class PipelineStage {
     let seqLen: Int
     var forwardSends: [Request]
     var backwardSends: [Request]
-    static let forwardTag = 31, backwardTag = 32
 
     /// Seconds spent waiting on a neighbour (blocked in a receive, a send's completion or the
     /// loss broadcast) and seconds in training steps, since the stage was made.
@@ -145,7 +144,7 @@ public final class PipelineStage {
         let start = MPI.time()
         forwardSends[slot].wait()  // the slot's last output may still be on its way
         if let previous {
-            pp.receive(chain.input.value, count: chain.input.count, from: previous, tag: Self.forwardTag)
+            pp.receive(chain.input.value, count: chain.input.count, from: previous, tag: .pipelineActivation)
         }
         waitingSeconds += MPI.time() - start
         if previous == nil {
@@ -156,7 +155,7 @@ public final class PipelineStage {
         }
         let loss = chain.forward()
         if let next {
-            forwardSends[slot] = pp.startSend(chain.output.value, count: chain.output.count, to: next, tag: Self.forwardTag)
+            forwardSends[slot] = pp.startSend(chain.output.value, count: chain.output.count, to: next, tag: .pipelineActivation)
         }
         return loss
     }
@@ -166,11 +165,11 @@ public final class PipelineStage {
         let slot = m % chains.count, chain = chains[slot]
         let start = MPI.time()
         backwardSends[slot].wait()  // the slot's last input gradient may still be on its way
-        if let next { pp.receive(chain.output.grad, count: chain.output.count, from: next, tag: Self.backwardTag) }
+        if let next { pp.receive(chain.output.grad, count: chain.output.count, from: next, tag: .pipelineGradient) }
         waitingSeconds += MPI.time() - start
         chain.backward()
         if let previous {
-            backwardSends[slot] = pp.startSend(chain.input.grad, count: chain.input.count, to: previous, tag: Self.backwardTag)
+            backwardSends[slot] = pp.startSend(chain.input.grad, count: chain.input.count, to: previous, tag: .pipelineGradient)
         }
     }
 }

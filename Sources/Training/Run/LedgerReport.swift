@@ -13,29 +13,52 @@ import Distributed
 ///     "train_steps": the number of steps the comm figures cover
 struct LedgerReport {
     let steps: Int
-    /// Per rank: `(calls, bytes, seconds)` per kind, flattened.
-    let comm: [[Double]]
+    /// Per rank: one counter per communication kind, in `CommunicationKind` order.
+    let comm: [[CommunicationCounter]]
     /// Per rank: bytes per memory category.
     let memory: [[Int]]
 
     /// Collective: every rank calls it; the result is complete on rank 0.
+    ///
+    /// Two allgathers: the integers (calls and bytes per kind, then bytes per memory category) as
+    /// Int64, exactly, and the seconds per kind as Double.
     init(world: Communicator, steps: Int) {
         self.steps = steps
         let kinds = CommunicationKind.allCases.count, categories = MemoryCategory.allCases.count
-        var mine = Ledger.snapshot() + MemoryLedger.snapshot().map(Double.init)
-        var all = [Double](repeating: 0, count: world.size * mine.count)
-        let width = mine.count
-        mine.withUnsafeMutableBufferPointer { m in
-            all.withUnsafeMutableBufferPointer { a in world.allgather(m.baseAddress!, count: width, into: a.baseAddress!) }
+        let counters = Ledger.snapshot()
+        let integers = counters.flatMap { [Int64($0.calls), Int64($0.bytes)] } + MemoryLedger.snapshot().map(Int64.init)
+        let allIntegers = Self.allgather(integers, world)
+        let allSeconds = Self.allgather(counters.map(\.seconds), world)
+        let width = integers.count
+        comm = (0..<world.size).map { r in
+            (0..<kinds).map { k in
+                CommunicationCounter(calls: Int(allIntegers[r * width + 2 * k]), bytes: Int(allIntegers[r * width + 2 * k + 1]),
+                                     seconds: allSeconds[r * kinds + k])
+            }
         }
-        comm = (0..<world.size).map { Array(all[$0 * width ..< $0 * width + kinds * 3]) }
-        memory = (0..<world.size).map { r in (0..<categories).map { Int(all[r * width + kinds * 3 + $0]) } }
+        memory = (0..<world.size).map { r in (0..<categories).map { Int(allIntegers[r * width + 2 * kinds + $0]) } }
     }
 
-    static func commJSON(_ counters: [Double]) -> String {
+    /// A report of given figures (for tests).
+    init(steps: Int, comm: [[CommunicationCounter]], memory: [[Int]]) {
+        self.steps = steps
+        self.comm = comm
+        self.memory = memory
+    }
+
+    /// Every rank's `values`, in rank order, on every rank.
+    static func allgather<T: MPIScalar & Numeric>(_ values: [T], _ world: Communicator) -> [T] {
+        var all = [T](repeating: 0, count: world.size * values.count)
+        values.withUnsafeBufferPointer { m in
+            all.withUnsafeMutableBufferPointer { a in world.allgather(m.baseAddress!, count: m.count, into: a.baseAddress!) }
+        }
+        return all
+    }
+
+    static func commJSON(_ counters: [CommunicationCounter]) -> String {
         let items = CommunicationKind.allCases.map { kind in
-            let c = counters[kind.rawValue * 3 ..< kind.rawValue * 3 + 3].map { $0 }
-            return "\"\(kind.name)\":{\"calls\":\(Int(c[0])),\"bytes\":\(Int(c[1])),\"seconds\":\(c[2])}"
+            let c = counters[kind.rawValue]
+            return "\"\(kind.name)\":{\"calls\":\(c.calls),\"bytes\":\(c.bytes),\"seconds\":\(c.seconds)}"
         }
         return "{" + items.joined(separator: ",") + "}"
     }
@@ -57,13 +80,13 @@ struct LedgerReport {
         var lines = ["communication per training step (rank 0 | all ranks), over \(steps) steps:",
                      "  kind            calls   bytes (rank 0)   bytes (all ranks)   µs in MPI (rank 0)"]
         for kind in CommunicationKind.allCases {
-            let i = kind.rawValue * 3
-            let total = comm.reduce(0) { $0 + $1[i + 1] }
-            if comm.allSatisfy({ $0[i] == 0 }) { continue }
-            lines.append("  " + pad(kind.name, 14) + pad(format(Float(comm[0][i] * perStep), 2), 7, left: true)
-                         + pad(String(Int((comm[0][i + 1] * perStep).rounded())), 17, left: true)
-                         + pad(String(Int((total * perStep).rounded())), 20, left: true)
-                         + pad(format(Float(comm[0][i + 2] * perStep * 1e6), 1), 21, left: true))
+            let mine = comm[0][kind.rawValue]
+            let total = comm.reduce(0) { $0 + $1[kind.rawValue].bytes }
+            if comm.allSatisfy({ $0[kind.rawValue].calls == 0 }) { continue }
+            lines.append("  " + pad(kind.name, 14) + pad(format(Float(Double(mine.calls) * perStep), 2), 7, left: true)
+                         + pad(String(Int((Double(mine.bytes) * perStep).rounded())), 17, left: true)
+                         + pad(String(Int((Double(total) * perStep).rounded())), 20, left: true)
+                         + pad(format(Float(mine.seconds * perStep * 1e6), 1), 21, left: true))
         }
         if lines.count == 2 { lines.append("  (none: a single rank)") }
         lines.append("memory per rank (bytes):")
