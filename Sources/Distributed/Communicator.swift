@@ -10,7 +10,7 @@ extension Double: MPIScalar { public static var datatype: OpaquePointer { cmpi_d
 extension Int32: MPIScalar { public static var datatype: OpaquePointer { cmpi_int32() } }
 extension Int64: MPIScalar { public static var datatype: OpaquePointer { cmpi_int64() } }
 
-/// A group of ranks that talk to each other: the world, or one axis of a ``ProcessGrid``.
+/// A group of ranks that talk to each other: the world, or one axis of a ``ProcessMesh``.
 ///
 /// All buffers are caller-owned pointers; nothing here allocates on the heap, so a training step
 /// that uses these calls stays allocation-free. Costs below are per rank for `n` elements of
