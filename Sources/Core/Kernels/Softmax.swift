@@ -15,8 +15,6 @@ extension Kernels {
     /// the exponent bits as `2^⌊n/2⌋ · 2^(n−⌊n/2⌋)`, two normal numbers for any `n` in
     /// [−152, 128], so overflow gives +∞ and the subnormal range is rounded once, by the last
     /// multiply. `x` is clamped to [−105, 89] first (e⁻¹⁰⁵ rounds to 0, e⁸⁹ to +∞); NaN stays NaN.
-    public static func exp(_ x: Vector) -> Vector { expVector(x) }
-
     @inline(always)
     static func expVector(_ x: Vector) -> Vector {
         var t = x
@@ -47,12 +45,6 @@ extension Kernels {
         var i = 0
         while i + width <= count { store(expVector(load(x + i)), x + i); i += width }
         if i < count { store(expVector(load(x + i, count - i)), x + i, count - i) }
-    }
-
-    /// Softmax of one row of `cols` logits into `p`; returns `(max, Σ e^(x − max))`, from which
-    /// the caller forms `log Σ eˣ = log(sum) + max`.
-    public static func softmax(_ x: UnsafePointer<Float>, cols: Int, into p: UnsafeMutablePointer<Float>) -> (max: Float, sum: Float) {
-        softmaxAnyWidth(x, cols: cols, into: p)
     }
 
     /// Softmax of `rows` rows of `cols` logits into `p`, and the summed cross-entropy against
@@ -139,6 +131,8 @@ extension Kernels {
         return total
     }
 
+    /// Softmax of one row of `cols` logits into `p`; returns `(max, Σ e^(x − max))`, from which
+    /// the caller forms `log Σ eˣ = log(sum) + max`.
     @inline(never)
     static func softmaxAnyWidth(_ x: UnsafePointer<Float>, cols: Int, into p: UnsafeMutablePointer<Float>) -> (max: Float, sum: Float) {
         var mx = -Float.infinity
