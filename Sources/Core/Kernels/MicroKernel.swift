@@ -161,6 +161,24 @@ extension Kernels {
 
     }
 
+    // MARK: - Loads and stores of the micro-kernel
+
+    /// ``load(_:)``, ``load(_:_:)``, ``store(_:_:)`` and ``store(_:_:_:)`` for the micro-kernel.
+    ///
+    /// `@inline(always)` inlines a body as written, before optimisation, so the kernel receives
+    /// the standard library's `loadUnaligned`/`storeBytes` as calls; once specialised, the kernel
+    /// is far too big for the optimiser's inliner, and the calls are left for LLVM. LLVM inlines
+    /// them only within one file: release builds compile the files of the module in parallel,
+    /// one LLVM module each, and with `-g` these two functions go to the first file whose code
+    /// inlined them (`Elementwise.swift`). Left as calls in the depth loop, they cost a spill of
+    /// every accumulator: the training step ran 3× slower. `@inline(__always)` inlines a body
+    /// after it has been optimised, the standard library's code already inlined into it, so the
+    /// kernel gets plain loads and stores whichever file it is in.
+    @inline(__always) static func tileLoad(_ p: UnsafePointer<Float>) -> Vector { load(p) }
+    @inline(__always) static func tileLoad(_ p: UnsafePointer<Float>, _ count: Int) -> Vector { load(p, count) }
+    @inline(__always) static func tileStore(_ v: Vector, _ p: UnsafeMutablePointer<Float>) { store(v, p) }
+    @inline(__always) static func tileStore(_ v: Vector, _ p: UnsafeMutablePointer<Float>, _ count: Int) { store(v, p, count) }
+
     /// `R × V` tile: the depth loop, then bias, accumulate, ReLU and the stores.
     @inline(never)
     static func kernel<Rows: Count, Vectors: Count, A: Addressing>(_: Rows.Type, _: Vectors.Type, _: A.Type, _ g: TileArguments) {
@@ -176,10 +194,10 @@ extension Kernels {
             // a(i, p) = A[p·depthStride + i]: the tile's R scalars are adjacent.
             var ap = g.a
             for _ in 0..<g.k {
-                let b0 = load(bp + o0)
-                let b1 = V > 1 ? load(bp + o1) : Vector()
-                let b2 = V > 2 ? load(bp + o2) : Vector()
-                let b3 = V > 3 ? load(bp + o3) : Vector()
+                let b0 = tileLoad(bp + o0)
+                let b1 = V > 1 ? tileLoad(bp + o1) : Vector()
+                let b2 = V > 2 ? tileLoad(bp + o2) : Vector()
+                let b3 = V > 3 ? tileLoad(bp + o3) : Vector()
                 acc.update(R, V, (ap[0], R > 1 ? ap[1] : 0, R > 2 ? ap[2] : 0, R > 3 ? ap[3] : 0,
                                   R > 4 ? ap[4] : 0, R > 5 ? ap[5] : 0), b0, b1, b2, b3)
                 ap += depthStride
@@ -191,10 +209,10 @@ extension Kernels {
             let a0 = g.a, a1 = g.a + rs, a2 = g.a + 2 * rs, a3 = g.a + 3 * rs, a4 = g.a + 4 * rs, a5 = g.a + 5 * rs
             var o = 0
             for _ in 0..<g.k {
-                let b0 = load(bp + o0)
-                let b1 = V > 1 ? load(bp + o1) : Vector()
-                let b2 = V > 2 ? load(bp + o2) : Vector()
-                let b3 = V > 3 ? load(bp + o3) : Vector()
+                let b0 = tileLoad(bp + o0)
+                let b1 = V > 1 ? tileLoad(bp + o1) : Vector()
+                let b2 = V > 2 ? tileLoad(bp + o2) : Vector()
+                let b3 = V > 3 ? tileLoad(bp + o3) : Vector()
                 acc.update(R, V, (a0[o], R > 1 ? a1[o] : 0, R > 2 ? a2[o] : 0, R > 3 ? a3[o] : 0,
                                   R > 4 ? a4[o] : 0, R > 5 ? a5[o] : 0), b0, b1, b2, b3)
                 o += depthStride
@@ -211,10 +229,10 @@ extension Kernels {
         // Constants only: the nested functions below capture them, and a captured `var` could
         // be boxed on the heap.
         let b = g.bias
-        let bias0 = b.map { load($0 + c0, V == 1 ? count : width) } ?? Vector()
-        let bias1 = V > 1 ? b.map { load($0 + c1) } ?? Vector() : Vector()
-        let bias2 = V > 2 ? b.map { load($0 + c2) } ?? Vector() : Vector()
-        let bias3 = V > 3 ? b.map { load($0 + c3) } ?? Vector() : Vector()
+        let bias0 = b.map { tileLoad($0 + c0, V == 1 ? count : width) } ?? Vector()
+        let bias1 = V > 1 ? b.map { tileLoad($0 + c1) } ?? Vector() : Vector()
+        let bias2 = V > 2 ? b.map { tileLoad($0 + c2) } ?? Vector() : Vector()
+        let bias3 = V > 3 ? b.map { tileLoad($0 + c3) } ?? Vector() : Vector()
         let hasBias = g.bias != nil, accumulate = g.accumulate, relu = g.relu, fresh = g.fresh
 
         @inline(always)
@@ -222,17 +240,17 @@ extension Kernels {
             var r = value
             if hasBias { r += bias }
             if isLast && count < width {
-                if accumulate { r += load(p, count) }
+                if accumulate { r += tileLoad(p, count) }
                 if relu { r.replace(with: 0, where: r .< 0) }
-                store(r, p, count)
+                tileStore(r, p, count)
                 return
             }
             let shifted = isLast && fresh > 0
-            let old = accumulate || shifted ? load(p) : Vector()
+            let old = accumulate || shifted ? tileLoad(p) : Vector()
             if accumulate { r += old }
             if relu { r.replace(with: 0, where: r .< 0) }
             if shifted { r = keeping(old, below: fresh, in: r) }
-            store(r, p)
+            tileStore(r, p)
         }
 
         @inline(always)
