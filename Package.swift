@@ -50,6 +50,7 @@ let package = Package(
         .executable(name: "train_pp", targets: ["train_pp"]),
         .executable(name: "train_3d", targets: ["train_3d"]),
         .executable(name: "peak", targets: ["peak"]),
+        .executable(name: "collectives", targets: ["collectives"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -77,6 +78,7 @@ let package = Package(
         .executableTarget(name: "train_pp", dependencies: ["Training"], swiftSettings: native),
         .executableTarget(name: "train_3d", dependencies: ["Training"], swiftSettings: native),
         .executableTarget(name: "peak", dependencies: ["Core"], swiftSettings: hot),
+        .executableTarget(name: "collectives", dependencies: ["Distributed"], swiftSettings: native),
         .testTarget(name: "CoreTests", dependencies: ["Core"], swiftSettings: hot),
         .testTarget(name: "TrainingTests", dependencies: ["Training"]),
         .testTarget(name: "EndToEndTests"),

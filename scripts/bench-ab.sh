@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # A/B speed comparison of two builds, side by side in one run (the machine is shared and noisy):
 #
-#   scripts/bench-ab.sh DIR_A DIR_B [--steps N] [--repeats R] [--data FILE] [--only REGEX]
+#   scripts/bench-ab.sh DIR_A DIR_B [--steps N] [--repeats R] [--data FILE] [--only REGEX] [--flags "..."]
 #
 # DIR_A and DIR_B hold the executables (e.g. a copy of .build/release made before a change, and
 # .build/release after it). For each layout, A and B alternate R times; each measurement is the
 # slope between a run of N/5 steps and one of N steps (start-up, validation and sampling cancel
 # out). Prints the median µs/step of A and B and B's speed relative to A (> 1: B is faster).
+# --flags adds training flags to every run (e.g. --flags "--emb 64 --hidden 1024 --batch-size 256").
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-[ $# -ge 2 ] || { echo "usage: scripts/bench-ab.sh DIR_A DIR_B [--steps N] [--repeats R] [--data FILE] [--only REGEX]" >&2; exit 2; }
+[ $# -ge 2 ] || { echo "usage: scripts/bench-ab.sh DIR_A DIR_B [--steps N] [--repeats R] [--data FILE] [--only REGEX] [--flags \"...\"]" >&2; exit 2; }
 a="$1"; b="$2"; shift 2
 steps=20000
 repeats=5
 only=""
+flags=""
 data="$ROOT/../shared/data/names.txt"
 [ -f "$data" ] || data="$ROOT/data/words.txt"
 while [ $# -gt 0 ]; do
@@ -23,6 +25,7 @@ while [ $# -gt 0 ]; do
     --repeats) repeats="$2"; shift 2 ;;
     --data) data="$2"; shift 2 ;;
     --only) only="$2"; shift 2 ;;
+    --flags) flags="$2"; shift 2 ;;
     *) echo "error: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
@@ -43,7 +46,7 @@ median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a
 # Seconds for one run of `$3` steps of layout row `$2` from directory `$1`.
 run() {
   local dir="$1" ranks="$2" exe="$3" n="$4" extra="$5" start end
-  local cmd=("$dir/$exe" --data "$data" --steps "$n" --log-every "$n" --val-batches 1 --samples 0)
+  local cmd=("$dir/$exe" --data "$data" --steps "$n" --log-every "$n" --val-batches 1 --samples 0 $flags)
   start=$(now)
   if [ "$ranks" = 1 ]; then "${cmd[@]}" $extra >/dev/null; else "${MPIRUN[@]}" -np "$ranks" "${cmd[@]}" $extra >/dev/null; fi
   end=$(now)

@@ -45,6 +45,11 @@ public struct Communicator: @unchecked Sendable {
         return Communicator(handle: out)
     }
 
+    /// Blocks until every rank of the group arrives.
+    public func barrier() {
+        MPI.check(MPI_Barrier(handle), "MPI_Barrier")
+    }
+
     /// In-place sum over the group: afterwards every rank holds Σ of all ranks' `buffer`.
     /// Moves 2·(p−1)/p·n·s bytes per rank (reduce-scatter then allgather).
     public func allreduceSum<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int) {
@@ -106,16 +111,6 @@ public struct Communicator: @unchecked Sendable {
                       "MPI_Allgather")
         }
         Ledger.record(.allgather, bytes: size * count * MemoryLayout<T>.size, since: start)
-    }
-
-    /// Sums `input` (p·count elements) over the group and leaves block `rank` of the sum, `count`
-    /// elements, in `output`. Moves (p−1)/p·p·count·s bytes per rank: half an allreduce.
-    public func reduceScatterSum(_ input: UnsafePointer<Float>, into output: UnsafeMutablePointer<Float>, count: Int) {
-        if size == 1 { output.update(from: input, count: count); return }
-        let start = MPI_Wtime()
-        MPI.check(MPI_Reduce_scatter_block(input, output, Int32(count), Float.datatype, cmpi_op_sum(), handle),
-                  "MPI_Reduce_scatter_block")
-        Ledger.record(.reduceScatter, bytes: size * count * 4, since: start)
     }
 
     /// Copies `count` elements from `root` to every rank.

@@ -18,6 +18,11 @@ public enum MPI {
         var started: Int32 = 0
         MPI_Initialized(&started)
         if started == 0 {
+            // OpenMPI's shared-memory transport copies large messages with Linux CMA
+            // (`process_vm_readv`) by default; on these machines that is several times slower than
+            // its copy through shared memory, worst for buffers just written (gradients). Measured
+            // with `collectives` (README). An explicit setting (`--mca` or the variable) wins.
+            setenv("OMPI_MCA_btl_vader_single_copy_mechanism", "none", 0)
             var provided: Int32 = 0
             let rc = MPI_Init_thread(nil, nil, cmpi_thread_single(), &provided)
             if rc != cmpi_success() {

@@ -13,6 +13,13 @@ public enum MessageTag: Int32, Sendable {
     /// micro-batch, sent back to the previous stage as the gradient of its output (same shape).
     case pipelineGradient = 32
 
+    /// The spelled-out ring reduce-scatter (``ReduceScatterAlgorithm/ring``): the block of partial
+    /// sums passed to the right neighbour at each step.
+    case ring = 41
+
+    /// The `collectives` benchmark's ping-pong messages.
+    case benchmark = 51
+
     /// Gathering every rank's local parameters on rank 0 (`gatherParts`: checkpoints, `--dump`,
     /// sampling, the replica check), message 1 of 3:
     /// two Int64, the length of the sender's encoded `ParameterMap` and its number of floats.
