@@ -14,7 +14,7 @@ struct TrainPP: TrainingCommand {
     @OptionGroup var pipeline: PipelineOptions
 
     func makeLayout(_ context: TrainingContext) throws(UsageError) -> TrainingLayout {
-        try PipelineParallel(context, microBatches: pipeline.microBatches, schedule: pipeline.schedule)
+        try PipelineParallel(context, pipeline: pipeline)
     }
 }
 

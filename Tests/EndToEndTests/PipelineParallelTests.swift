@@ -40,6 +40,26 @@ final class PipelineParallelTests: XCTestCase {
                               extra: ["--micro-batches", "8"], data: try SmallData.write())
     }
 
+    /// `--partition` overrides the cost-balanced cut (here the embedding alone, then fc1 and
+    /// the head), prints it at start-up, and still computes `train`'s model.
+    func testExplicitPartitionMatchesTrain() throws {
+        let data = try SmallData.write()
+        try Equivalence.check("train_pp", np: 2, ["--layers", "1"], extra: ["--micro-batches", "2", "--partition", "1,2"], data: data)
+        let run = try Launch.run("train_pp", np: 2, ["--data", data, "--steps", "2", "--samples", "0", "--val-batches", "1",
+                                                     "--partition", "1,2"], timeout: 60)
+        XCTAssertEqual(run.status, 0, run.stderr)
+        XCTAssertTrue(run.stdout.contains("pipeline cut: stage 0: embedding (0 FLOP/row); stage 1: fc1 head ("), run.stdout)
+        let balanced = try Launch.run("train_pp", np: 2, ["--data", data, "--steps", "2", "--samples", "0", "--val-batches", "1"],
+                                      timeout: 60)
+        XCTAssertTrue(balanced.stdout.contains("pipeline cut: stage 0: embedding fc1 ("), balanced.stdout)
+        try Equivalence.expectError("train_pp", np: 2, ["--data", data, "--partition", "1,1"],
+                                    "--partition 1,1 covers 2 blocks but the model has 3")
+        try Equivalence.expectError("train_pp", np: 2, ["--data", data, "--partition", "3"], "--partition 3 has 1 stage(s) but the pipeline has 2")
+        try Equivalence.expectError("train_pp", np: 2, ["--data", data, "--partition", "2,x"], "--partition must be positive block counts")
+        try Equivalence.expectError("train_3d", np: 2, ["--data", data, "--pp", "2", "--partition", "2,2"],
+                                    "--partition 2,2 covers 4 blocks but the model has 3")
+    }
+
     func testBadLayoutsAreOneError() throws {
         let data = try SmallData.write()
         let base = ["--data", data, "--steps", "5"]

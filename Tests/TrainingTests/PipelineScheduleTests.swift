@@ -1,4 +1,5 @@
 import XCTest
+import Core
 @testable import Training
 
 /// The pipeline schedules and the stage partition, without MPI: every stage's action list is
@@ -106,20 +107,44 @@ final class PipelineScheduleTests: XCTestCase {
         XCTAssertNil(PipelineScheduleKind(rawValue: "interleaved"))
     }
 
-    func testPartitionCoversEveryBlockOnceEvenly() {
-        for k in 1...9 {
-            for n in 1...k {
-                let ranges = (0..<n).map { PipelinePartition.blocks(stage: $0, stages: n, blockCount: k) }
-                XCTAssertEqual(ranges.first!.lowerBound, 0)
-                XCTAssertEqual(ranges.last!.upperBound, k)
-                for s in 1..<n { XCTAssertEqual(ranges[s].lowerBound, ranges[s - 1].upperBound) }
-                let sizes = ranges.map(\.count)
-                XCTAssertTrue(sizes.allSatisfy { $0 >= 1 }, "\(k) blocks over \(n)")
-                XCTAssertLessThanOrEqual(sizes.max()! - sizes.min()!, 1, "\(k) blocks over \(n)")
-                XCTAssertEqual(sizes, sizes.sorted(by: >), "spare blocks go to the earlier stages")
+    /// The balanced cut is optimal: over random costs, no contiguous cut into non-empty stages
+    /// has a smaller most expensive stage (checked against every cut), and every block lands in
+    /// exactly one stage.
+    func testBalancedPartitionIsOptimal() {
+        var rng = SplitMix64(seed: 3)
+        for _ in 0..<200 {
+            let k = 1 + rng.below(8), n = 1 + rng.below(k)
+            let costs = (0..<k).map { _ in Double(rng.below(5)) * Double(1 + rng.below(100)) }
+            let counts = PipelinePartition.balanced(costs: costs, stages: n)
+            XCTAssertEqual(counts.count, n)
+            XCTAssertEqual(counts.reduce(0, +), k)
+            XCTAssertTrue(counts.allSatisfy { $0 >= 1 })
+            func worst(_ counts: [Int]) -> Double {
+                var start = 0
+                return counts.map { c in defer { start += c }; return costs[start..<start + c].reduce(0, +) }.max()!
             }
+            // Every composition of k into n positive parts.
+            func compositions(_ k: Int, _ n: Int) -> [[Int]] {
+                if n == 1 { return [[k]] }
+                return (1...max(1, k - n + 1)).flatMap { first in compositions(k - first, n - 1).map { [first] + $0 } }
+            }
+            let best = compositions(k, n).map(worst).min()!
+            XCTAssertEqual(worst(counts), best, "costs \(costs) over \(n): \(counts)")
         }
-        XCTAssertEqual(PipelinePartition.blocks(stage: 0, stages: 2, blockCount: 3), 0..<2)
-        XCTAssertEqual(PipelinePartition.blocks(stage: 1, stages: 2, blockCount: 3), 2..<3)
+    }
+
+    /// The model's cuts: the free embedding joins the first Linear, ties give the earlier stages
+    /// more blocks, and `--partition` overrides.
+    func testModelCuts() {
+        // ml.c's model on two stages: fc1 (256 × 64) outweighs the head (64 × 27), so the head is alone.
+        let small = ModelConfig(vocab: 27, seqLen: 16, emb: 16, hidden: 64, layers: 1).plan
+        XCTAssertEqual(PipelinePartition.stages(small, stages: 2, override: nil), [0..<2, 2..<3])
+        // Four equal 1024 × 1024 Linears and a small head over two stages: two big blocks each.
+        let big = ModelConfig(vocab: 27, seqLen: 16, emb: 64, hidden: 1024, layers: 4).plan
+        XCTAssertEqual(PipelinePartition.stages(big, stages: 2, override: nil), [0..<3, 3..<6])
+        XCTAssertEqual(PipelinePartition.stages(big, stages: 2, override: [2, 4]), [0..<2, 2..<6])
+        // All-zero costs: every cut ties, and the earlier stages keep the spare blocks.
+        XCTAssertEqual(PipelinePartition.balanced(costs: [0, 0, 0, 0, 0], stages: 2), [4, 1])
+        XCTAssertTrue(PipelinePartition.describe(small, [0..<2, 2..<3]).hasPrefix("pipeline cut: stage 0: embedding fc1 ("))
     }
 }

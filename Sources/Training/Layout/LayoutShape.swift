@@ -21,6 +21,8 @@ public struct LayoutShape: Sendable {
     public let axes: [(axis: MeshAxis, size: Int)]
     /// Micro-batches per step, or nil when the layout runs no pipeline schedule.
     public let microBatches: Int?
+    /// Blocks per pipeline stage given by `--partition` (nil: balanced by cost).
+    public var partition: [Int]? = nil
 
     public static var singleRank: LayoutShape { LayoutShape(executable: .singleRank, axes: [], microBatches: nil) }
 
@@ -35,13 +37,13 @@ public struct LayoutShape: Sendable {
     }
 
     /// One pipeline stage per rank.
-    public static func pipeline(stages: Int, microBatches: Int) -> LayoutShape {
-        LayoutShape(executable: .oneAxis, axes: [(.pp, stages)], microBatches: microBatches)
+    public static func pipeline(stages: Int, microBatches: Int, partition: [Int]?) -> LayoutShape {
+        LayoutShape(executable: .oneAxis, axes: [(.pp, stages)], microBatches: microBatches, partition: partition)
     }
 
     /// `tp × dp × pp`, tensor-parallel ranks neighbours in rank order, then data, then pipeline.
-    public static func threeDimensional(tp: Int, dp: Int, pp: Int, microBatches: Int) -> LayoutShape {
-        LayoutShape(executable: .flags, axes: [(.tp, tp), (.dp, dp), (.pp, pp)], microBatches: microBatches)
+    public static func threeDimensional(tp: Int, dp: Int, pp: Int, microBatches: Int, partition: [Int]?) -> LayoutShape {
+        LayoutShape(executable: .flags, axes: [(.tp, tp), (.dp, dp), (.pp, pp)], microBatches: microBatches, partition: partition)
     }
 
     /// The degree along `axis` (1 when the layout does not use it).
@@ -66,6 +68,15 @@ public struct LayoutShape: Sendable {
         if pp > plan.count {
             let fix = executable == .flags ? "use --pp ≤ \(plan.count)" : "use at most \(plan.count) ranks"
             throw UsageError("\(pp) pipeline stages but the model has only \(plan.count) blocks (embedding, \(plan.config.layers) hidden, head); \(fix) or more --layers")
+        }
+        if let partition {
+            let text = partition.map(String.init).joined(separator: ",")
+            if partition.count != pp {
+                throw UsageError("--partition \(text) has \(partition.count) stage(s) but the pipeline has \(pp)")
+            }
+            if partition.reduce(0, +) != plan.count {
+                throw UsageError("--partition \(text) covers \(partition.reduce(0, +)) blocks but the model has \(plan.count) (embedding, \(plan.config.layers) hidden, head)")
+            }
         }
         if batchSize % (dp * m) != 0 {
             switch (executable, microBatches) {

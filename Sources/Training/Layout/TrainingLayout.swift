@@ -69,10 +69,15 @@ public protocol TrainingLayout: AnyObject {
     /// Called on every rank once the training steps are done (collective): a line for rank 0 to
     /// print about how the steps went (e.g. the pipeline bubble), or nil.
     func trainingFinished() -> String?
+
+    /// A line printed at start-up about how the layout cut the model (e.g. the pipeline's
+    /// stages), or nil.
+    var summary: String? { get }
 }
 
 extension TrainingLayout {
     public func trainingFinished() -> String? { nil }
+    public var summary: String? { nil }
 
     /// The update every layout uses: the optimizer over this rank's floats.
     public func update(step: Int) {

@@ -29,14 +29,20 @@ public final class ThreeDimensional: TrainingLayout {
     let stage: PipelineStage
     public let local: LocalParameters
     let globalBatch: Int
+    /// Every stage's blocks, and the model they cut.
+    let cut: [Range<Int>]
+    let model: BlockPlan
 
     public init(_ context: TrainingContext, tp: Int, dp: Int, pp: Int, pipeline: PipelineOptions) throws(UsageError) {
-        let shape = LayoutShape.threeDimensional(tp: tp, dp: dp, pp: pp, microBatches: pipeline.microBatches)
+        let shape = LayoutShape.threeDimensional(tp: tp, dp: dp, pp: pp, microBatches: pipeline.microBatches,
+                                                 partition: pipeline.partition)
         let mesh = try shape.makeMesh(context)
         self.mesh = mesh
         self.dp = mesh[.dp]
         globalBatch = context.batchSize
-        let blockRange = PipelinePartition.blocks(stage: mesh[.pp].rank, stages: pp, blockCount: context.plan.count)
+        cut = PipelinePartition.stages(context.plan, stages: pp, override: pipeline.partition)
+        model = context.plan
+        let blockRange = cut[mesh[.pp].rank]
         let plan = try TensorParallelPlan(context.plan, blocks: blockRange, tpSize: tp, tpRank: mesh[.tp].rank)
         self.plan = plan
         sharded = ShardedParameters(
@@ -60,6 +66,8 @@ public final class ThreeDimensional: TrainingLayout {
     }
 
     public func trainingFinished() -> String? { stage.waitingReport(world: mesh.world) }
+
+    public var summary: String? { PipelinePartition.describe(model, cut) }
 
     public func evaluate(batch index: Int, from sampler: BatchSampler) -> Float {
         dp.sum(stage.evaluate(batch: index, from: sampler)) / Float(globalBatch)

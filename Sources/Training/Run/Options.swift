@@ -137,9 +137,23 @@ public struct PipelineOptions: ParsableArguments, Sendable {
     @Option(help: "Pipeline schedule: gpipe (all forwards, then all backwards) or 1f1b (one forward, one backward).")
     public var schedule: PipelineScheduleKind = .oneForwardOneBackward
 
+    @Option(name: .customLong("partition"),
+            help: "Blocks per pipeline stage, e.g. 3,2 (default: the cut that balances the stages' FLOPs).")
+    public var partitionText: String?
+
     public init() {}
 
-    public func validate() throws { try requirePositive(microBatches, "micro-batches") }
+    /// `--partition` as blocks per stage (nil: balance by cost).
+    public var partition: [Int]? {
+        partitionText.map { $0.split(separator: ",", omittingEmptySubsequences: false).map { Int($0) ?? 0 } }
+    }
+
+    public func validate() throws {
+        try requirePositive(microBatches, "micro-batches")
+        if let text = partitionText, let counts = partition, counts.contains(where: { $0 <= 0 }) {
+            throw UsageError("--partition must be positive block counts separated by commas, e.g. 3,2 (got '\(text)')")
+        }
+    }
 }
 
 extension PipelineScheduleKind: ExpressibleByArgument {}

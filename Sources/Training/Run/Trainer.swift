@@ -49,6 +49,7 @@ struct Trainer<Command: TrainingCommand> {
         }) else { return nil }
         say("\(Command.name): \(world.size) rank(s), \(config), \(plan.parameterCount) parameters, "
             + "\(dataset.train.count) training / \(dataset.validation.count) validation examples from \(options.data)")
+        if let line = layout.summary { say(line) }
         var session = Session(context: context, layout: layout, metrics: metrics, seed: options.seed)
         if let directory = options.resume {
             guard let resumed = resume(layout, from: directory, config: config) else { return nil }

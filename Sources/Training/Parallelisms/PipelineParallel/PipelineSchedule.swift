@@ -1,21 +1,72 @@
+import Core
+
 /// The pure part of pipeline parallelism: which blocks a stage owns and in which order it runs
 /// the forwards and backwards of the micro-batches. No MPI here, so it is unit-tested directly.
 
-/// How the model's chain of blocks is cut into stages.
+/// How the model's chain of blocks is cut into stages: contiguous runs of blocks, at least one
+/// per stage.
 ///
-/// Stages take contiguous runs of blocks, **split evenly by block count**: with `K` blocks and
-/// `N` stages, every stage gets `K / N` blocks and the first `K % N` stages one more. Block count
-/// (not parameter count) keeps the cut predictable and independent of the widths; the cost is
-/// balance — in ml.c's model the first hidden Linear holds most of the FLOPs wherever it lands.
-/// The earlier stages take the spare blocks because the embedding, always first, is nearly free.
+/// **By cost, by default.** A stage's time is its blocks' compute, and the slowest stage sets the
+/// pipeline's pace, so the cut minimises the largest stage cost (the linear-partition problem,
+/// solved exactly by dynamic programming over the few blocks). A block's cost is its forward and
+/// backward FLOPs per row, 6·in·out for a Linear; the embedding only copies rows and costs 0. Among
+/// cuts with the same largest cost, earlier stages take more blocks. `--partition 3,2` (blocks per
+/// stage) overrides the cut.
 public enum PipelinePartition {
-    /// The blocks of stage `stage` (0-based) out of `stages`, for a model of `blockCount` blocks.
-    /// Requires `1 ≤ stages ≤ blockCount`, so every stage owns at least one block.
-    public static func blocks(stage: Int, stages: Int, blockCount: Int) -> Range<Int> {
-        precondition(stages >= 1 && stages <= blockCount && stage >= 0 && stage < stages)
-        let base = blockCount / stages, extra = blockCount % stages
-        let start = stage * base + Swift.min(stage, extra)
-        return start..<(start + base + (stage < extra ? 1 : 0))
+    /// Forward plus backward FLOPs per row of `block` (the matrix products; the embedding's row
+    /// copies count as free).
+    public static func cost(_ block: Block) -> Double {
+        block.kind.isLinear ? 6 * Double(block.weightRows) * Double(block.weightColumns) : 0
+    }
+
+    /// Blocks per stage for `costs` over `stages` stages, minimising the most expensive stage.
+    /// Requires `1 ≤ stages ≤ costs.count`.
+    public static func balanced(costs: [Double], stages: Int) -> [Int] {
+        let k = costs.count
+        precondition(stages >= 1 && stages <= k)
+        var prefix = [0.0]
+        for c in costs { prefix.append(prefix.last! + c) }
+        // best[n][j]: the smallest largest-stage cost of the first j blocks in n stages;
+        // cut[n][j]: where its last stage starts.
+        var best = [[Double]](repeating: [Double](repeating: .infinity, count: k + 1), count: stages + 1)
+        var cut = [[Int]](repeating: [Int](repeating: 0, count: k + 1), count: stages + 1)
+        best[0][0] = 0
+        for n in 1...stages {
+            for j in n...k {
+                // Try every start i of the last stage, latest first: on ties the earlier stages keep more blocks.
+                for i in stride(from: j - 1, through: n - 1, by: -1) {
+                    let candidate = max(best[n - 1][i], prefix[j] - prefix[i])
+                    if candidate < best[n][j] { best[n][j] = candidate; cut[n][j] = i }
+                }
+            }
+        }
+        var counts: [Int] = []
+        var j = k
+        for n in stride(from: stages, through: 1, by: -1) {
+            counts.append(j - cut[n][j])
+            j = cut[n][j]
+        }
+        return counts.reversed()
+    }
+
+    /// The cut for `plan` over `stages` stages: `override` (blocks per stage) if given, else
+    /// ``balanced(costs:stages:)``. As block ranges, stage by stage.
+    public static func stages(_ plan: BlockPlan, stages: Int, override: [Int]?) -> [Range<Int>] {
+        let counts = override ?? balanced(costs: plan.blocks.map(cost), stages: stages)
+        var start = 0
+        return counts.map { count in
+            defer { start += count }
+            return start ..< start + count
+        }
+    }
+
+    /// One line for the start of a run: the blocks of each stage and their cost.
+    public static func describe(_ plan: BlockPlan, _ ranges: [Range<Int>]) -> String {
+        let stages = ranges.enumerated().map { s, range in
+            let flops = plan.blocks[range].reduce(0) { $0 + cost($1) }
+            return "stage \(s): " + plan.blocks[range].map(\.name).joined(separator: " ") + " (\(Int(flops)) FLOP/row)"
+        }
+        return "pipeline cut: " + stages.joined(separator: "; ")
     }
 }
 
