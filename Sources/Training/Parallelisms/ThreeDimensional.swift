@@ -31,7 +31,7 @@ public final class ThreeDimensional: TrainingLayout {
     let globalBatch: Int
     /// Every stage's blocks, and the model they cut.
     let cut: [Range<Int>]
-    let model: BlockPlan
+    let modelPlan: BlockPlan
 
     public init(_ context: TrainingContext, tp: Int, dp: Int, pp: Int, pipeline: PipelineOptions) throws(UsageError) {
         let shape = LayoutShape.threeDimensional(tp: tp, dp: dp, pp: pp, microBatches: pipeline.microBatches,
@@ -41,7 +41,7 @@ public final class ThreeDimensional: TrainingLayout {
         self.dp = mesh[.dp]
         globalBatch = context.batchSize
         cut = PipelinePartition.stages(context.plan, stages: pp, override: pipeline.partition)
-        model = context.plan
+        modelPlan = context.plan
         let blockRange = cut[mesh[.pp].rank]
         let plan = try TensorParallelPlan(context.plan, blocks: blockRange, tpSize: tp, tpRank: mesh[.tp].rank)
         self.plan = plan
@@ -67,7 +67,7 @@ public final class ThreeDimensional: TrainingLayout {
 
     public func trainingFinished() -> String? { stage.waitingReport(world: mesh.world) }
 
-    public var summary: String? { PipelinePartition.describe(model, cut) }
+    public var summary: String? { PipelinePartition.describe(modelPlan, cut) }
 
     public func evaluate(batch index: Int, from sampler: BatchSampler) -> Float {
         dp.sum(stage.evaluate(batch: index, from: sampler)) / Float(globalBatch)
