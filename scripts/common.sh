@@ -13,7 +13,7 @@ MPIRUN=(mpirun --oversubscribe --bind-to none)
 # Is everything installed and built? (cheap check, used to skip setup)
 is_set_up() {
   command -v mpirun >/dev/null 2>&1 && pkg-config --exists ompi 2>/dev/null \
-    && [ -s "$ROOT/data/words.txt" ] && [ -x "$BIN/train" ] && [ -x "$BIN/train_fsdp" ]
+    && [ -s "$ROOT/data/words.txt" ] && ! LC_ALL=C sort -c "$ROOT/data/words.txt" 2>/dev/null && [ -x "$BIN/train" ] && [ -x "$BIN/train_fsdp" ]
 }
 
 # Runs a build quietly (no per-file progress lines) but never hides a failure.

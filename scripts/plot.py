@@ -4,7 +4,7 @@
 #   scripts/plot.py METRICS.jsonl... --out DIR [--reference train.jsonl]
 #
 # Uses Debian's python3-matplotlib (hence /usr/bin/python3, not the pyenv python on PATH);
-# scripts/bench.sh --plot installs it. Each file's label is its name without .jsonl. Writes:
+# scripts/setup.sh installs it. Each file's label is its name without .jsonl. Writes:
 #   DIR/loss.png    the loss curves overlaid (they should coincide), and below, each layout's
 #                   |relative difference| from the reference (train.jsonl, or --reference), worst
 #                   per window, on a log scale, with the 1e-5 test tolerance dotted
@@ -15,7 +15,11 @@ import json
 import os
 import sys
 
-import matplotlib
+try:
+    import matplotlib
+except ImportError:
+    sys.exit("plot.py: needs Debian's python3-matplotlib for /usr/bin/python3: "
+             "run scripts/setup.sh (or apt-get install python3-matplotlib)")
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
