@@ -4,7 +4,8 @@ import XCTest
 /// "Every layout computes the same model as `train`": runs `train` and a parallel executable
 /// with the same flags and compares what they write.
 ///
-/// - per-step training loss over `steps` steps, and the validation loss: relative difference ≤ 1e-5;
+/// - per-step training loss and whole-model gradient norm (`grad_norm`) over `steps` steps, and the
+///   validation loss: relative difference ≤ 1e-5;
 /// - after one step (`--steps 1 --dump`): every gathered gradient and parameter within
 ///   `|a − b| ≤ 1e-6 + 1e-5·|b|`;
 /// - after five steps: every parameter within the same tolerance.
@@ -58,6 +59,16 @@ enum Equivalence {
         }
         XCTAssertLessThanOrEqual(worst.diff, lossTolerance, "\(label): loss differs by \(worst.diff) (relative) at step \(worst.step)",
                                  file: file, line: line)
+        let na = ours.losses.gradientNorms, nb = reference.losses.gradientNorms
+        XCTAssertEqual(na.count, steps, "\(label): grad_norm per step", file: file, line: line)
+        XCTAssertEqual(nb.count, steps, "\(label): train's grad_norm per step", file: file, line: line)
+        var worstNorm: (diff: Float, step: Int) = (0, -1)
+        for (step, (x, y)) in zip(na, nb).enumerated() {
+            let diff = abs(x - y) / abs(y)
+            if !(diff <= worstNorm.diff) { worstNorm = (diff, step) }
+        }
+        XCTAssertLessThanOrEqual(worstNorm.diff, lossTolerance,
+                                 "\(label): grad_norm differs by \(worstNorm.diff) (relative) at step \(worstNorm.step)", file: file, line: line)
         let va = try XCTUnwrap(ours.losses.valLoss), vb = try XCTUnwrap(reference.losses.valLoss)
         XCTAssertLessThanOrEqual(abs(va - vb) / vb, lossTolerance, "\(label): validation loss \(va) vs \(vb)", file: file, line: line)
 

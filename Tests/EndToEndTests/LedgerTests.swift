@@ -31,6 +31,10 @@ final class LedgerTests: XCTestCase {
         func callsPerStep(_ kind: String) -> Double { (comm[kind]?["calls"] ?? 0) / Double(steps) }
     }
 
+    /// `--metrics` records the whole model's gradient norm every step: one 8-byte allreduce over
+    /// the world in every layout whose ranks do not each hold the whole model (not DP, not `train`).
+    static let gradientNormBytes = 8
+
     func ledger(_ executable: String, np: Int?, _ flags: [String]) throws -> Record {
         let metrics = try Launch.temporaryDirectory().appendingPathComponent("m.jsonl").path
         let run = try Launch.run(executable, np: np, ["--data", Self.data, "--steps", "40", "--batch-size", "24", "--samples", "0",
@@ -46,7 +50,8 @@ final class LedgerTests: XCTestCase {
     }
 
     /// DP allreduces Ψ floats of gradients per step, in one call with the default bucket size,
-    /// plus the 4-byte loss sum; its memory is the whole model on every rank.
+    /// plus the 4-byte loss sum; its memory is the whole model on every rank. Its gradient norm
+    /// costs nothing: every rank holds the whole summed gradient.
     func testDataParallelAllreducesPsiFloats() throws {
         let model = Model()
         for np in [2, 3] {
@@ -96,7 +101,8 @@ final class LedgerTests: XCTestCase {
             XCTAssertEqual(r.bytesPerStep("allgather"), Double(2 * 4 * padded), "N=\(np): 2Ψ (padded)")
             XCTAssertEqual(r.bytesPerStep("reduce_scatter"), Double(4 * padded), "N=\(np): Ψ (padded)")
             XCTAssertEqual(r.callsPerStep("allgather"), Double(2 * model.blocks.count))
-            XCTAssertEqual(r.bytesPerStep("allreduce"), 4, "only the loss")
+            XCTAssertEqual(r.bytesPerStep("allreduce"), Double(4 + Self.gradientNormBytes), "only the loss and the gradient norm")
+            XCTAssertEqual(r.callsPerStep("allreduce"), 2)
             // Counting an allreduce as a reduce-scatter plus an allgather: 3Ψ against DP's 2Ψ.
             XCTAssertEqual((r.bytesPerStep("allgather") + r.bytesPerStep("reduce_scatter")) / Double(2 * 4 * padded), 1.5)
             for bytes in r.memoryPerRank {
@@ -119,8 +125,9 @@ final class LedgerTests: XCTestCase {
         for np in [3] {
             let r = try ledger("train_tp", np: np, model.flags)
             let batch = 24
-            XCTAssertEqual(r.bytesPerStep("allreduce"), Double(4 * batch * (Self.vocab + model.seqLen * model.emb)), "N=\(np)")
-            XCTAssertEqual(r.callsPerStep("allreduce"), 2)
+            XCTAssertEqual(r.bytesPerStep("allreduce"), Double(4 * batch * (Self.vocab + model.seqLen * model.emb) + Self.gradientNormBytes),
+                           "N=\(np)")
+            XCTAssertEqual(r.callsPerStep("allreduce"), 3, "the head's output, fc1's input gradient, the gradient norm")
             XCTAssertEqual(r.bytesPerStep("allgather") + r.bytesPerStep("reduce_scatter") + r.bytesPerStep("send"), 0)
         }
     }
@@ -137,6 +144,7 @@ final class LedgerTests: XCTestCase {
             XCTAssertEqual(r.bytesPerStep("recv"), Double(4 * batch * model.seqLen * model.emb), "M=\(micro)")
             XCTAssertEqual(r.callsPerStep("send"), Double(micro))
             XCTAssertEqual(r.bytesPerStep("broadcast"), 4, "the loss, from the last stage")
+            XCTAssertEqual(r.bytesPerStep("allreduce"), Double(Self.gradientNormBytes), "the gradient norm")
         }
     }
 
@@ -155,8 +163,8 @@ final class LedgerTests: XCTestCase {
         XCTAssertEqual(r.bytesPerStep("allgather"), Double(2 * 4 * padded))
         XCTAssertEqual(r.bytesPerStep("reduce_scatter"), Double(4 * padded))
         XCTAssertEqual(r.callsPerStep("allgather"), Double(2 * local.count))
-        XCTAssertEqual(r.bytesPerStep("allreduce"), Double(4 * (batch / d) * (vocab + inputs) + 4))
-        XCTAssertEqual(r.callsPerStep("allreduce"), 3, "the head's output, fc1's input gradient, the loss")
+        XCTAssertEqual(r.bytesPerStep("allreduce"), Double(4 * (batch / d) * (vocab + inputs) + 4 + Self.gradientNormBytes))
+        XCTAssertEqual(r.callsPerStep("allreduce"), 4, "the head's output, fc1's input gradient, the loss, the gradient norm")
         XCTAssertEqual(r.bytesPerStep("send") + r.bytesPerStep("broadcast"), 0, "one stage: no pipeline traffic")
         for bytes in r.memoryPerRank { XCTAssertEqual(bytes["parameters"], 4 * padded / d) }
     }

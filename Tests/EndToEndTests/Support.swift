@@ -115,6 +115,8 @@ enum SmallData {
 /// The records of a `--metrics` file.
 struct Metrics {
     var losses: [Float] = []
+    /// The whole model's gradient norm per step (`grad_norm`), when the run recorded it.
+    var gradientNorms: [Float] = []
     /// The first step recorded (0, or the step a resumed run continued from).
     var firstStep: Int?
     var valLoss: Float?
@@ -129,6 +131,7 @@ struct Metrics {
                 if firstStep == nil { firstStep = step }
                 XCTAssertEqual(step, firstStep! + losses.count, "steps are consecutive")
                 losses.append(Float(loss))
+                if let norm = object["grad_norm"] as? Double { gradientNorms.append(Float(norm)) }
             }
             if let v = object["val_loss"] as? Double { valLoss = Float(v) }
         }

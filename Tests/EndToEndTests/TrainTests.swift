@@ -64,6 +64,8 @@ final class TrainTests: XCTestCase {
             (["--data", good, "--frobnicate", "3"], "Unknown option '--frobnicate'"),
             (["--data", good, "--steps", "many"], "--steps"),
             (["--data", good, "--optimizer", "rmsprop"], "--optimizer"),
+            (["--data", good, "--clip-grad-norm", "0"], "--clip-grad-norm must be a positive finite number"),
+            (["--data", good, "--clip-grad-norm", "nan"], "--clip-grad-norm must be a positive finite number"),
         ]
         // Root can read a chmod-0 file; only check that case when not root.
         let all = getuid() == 0 ? cases : cases + [(["--data", unreadable], "Permission denied")]

@@ -77,6 +77,27 @@ extension Kernels {
         while i < count { x[i] *= s; i += 1 }
     }
 
+    /// Σ x[i]² over `count` floats. Squares are summed in Float lanes over chunks of 1,024 floats
+    /// and the chunks' sums in Double, so the result is good to a few Float ulps at any length
+    /// (a single Float accumulator over millions of floats would drift far more).
+    public static func sumOfSquares(_ x: UnsafePointer<Float>, count: Int) -> Double {
+        var total = 0.0
+        var i = 0
+        while i < count {
+            let end = Swift.min(count, i + 1024)
+            var lanes = Vector()
+            while i + width <= end {
+                let v = load(x + i)
+                lanes.addProduct(v, v)
+                i += width
+            }
+            var chunk = Double(sum(lanes))
+            while i < end { chunk += Double(x[i]) * Double(x[i]); i += 1 }
+            total += chunk
+        }
+        return total
+    }
+
     /// `y[i] += x[i]` over `count` floats.
     @inline(__always)
     public static func add(_ x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>, count: Int) {

@@ -37,12 +37,16 @@ final class MetricsWriter {
         }
     }
 
-    /// `{"step":N,"loss":X}` followed by a newline.
-    func record(step: Int, loss: Float) {
+    /// `{"step":N,"loss":X,"grad_norm":G}` followed by a newline (`grad_norm` when given).
+    func record(step: Int, loss: Float, gradientNorm: Float? = nil) {
         append("{\"step\":")
         append(step.description)
         append(",\"loss\":")
         append(loss.isFinite ? loss.description : "null")
+        if let gradientNorm {
+            append(",\"grad_norm\":")
+            append(gradientNorm.isFinite ? gradientNorm.description : "null")
+        }
         append("}\n")
     }
 

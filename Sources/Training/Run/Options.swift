@@ -72,6 +72,10 @@ public struct TrainingOptions: ParsableArguments, Sendable {
     @Option(help: "Continue from the newest complete checkpoint in this directory (any layout's); --steps stays the total.")
     public var resume: String?
 
+    @Option(name: .customLong("clip-grad-norm"), parsing: .unconditional,
+            help: "Clip the whole model's gradient to this L2 norm before every update (off by default).")
+    public var clipGradNorm: Float?
+
     @Flag(name: .customLong("check-replicas"),
           help: "After training, check that every parameter held by several ranks is bit-identical on all of them (fails the run if not).")
     public var checkReplicas = false
@@ -110,6 +114,9 @@ public struct TrainingOptions: ParsableArguments, Sendable {
         if !eps.isFinite || eps <= 0 { throw UsageError("--eps must be a positive finite number (got \(eps))") }
         if !weightDecay.isFinite || weightDecay < 0 {
             throw UsageError("--weight-decay must be a finite number ≥ 0 (got \(weightDecay))")
+        }
+        if let clip = clipGradNorm, !clip.isFinite || clip <= 0 {
+            throw UsageError("--clip-grad-norm must be a positive finite number (got \(clip))")
         }
         if seqLen * emb > 1 << 24 || hidden > 1 << 24 { throw UsageError("--seq-len × --emb and --hidden must stay below 2^24") }
     }

@@ -22,6 +22,8 @@ struct Trainer<Command: TrainingCommand> {
         var config: ModelConfig { context.config }
         /// The training loop's figures for the final metrics record (`training_seconds`, the ledger).
         var summary = ""
+        /// The whole model's gradient norm, when `--metrics` records it or `--clip-grad-norm` needs it.
+        var gradientNorm: GradientNorm?
     }
 
     /// Returns the process exit status.
@@ -51,6 +53,9 @@ struct Trainer<Command: TrainingCommand> {
             + "\(dataset.train.count) training / \(dataset.validation.count) validation examples from \(options.data)")
         if let line = layout.summary { say(line) }
         var session = Session(context: context, layout: layout, metrics: metrics, seed: options.seed)
+        if options.metrics != nil || options.clipGradNorm != nil {
+            session.gradientNorm = GradientNorm(local: layout.local, world: world, total: plan.parameterCount)
+        }
         if let directory = options.resume {
             guard let resumed = resume(layout, from: directory, config: config) else { return nil }
             (session.start, session.seed) = resumed
@@ -61,7 +66,7 @@ struct Trainer<Command: TrainingCommand> {
     /// The reference loop: forward and backward, update, record; checkpoints every `--save-every`
     /// steps; a progress line every `--log-every`. The communication ledger counts these steps only.
     func train(_ session: inout Session) -> Bool {
-        let layout = session.layout, metrics = session.metrics
+        let layout = session.layout, metrics = session.metrics, gradientNorm = session.gradientNorm
         let sampler = BatchSampler(examples: session.context.dataset.train, batchSize: options.batchSize,
                                    seed: session.seed, stream: .trainingBatches)
         var progress = Progress(options: options)
@@ -75,8 +80,15 @@ struct Trainer<Command: TrainingCommand> {
                 if isLeader { writeError("error: loss became \(loss) at step \(step); stopping (nothing saved)") }
                 return false
             }
+            let norm = gradientNorm?.norm()
+            if let norm, !norm.isFinite {
+                metrics?.flush()
+                if isLeader { writeError("error: gradient norm became \(norm) at step \(step); stopping (nothing saved)") }
+                return false
+            }
+            if let norm, let maxNorm = options.clipGradNorm { gradientNorm?.clip(norm: norm, to: maxNorm) }
             layout.update(step: step + 1)
-            metrics?.record(step: step, loss: loss)
+            metrics?.record(step: step, loss: loss, gradientNorm: norm)
             if options.saveEvery > 0 && (step + 1) % options.saveEvery == 0 {
                 Ledger.isRecording = false
                 defer { Ledger.isRecording = true }
