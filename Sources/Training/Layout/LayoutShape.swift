@@ -53,9 +53,9 @@ public struct LayoutShape: Sendable {
     public var ranks: Int { axes.reduce(1) { $0 * $1.size } }
 
     /// Throws the first reason this layout cannot run `plan` with a global batch of `batchSize`
-    /// on `worldSize` ranks.
-    public func check(worldSize: Int, plan: BlockPlan, batchSize: Int) throws(UsageError) {
-        let tp = size(.tp), dp = size(.dp), pp = size(.pp), m = microBatches ?? 1
+    /// on `worldSize` ranks, each rank's rows in `accumulation` micro-steps (`--accumulate`).
+    public func check(worldSize: Int, plan: BlockPlan, batchSize: Int, accumulation: Int = 1) throws(UsageError) {
+        let tp = size(.tp), dp = size(.dp), pp = size(.pp), m = microBatches ?? 1, k = accumulation
         switch executable {
         case .singleRank where worldSize != 1:
             throw UsageError("train is the single-rank reference: run it with one process (got \(worldSize)); use train_dp or train_fsdp for more")
@@ -78,21 +78,25 @@ public struct LayoutShape: Sendable {
                 throw UsageError("--partition \(text) covers \(partition.reduce(0, +)) blocks but the model has \(plan.count) (embedding, \(plan.config.layers) hidden, head)")
             }
         }
-        if batchSize % (dp * m) != 0 {
+        if batchSize % (dp * m * k) != 0 {
+            let accumulating = k > 1 ? " × --accumulate \(k)" : ""
             switch (executable, microBatches) {
             case (.flags, _):
-                throw UsageError("--batch-size \(batchSize) is not divisible by --dp \(dp) × --micro-batches \(m)")
+                throw UsageError("--batch-size \(batchSize) is not divisible by --dp \(dp) × --micro-batches \(m)\(accumulating)")
             case (_, .some):
-                throw UsageError("--batch-size \(batchSize) is not divisible by --micro-batches \(m)")
+                throw UsageError("--batch-size \(batchSize) is not divisible by --micro-batches \(m)\(accumulating)")
+            case (_, nil) where dp == 1:
+                throw UsageError("--batch-size \(batchSize) is not divisible by --accumulate \(k)")
             default:
-                throw UsageError("--batch-size \(batchSize) is not divisible by the \(dp) data-parallel ranks")
+                throw UsageError("--batch-size \(batchSize) is not divisible by the \(dp) data-parallel ranks\(accumulating)")
             }
         }
     }
 
     /// Checks the shape against `context`, then builds its mesh (collective over the world).
     public func makeMesh(_ context: TrainingContext) throws(UsageError) -> ProcessMesh {
-        try check(worldSize: context.world.size, plan: context.plan, batchSize: context.batchSize)
+        try check(worldSize: context.world.size, plan: context.plan, batchSize: context.batchSize,
+                  accumulation: context.options.accumulate)
         return ProcessMesh(world: context.world, axes: axes.map { ($0.axis, $0.size) })
     }
 }
@@ -105,5 +109,10 @@ extension ProcessMesh {
         let group = self[.dp], rows = batch / group.size
         precondition(rows * group.size == batch)
         return group.rank * rows ..< (group.rank + 1) * rows
+    }
+
+    /// This rank's rows (``dataParallelRows(batch:)``) as `accumulation` micro-steps.
+    public func microSteps(batch: Int, accumulation: Int) -> MicroSteps {
+        MicroSteps(rows: dataParallelRows(batch: batch), count: accumulation)
     }
 }

@@ -12,8 +12,11 @@ import Distributed
 /// has finished the blocks of a bucket, that bucket's allreduce starts (PyTorch DDP's buckets).
 /// The loss is summed separately, after backward: a 4-byte allreduce.
 ///
+/// With `--accumulate K` the rank's rows run as K micro-steps and the hooks are attached for
+/// the last one only: the gradients add up locally and travel once per optimizer step.
+///
 /// **Bytes per step and rank:** allreduces of Ψ floats in all (2·(N−1)/N·4Ψ on the wire with a
-/// ring), plus the 4-byte loss.
+/// ring), plus the 4-byte loss, whatever K.
 public final class DataParallel: TrainingLayout {
     let mesh: ProcessMesh
     /// The data-parallel group (the mesh's `dp` axis: all ranks).
@@ -21,19 +24,18 @@ public final class DataParallel: TrainingLayout {
     let model: Model
     let buckets: GradientBuckets
     public let local: LocalParameters
-    let rows: Range<Int>
+    let steps: MicroSteps
     let globalBatch: Int
 
     public init(_ context: TrainingContext, bucketBytes: Int) throws(UsageError) {
         mesh = try LayoutShape.dataParallel(ranks: context.world.size).makeMesh(context)
-        rows = mesh.dataParallelRows(batch: context.batchSize)
+        steps = mesh.microSteps(batch: context.batchSize, accumulation: context.options.accumulate)
         let plan = context.plan
         dp = mesh[.dp]
         globalBatch = context.batchSize
-        model = Model(config: context.config, batchSize: rows.count, lossScale: 1 / Float(globalBatch))
+        model = Model(config: context.config, batchSize: steps.rowsPerStep, lossScale: 1 / Float(globalBatch))
         model.load(context.initialParameters)
         buckets = GradientBuckets(plan: plan, gradients: model.parameters.grad, bucketBytes: bucketBytes, group: dp)
-        model.chain.hooks = buckets
         // Every rank holds the same full model; when gathering, rank 0's copy is the answer.
         let everything = ParameterMap.contiguous(0, plan.parameterCount)
         local = LocalParameters(map: everything, reported: dp.rank == 0 ? everything : ParameterMap(),
@@ -42,17 +44,25 @@ public final class DataParallel: TrainingLayout {
     }
 
     public func forwardBackward(batch index: Int, from sampler: BatchSampler) -> Float {
-        sampler.fill(index: index, rows: rows, tokens: model.tokens.value, targets: model.targets)
-        let lossSum = model.forward()
-        model.parameters.zeroGradients()
-        model.backward()
+        var lossSum: Float = 0
+        for j in 0..<steps.count {
+            sampler.fill(index: index, rows: steps.rows(j), tokens: model.tokens.value, targets: model.targets)
+            lossSum += model.forward()
+            if j == 0 { model.parameters.zeroGradients() }
+            model.chain.hooks = steps.isLast(j) ? buckets : nil
+            model.backward()
+        }
         buckets.waitForAll()
         return dp.sum(lossSum) / Float(globalBatch)
     }
 
     public func evaluate(batch index: Int, from sampler: BatchSampler) -> Float {
-        sampler.fill(index: index, rows: rows, tokens: model.tokens.value, targets: model.targets)
-        return dp.sum(model.forward()) / Float(globalBatch)
+        var lossSum: Float = 0
+        for j in 0..<steps.count {
+            sampler.fill(index: index, rows: steps.rows(j), tokens: model.tokens.value, targets: model.targets)
+            lossSum += model.forward()
+        }
+        return dp.sum(lossSum) / Float(globalBatch)
     }
 }
 

@@ -6,6 +6,10 @@ import Distributed
 /// its hooks (allgather before each block, reduce-scatter after its backward); each rank trains
 /// on its B/N rows, and the optimizer — SGD, or Adam with its moments — runs over this rank's
 /// shards only. The loss is summed over the group: one 4-byte allreduce.
+///
+/// With `--accumulate K` (``MicroSteps``) each micro-step gathers and reduce-scatters every block
+/// again — ZeRO-3 keeps no full parameters between micro-steps — so its bytes per optimizer step
+/// are K times those of one pass, while each shard's gradient adds up the K reduce-scatters.
 public final class FullyShardedDataParallel: TrainingLayout {
     let mesh: ProcessMesh
     /// The data-parallel group (the mesh's `dp` axis: all ranks).
@@ -13,12 +17,12 @@ public final class FullyShardedDataParallel: TrainingLayout {
     let sharded: ShardedParameters
     let chain: LayerChain
     public let local: LocalParameters
-    let rows: Range<Int>
+    let steps: MicroSteps
     let globalBatch: Int
 
     public init(_ context: TrainingContext) throws(UsageError) {
         mesh = try LayoutShape.dataParallel(ranks: context.world.size).makeMesh(context)
-        rows = mesh.dataParallelRows(batch: context.batchSize)
+        steps = mesh.microSteps(batch: context.batchSize, accumulation: context.options.accumulate)
         dp = mesh[.dp]
         globalBatch = context.batchSize
         let plan = context.plan
@@ -29,22 +33,29 @@ public final class FullyShardedDataParallel: TrainingLayout {
                                         make: block.makeLayer(parameters:))
             },
             group: dp, initialParameters: context.initialParameters)
-        chain = LayerChain(layers: sharded.layers, widths: plan.widths(0..<plan.count), rows: rows.count,
+        chain = LayerChain(layers: sharded.layers, widths: plan.widths(0..<plan.count), rows: steps.rowsPerStep,
                            loss: SoftmaxCrossEntropy(gradientScale: 1 / Float(globalBatch)), hooks: sharded)
         local = LocalParameters(map: sharded.map, values: sharded.shards.value, gradients: sharded.shards.grad,
                                 optimizer: Optimizer(config: context.optimizer, count: sharded.shards.count))
     }
 
     public func forwardBackward(batch index: Int, from sampler: BatchSampler) -> Float {
-        sampler.fill(index: index, rows: rows, tokens: chain.input.value, targets: chain.targets)
-        let lossSum = chain.forward()
-        sharded.shards.zeroGradients()
-        chain.backward()
+        var lossSum: Float = 0
+        for j in 0..<steps.count {
+            sampler.fill(index: index, rows: steps.rows(j), tokens: chain.input.value, targets: chain.targets)
+            lossSum += chain.forward()
+            if j == 0 { sharded.shards.zeroGradients() }
+            chain.backward()
+        }
         return dp.sum(lossSum) / Float(globalBatch)
     }
 
     public func evaluate(batch index: Int, from sampler: BatchSampler) -> Float {
-        sampler.fill(index: index, rows: rows, tokens: chain.input.value, targets: chain.targets)
-        return dp.sum(chain.forward()) / Float(globalBatch)
+        var lossSum: Float = 0
+        for j in 0..<steps.count {
+            sampler.fill(index: index, rows: steps.rows(j), tokens: chain.input.value, targets: chain.targets)
+            lossSum += chain.forward()
+        }
+        return dp.sum(lossSum) / Float(globalBatch)
     }
 }

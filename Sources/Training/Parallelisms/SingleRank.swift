@@ -4,11 +4,14 @@ import Distributed
 /// `train`: the whole model on one rank. The reference every other layout must reproduce.
 public final class SingleRank: TrainingLayout {
     let model: Model
+    let steps: MicroSteps
     public let local: LocalParameters
 
     public init(_ context: TrainingContext) throws(UsageError) {
-        try LayoutShape.singleRank.check(worldSize: context.world.size, plan: context.plan, batchSize: context.batchSize)
-        model = Model(config: context.config, batchSize: context.batchSize)
+        try LayoutShape.singleRank.check(worldSize: context.world.size, plan: context.plan, batchSize: context.batchSize,
+                                         accumulation: context.options.accumulate)
+        steps = MicroSteps(rows: 0..<context.batchSize, count: context.options.accumulate)
+        model = Model(config: context.config, batchSize: steps.rowsPerStep, lossScale: 1 / Float(context.batchSize))
         model.load(context.initialParameters)
         local = LocalParameters(map: .contiguous(0, model.parameters.count), values: model.parameters.value,
                                 gradients: model.parameters.grad,
@@ -16,14 +19,22 @@ public final class SingleRank: TrainingLayout {
     }
 
     public func forwardBackward(batch index: Int, from sampler: BatchSampler) -> Float {
-        let loss = evaluate(batch: index, from: sampler)
-        model.parameters.zeroGradients()
-        model.backward()
-        return loss
+        var lossSum: Float = 0
+        for j in 0..<steps.count {
+            sampler.fill(index: index, rows: steps.rows(j), tokens: model.tokens.value, targets: model.targets)
+            lossSum += model.forward()
+            if j == 0 { model.parameters.zeroGradients() }
+            model.backward()
+        }
+        return lossSum / Float(steps.rows.count)
     }
 
     public func evaluate(batch index: Int, from sampler: BatchSampler) -> Float {
-        sampler.fill(index: index, rows: 0..<model.batchSize, tokens: model.tokens.value, targets: model.targets)
-        return model.forward() / Float(model.batchSize)
+        var lossSum: Float = 0
+        for j in 0..<steps.count {
+            sampler.fill(index: index, rows: steps.rows(j), tokens: model.tokens.value, targets: model.targets)
+            lossSum += model.forward()
+        }
+        return lossSum / Float(steps.rows.count)
     }
 }

@@ -29,6 +29,8 @@ public final class ThreeDimensional: TrainingLayout {
     let stage: PipelineStage
     public let local: LocalParameters
     let globalBatch: Int
+    /// This dp group's rows in `--accumulate` micro-steps (each one a full schedule run).
+    let steps: MicroSteps
     /// Every stage's blocks, and the model they cut.
     let cut: [Range<Int>]
     let modelPlan: BlockPlan
@@ -51,8 +53,9 @@ public final class ThreeDimensional: TrainingLayout {
                                         make: { plan.makeLayer(block, tp: mesh[.tp], parameters: $0) })
             },
             group: mesh[.dp], initialParameters: context.initialParameters)
+        steps = mesh.microSteps(batch: globalBatch, accumulation: context.options.accumulate)
         stage = PipelineStage(layers: sharded.layers, widths: plan.widths, hooks: sharded,
-                              rows: mesh.dataParallelRows(batch: globalBatch),
+                              rows: steps.rows(0),
                               schedule: PipelineSchedule(pipeline.schedule, stage: mesh[.pp].rank, stages: pp,
                                                          microBatches: pipeline.microBatches),
                               pp: mesh[.pp], seqLen: context.config.seqLen, lossScale: 1 / Float(globalBatch))
@@ -62,7 +65,12 @@ public final class ThreeDimensional: TrainingLayout {
 
     public func forwardBackward(batch index: Int, from sampler: BatchSampler) -> Float {
         sharded.shards.zeroGradients()
-        return dp.sum(stage.trainingStep(batch: index, from: sampler)) / Float(globalBatch)
+        var lossSum: Float = 0
+        for j in 0..<steps.count {
+            stage.rows = steps.rows(j)
+            lossSum += stage.trainingStep(batch: index, from: sampler)
+        }
+        return dp.sum(lossSum) / Float(globalBatch)
     }
 
     public func trainingFinished() -> String? { stage.waitingReport(world: mesh.world) }
@@ -70,6 +78,11 @@ public final class ThreeDimensional: TrainingLayout {
     public var summary: String? { PipelinePartition.describe(modelPlan, cut) }
 
     public func evaluate(batch index: Int, from sampler: BatchSampler) -> Float {
-        dp.sum(stage.evaluate(batch: index, from: sampler)) / Float(globalBatch)
+        var lossSum: Float = 0
+        for j in 0..<steps.count {
+            stage.rows = steps.rows(j)
+            lossSum += stage.evaluate(batch: index, from: sampler)
+        }
+        return dp.sum(lossSum) / Float(globalBatch)
     }
 }

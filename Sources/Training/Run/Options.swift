@@ -72,6 +72,10 @@ public struct TrainingOptions: ParsableArguments, Sendable {
     @Option(help: "Continue from the newest complete checkpoint in this directory (any layout's); --steps stays the total.")
     public var resume: String?
 
+    @Option(parsing: .unconditional,
+            help: "Gradient accumulation: run each rank's rows of the global batch as this many micro-steps per optimizer step.")
+    public var accumulate: Int = 1
+
     @Option(name: .customLong("clip-grad-norm"), parsing: .unconditional,
             help: "Clip the whole model's gradient to this L2 norm before every update (off by default).")
     public var clipGradNorm: Float?
@@ -102,6 +106,7 @@ public struct TrainingOptions: ParsableArguments, Sendable {
         try positive(layers, "layers")
         try positive(valBatches, "val-batches")
         try positive(logEvery, "log-every")
+        try positive(accumulate, "accumulate")
         if saveEvery < 0 { throw UsageError("--save-every must not be negative (got \(saveEvery))") }
         if saveEvery > 0 && checkpointDir == nil { throw UsageError("--save-every needs --checkpoint-dir") }
         if samples < 0 { throw UsageError("--samples must not be negative (got \(samples))") }

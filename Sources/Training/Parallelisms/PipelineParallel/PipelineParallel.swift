@@ -7,7 +7,8 @@ import Distributed
 /// ``PipelineStage`` with the chosen ``PipelineScheduleKind`` and `M` micro-batches.
 ///
 /// Gradients accumulate over the micro-batches (each is scaled by `1/B` already, so the sum is
-/// exactly the full-batch gradient), and each rank updates only its own blocks.
+/// exactly the full-batch gradient), and each rank updates only its own blocks. With
+/// `--accumulate K` the schedule runs K times per step, each over B/K rows in M micro-batches.
 public final class PipelineParallel: TrainingLayout {
     public let stage: PipelineStage
     let mesh: ProcessMesh
@@ -15,6 +16,7 @@ public final class PipelineParallel: TrainingLayout {
     /// Every stage's blocks.
     let cut: [Range<Int>]
     let plan: BlockPlan
+    let steps: MicroSteps
     public let local: LocalParameters
 
     /// - Parameter pipeline: `M ≥ 1` micro-batches dividing the global batch, the schedule (GPipe
@@ -33,9 +35,10 @@ public final class PipelineParallel: TrainingLayout {
         self.parameters = parameters
         let map = ParameterMap.contiguous(first, count)
         map.extract(from: context.initialParameters, into: parameters.value)
+        steps = MicroSteps(rows: 0..<context.batchSize, count: context.options.accumulate)
         stage = PipelineStage(
             layers: blocks.map { $0.makeLayer(parameters: parameters.view(offset: $0.parameterOffset - first, count: $0.parameterCount)) },
-            widths: plan.widths(blocks.indices), rows: 0..<context.batchSize,
+            widths: plan.widths(blocks.indices), rows: steps.rows(0),
             schedule: PipelineSchedule(pipeline.schedule, stage: pp.rank, stages: n, microBatches: microBatches),
             pp: pp, seqLen: context.config.seqLen, lossScale: 1 / Float(context.batchSize))
         local = LocalParameters(map: map, values: parameters.value, gradients: parameters.grad,
@@ -44,7 +47,12 @@ public final class PipelineParallel: TrainingLayout {
 
     public func forwardBackward(batch index: Int, from sampler: BatchSampler) -> Float {
         parameters.zeroGradients()
-        return stage.trainingStep(batch: index, from: sampler) / Float(stage.rows.count)
+        var lossSum: Float = 0
+        for j in 0..<steps.count {
+            stage.rows = steps.rows(j)
+            lossSum += stage.trainingStep(batch: index, from: sampler)
+        }
+        return lossSum / Float(steps.rows.count)
     }
 
     public func trainingFinished() -> String? { stage.waitingReport(world: mesh.world) }
@@ -52,6 +60,11 @@ public final class PipelineParallel: TrainingLayout {
     public var summary: String? { PipelinePartition.describe(plan, cut) }
 
     public func evaluate(batch index: Int, from sampler: BatchSampler) -> Float {
-        stage.evaluate(batch: index, from: sampler) / Float(stage.rows.count)
+        var lossSum: Float = 0
+        for j in 0..<steps.count {
+            stage.rows = steps.rows(j)
+            lossSum += stage.evaluate(batch: index, from: sampler)
+        }
+        return lossSum / Float(steps.rows.count)
     }
 }

@@ -25,8 +25,11 @@ import Distributed
 public final class PipelineStage {
     public let layers: [Layer]
     public let widths: [Int]
-    /// The rows of the global batch this pipeline processes.
-    public let rows: Range<Int>
+    /// The rows of the global batch the next schedule run processes. With `--accumulate` the
+    /// layout moves it to each micro-step's rows in turn; its size never changes.
+    public var rows: Range<Int> {
+        didSet { precondition(rows.count == oldValue.count, "a pipeline's row count is fixed") }
+    }
     public let schedule: PipelineSchedule
     /// Rows per micro-batch.
     public let microRows: Int

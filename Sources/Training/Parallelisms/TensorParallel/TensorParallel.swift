@@ -18,6 +18,8 @@ public final class TensorParallel: TrainingLayout {
     let mesh: ProcessMesh
     let parameters: ParameterBuffer
     let chain: LayerChain
+    /// All B rows, in `--accumulate` micro-steps (each allreduces its own activations).
+    let steps: MicroSteps
     public let local: LocalParameters
 
     public init(_ context: TrainingContext) throws(UsageError) {
@@ -26,21 +28,30 @@ public final class TensorParallel: TrainingLayout {
         plan = try TensorParallelPlan(context.plan, blocks: 0..<context.plan.count, tpSize: tp.size, tpRank: tp.rank)
         parameters = ParameterBuffer(count: plan.parameterCount)
         plan.map.extract(from: context.initialParameters, into: parameters.value)
+        steps = MicroSteps(rows: 0..<context.batchSize, count: context.options.accumulate)
         chain = LayerChain(layers: plan.makeLayers(tp: tp, buffer: parameters), widths: plan.widths,
-                           rows: context.batchSize, loss: SoftmaxCrossEntropy(gradientScale: 1 / Float(context.batchSize)))
+                           rows: steps.rowsPerStep, loss: SoftmaxCrossEntropy(gradientScale: 1 / Float(context.batchSize)))
         local = LocalParameters(map: plan.map, values: parameters.value, gradients: parameters.grad,
                                 optimizer: Optimizer(config: context.optimizer, count: parameters.count))
     }
 
     public func forwardBackward(batch index: Int, from sampler: BatchSampler) -> Float {
-        let loss = evaluate(batch: index, from: sampler)
-        parameters.zeroGradients()
-        chain.backward()
-        return loss
+        var lossSum: Float = 0
+        for j in 0..<steps.count {
+            sampler.fill(index: index, rows: steps.rows(j), tokens: chain.input.value, targets: chain.targets)
+            lossSum += chain.forward()
+            if j == 0 { parameters.zeroGradients() }
+            chain.backward()
+        }
+        return lossSum / Float(steps.rows.count)
     }
 
     public func evaluate(batch index: Int, from sampler: BatchSampler) -> Float {
-        sampler.fill(index: index, rows: 0..<chain.rows, tokens: chain.input.value, targets: chain.targets)
-        return chain.forward() / Float(chain.rows)
+        var lossSum: Float = 0
+        for j in 0..<steps.count {
+            sampler.fill(index: index, rows: steps.rows(j), tokens: chain.input.value, targets: chain.targets)
+            lossSum += chain.forward()
+        }
+        return lossSum / Float(steps.rows.count)
     }
 }
