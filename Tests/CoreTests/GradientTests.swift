@@ -133,4 +133,35 @@ final class GradientTests: XCTestCase {
 
     func testModelGradientsOneLayer() { checkModel(layers: 1) }
     func testModelGradientsThreeLayers() { checkModel(layers: 3) }
+
+    /// A split backward (input pass, then weight pass) adds exactly what one backward adds, bit
+    /// for bit: the same products, only in another order of calls.
+    func testSplitBackwardEqualsBackward() {
+        for (inputs, outputs, rows, relu) in [(7, 5, 3, true), (16, 33, 17, false), (1, 27, 40, true)] {
+            var f = Fixture(UInt64(inputs * 7 + outputs))
+            let count = Linear.parameterCount(inputs: inputs, outputs: outputs)
+            let whole = ParameterBuffer(count: count), split = ParameterBuffer(count: count)
+            let p = f.floats(count, 0.5), g = f.floats(count, 0.1)
+            for i in 0..<count { whole.value[i] = p[i]; split.value[i] = p[i]; whole.grad[i] = g[i]; split.grad[i] = g[i] }
+            let a = Linear(inputs: inputs, outputs: outputs, relu: relu, parameters: whole.view(offset: 0, count: count))
+            let b = Linear(inputs: inputs, outputs: outputs, relu: relu, parameters: split.view(offset: 0, count: count))
+            XCTAssertTrue(b.splitsBackward)
+            let x = Activation(rows: rows, cols: inputs), ya = Activation(rows: rows, cols: outputs), yb = Activation(rows: rows, cols: outputs)
+            let xs = f.floats(rows * inputs), dy = f.floats(rows * outputs)
+            for i in 0..<xs.count { x.value[i] = xs[i] }
+            a.forward(x, ya)
+            b.forward(x, yb)
+            for i in 0..<dy.count { ya.grad[i] = dy[i]; yb.grad[i] = dy[i] }
+            a.backward(x, ya)
+            let dxWhole = Array(UnsafeBufferPointer(start: x.grad, count: rows * inputs))
+            for i in 0..<rows * inputs { x.grad[i] = .nan }
+            b.backwardInput(x, yb)
+            let dxSplit = Array(UnsafeBufferPointer(start: x.grad, count: rows * inputs))
+            XCTAssertEqual(Array(UnsafeBufferPointer(start: split.grad, count: count)), g, "the input pass leaves parameter gradients alone")
+            b.backwardWeights(x, yb)
+            XCTAssertEqual(dxSplit, dxWhole, "input gradient \(inputs)×\(outputs)")
+            XCTAssertEqual(Array(UnsafeBufferPointer(start: split.grad, count: count)),
+                           Array(UnsafeBufferPointer(start: whole.grad, count: count)), "parameter gradients \(inputs)×\(outputs)")
+        }
+    }
 }

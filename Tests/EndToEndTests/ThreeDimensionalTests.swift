@@ -17,6 +17,9 @@ final class ThreeDimensionalTests: XCTestCase {
     func testDataAndPipeline123() throws { try check(tp: 1, dp: 2, pp: 3) }
     func testTensorAndData221() throws { try check(tp: 2, dp: 2, pp: 1) }
     func testAllThree223() throws { try check(tp: 2, dp: 2, pp: 3) }
+    /// Zero bubble with FSDP's hooks (the weight pass re-zeroes and reduce-scatters its block
+    /// after other blocks used the gather buffer) and tensor-parallel layers (which do not split).
+    func testZeroBubble222() throws { try check(tp: 2, dp: 2, pp: 2, micro: 4, schedule: "zb1p", ["--layers", "2"], steps: 100) }
     func testTwoLayers212OneForwardOneBackward() throws { try check(tp: 2, dp: 1, pp: 2, micro: 4, ["--layers", "2"]) }
     func testAdamAllThree222() throws {
         try check(tp: 2, dp: 2, pp: 2, micro: 2, ["--layers", "2", "--optimizer", "adam", "--lr", "0.003"], steps: 150)

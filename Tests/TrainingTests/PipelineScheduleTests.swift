@@ -31,9 +31,14 @@ final class PipelineScheduleTests: XCTestCase {
                 switch a.direction {
                 case .forward:
                     ready = s == 0 || (finish[s - 1][a].map { $0 < time } ?? false)
-                case .backward:
+                case .backward, .inputGradient:
+                    // The gradient comes from the next stage's backward or input pass of the micro-batch.
                     let own = finish[s][.forward(a.microBatch)].map { $0 < time } ?? false
-                    ready = own && (s == n - 1 || (finish[s + 1][a].map { $0 < time } ?? false))
+                    let next = s == n - 1 || [PipelineAction.backward(a.microBatch), .inputGradient(a.microBatch)]
+                        .contains { finish[s + 1][$0].map { $0 < time } ?? false }
+                    ready = own && next
+                case .weightGradient:
+                    ready = finish[s][.inputGradient(a.microBatch)].map { $0 < time } ?? false
                 }
                 if ready { done.append((s, a)); ran = true }
             }
@@ -41,7 +46,8 @@ final class PipelineScheduleTests: XCTestCase {
                 finish[s][a] = time
                 position[s] += 1
                 busy += 1
-                inFlight[s] += a.direction == .forward ? 1 : -1
+                if a.direction == .forward { inFlight[s] += 1 }
+                if a.direction == .backward || a.direction == .weightGradient { inFlight[s] -= 1 }
                 maxInFlight[s] = max(maxInFlight[s], inFlight[s])
             }
             if !ran {
@@ -54,42 +60,70 @@ final class PipelineScheduleTests: XCTestCase {
 
     func testEveryMicroBatchRunsOnceInDependencyOrder() {
         for kind in PipelineScheduleKind.allCases {
+            let split = kind == .zeroBubble
+            // What one micro-batch runs on a stage: forward then backward, or forward, input and weight passes.
+            let passes: (Int) -> [PipelineAction] = { mb in split ? [.forward(mb), .inputGradient(mb), .weightGradient(mb)] : [.forward(mb), .backward(mb)] }
+            let gradient: (Int) -> PipelineAction = { mb in split ? .inputGradient(mb) : .backward(mb) }
             for n in 1...6 {
                 for m in [1, 2, 3, 4, 5, 8, 13] {
                     let label = "\(kind.rawValue) N \(n) M \(m)"
                     let schedules = (0..<n).map { PipelineSchedule(kind, stage: $0, stages: n, microBatches: m) }
                     for s in schedules {
-                        // Exactly once each, and a backward only after its own forward.
-                        XCTAssertEqual(s.actions.count, 2 * m, label)
-                        XCTAssertEqual(Set(s.actions), Set((0..<m).flatMap { [PipelineAction.forward($0), .backward($0)] }), label)
+                        // Exactly once each, and each pass of a micro-batch after the one before it.
+                        XCTAssertEqual(s.actions.count, passes(0).count * m, label)
+                        XCTAssertEqual(Set(s.actions), Set((0..<m).flatMap(passes)), label)
                         for mb in 0..<m {
-                            XCTAssertLessThan(s.actions.firstIndex(of: .forward(mb))!, s.actions.firstIndex(of: .backward(mb))!, label)
+                            let order = passes(mb).map { s.actions.firstIndex(of: $0)! }
+                            XCTAssertEqual(order, order.sorted(), label)
                         }
                         // Ascending micro-batches in each direction (messages arrive in order; slot m % slots).
-                        XCTAssertEqual(s.actions.filter { $0.direction == .forward }.map(\.microBatch), Array(0..<m), label)
-                        XCTAssertEqual(s.actions.filter { $0.direction == .backward }.map(\.microBatch), Array(0..<m), label)
+                        for direction in Set(passes(0).map(\.direction)) {
+                            XCTAssertEqual(s.actions.filter { $0.direction == direction }.map(\.microBatch), Array(0..<m), label)
+                        }
                     }
                     guard let sim = simulate(schedules) else { continue }
                     for s in 0..<n {
                         for mb in 0..<m {
                             if s > 0 { XCTAssertGreaterThan(sim.finish[s][.forward(mb)]!, sim.finish[s - 1][.forward(mb)]!, label) }
-                            if s < n - 1 { XCTAssertGreaterThan(sim.finish[s][.backward(mb)]!, sim.finish[s + 1][.backward(mb)]!, label) }
+                            if s < n - 1 { XCTAssertGreaterThan(sim.finish[s][gradient(mb)]!, sim.finish[s + 1][gradient(mb)]!, label) }
                         }
-                        // The preallocated slots are enough; 1F1B holds at most N − s ≤ N micro-batches.
-                        XCTAssertLessThanOrEqual(sim.maxInFlight[s], schedules[s].slots, "\(label) stage \(s)")
-                        if kind == .oneForwardOneBackward {
-                            XCTAssertLessThanOrEqual(sim.maxInFlight[s], min(m, n - s), "\(label) stage \(s)")
-                        } else {
-                            XCTAssertEqual(sim.maxInFlight[s], m, "\(label) stage \(s)")
+                        // The preallocated slots are exactly enough; 1F1B holds at most N − s ≤ N micro-batches, ZB-H1 N.
+                        XCTAssertEqual(sim.maxInFlight[s], schedules[s].slots, "\(label) stage \(s)")
+                        switch kind {
+                        case .gpipe: XCTAssertEqual(sim.maxInFlight[s], m, "\(label) stage \(s)")
+                        case .oneForwardOneBackward: XCTAssertLessThanOrEqual(sim.maxInFlight[s], min(m, n - s), "\(label) stage \(s)")
+                        case .zeroBubble: XCTAssertLessThanOrEqual(sim.maxInFlight[s], min(m, n), "\(label) stage \(s)")
                         }
                     }
-                    // Unit-time actions: 2(M + N − 1) steps, so each stage idles (N − 1)/(M + N − 1).
-                    XCTAssertEqual(sim.makespan, 2 * (m + n - 1), label)
+                    // Unit-time actions: GPipe and 1F1B take 2(M + N − 1) steps, so each stage idles
+                    // (N − 1)/(M + N − 1). ZB-H1 (F, I and W one unit each) takes 3M + N − 1 once M ≥ N,
+                    // idling (N − 1)/(3M + N − 1); with fewer micro-batches than stages the tail has too
+                    // few weight passes to fill it, and it still never takes longer than 1F1B with a
+                    // two-unit backward, 3(M + N − 1).
+                    if split && m < n {
+                        XCTAssertLessThanOrEqual(sim.makespan, 3 * (m + n - 1), label)
+                        continue
+                    }
+                    XCTAssertEqual(sim.makespan, split ? 3 * m + n - 1 : 2 * (m + n - 1), label)
                     let idle = 1 - Double(sim.busy) / Double(n * sim.makespan)
                     XCTAssertEqual(idle, schedules[0].idealBubble, accuracy: 1e-12, label)
                 }
             }
         }
+    }
+
+    func testZeroBubbleShape() {
+        // Stage 0 of 4 defers nothing (each input pass followed by its weight pass); the last stage
+        // defers three weight passes into the tail, where 1F1B's last stage would sit idle.
+        let first = PipelineSchedule(.zeroBubble, stage: 0, stages: 4, microBatches: 5)
+        XCTAssertEqual(first.actions.map(\.description),
+                       ["F0", "F1", "F2", "F3", "I0", "W0", "F4", "I1", "W1", "I2", "W2", "I3", "W3", "I4", "W4"])
+        let last = PipelineSchedule(.zeroBubble, stage: 3, stages: 4, microBatches: 5)
+        XCTAssertEqual(last.actions.map(\.description),
+                       ["F0", "I0", "F1", "I1", "F2", "I2", "F3", "I3", "W0", "F4", "I4", "W1", "W2", "W3", "W4"])
+        XCTAssertEqual(first.slots, 4)
+        XCTAssertEqual(last.slots, 4)
+        XCTAssertEqual(PipelineScheduleKind(rawValue: "zb1p"), .zeroBubble)
     }
 
     func testOneForwardOneBackwardShape() {

@@ -39,6 +39,11 @@ public final class Embedding: Layer {
         backward(input, output, accumulate: true)
     }
 
+    /// The input is token ids: there is no input gradient, only the table's.
+    public var splitsBackward: Bool { true }
+    public func backwardInput(_ input: Activation, _ output: Activation) {}
+    public func backwardWeights(_ input: Activation, _ output: Activation) { backward(input, output, accumulate: true) }
+
     /// As ``backward(_:_:)``, but with `accumulate: false` the table gradient is overwritten
     /// (as if it had been zeroed first).
     public func backward(_ input: Activation, _ output: Activation, accumulate: Bool) {

@@ -42,11 +42,30 @@ public final class Linear: Layer {
         backward(input, output, accumulate: true)
     }
 
+    public var splitsBackward: Bool { true }
+
+    /// The ReLU mask, then dx = dy · Wᵀ.
+    public func backwardInput(_ input: Activation, _ output: Activation) {
+        if relu { Kernels.maskByPositive(output.grad, output.value, count: input.rows * outputs) }
+        inputGradient(input, output)
+    }
+
+    /// db += Σ_rows dy, dW += xᵀ · dy, with dy already masked by ``backwardInput(_:_:)``.
+    public func backwardWeights(_ input: Activation, _ output: Activation) {
+        weightGradients(input, output, accumulate: true)
+    }
+
     /// As ``backward(_:_:)``, but with `accumulate: false` the parameter gradients are
     /// overwritten (as if they had been zeroed first), which saves zeroing and re-reading them.
     public func backward(_ input: Activation, _ output: Activation, accumulate: Bool) {
+        if relu { Kernels.maskByPositive(output.grad, output.value, count: input.rows * outputs) }
+        weightGradients(input, output, accumulate: accumulate)
+        inputGradient(input, output)
+    }
+
+    @inline(__always)
+    func weightGradients(_ input: Activation, _ output: Activation, accumulate: Bool) {
         let rows = input.rows
-        if relu { Kernels.maskByPositive(output.grad, output.value, count: rows * outputs) }
         if let biasGrad {
             Kernels.columnSums(output.grad, rows: rows, cols: outputs, into: biasGrad, accumulate: accumulate)
         }
@@ -55,8 +74,12 @@ public final class Linear: Layer {
                      a: input.value, rowStride: 1, depthStride: inputs,
                      b: output.grad, ldb: outputs, c: weightGrad, ldc: outputs,
                      epilogue: .init(accumulate: accumulate))
+    }
+
+    @inline(__always)
+    func inputGradient(_ input: Activation, _ output: Activation) {
         // dx = dy · Wᵀ (W transposed on the fly, 16 × 16 at a time, as the kernel packs it)
-        Kernels.gemm(m: rows, n: inputs, k: outputs,
+        Kernels.gemm(m: input.rows, n: inputs, k: outputs,
                      a: output.grad, rowStride: outputs, depthStride: 1,
                      transposedB: weight, ldb: outputs, c: input.grad, ldc: inputs)
     }

@@ -87,7 +87,26 @@ public final class ParameterBuffer {
 /// - `forward(input, output)` reads `input.value` and the parameters, writes `output.value`;
 /// - `backward(input, output)` reads `output.grad` (and the values), **adds** the parameter
 ///   gradients into the parameters' `grad` (so micro-batches accumulate), and writes `input.grad`.
+///
+/// A layer may also split its backward in two, for zero-bubble pipelines: ``backwardInput(_:_:)``
+/// (the input gradient, which the previous stage is waiting for) and ``backwardWeights(_:_:)``
+/// (the parameter gradients, which nobody waits for and can run later), together exactly
+/// ``backward(_:_:)``. The split may leave `output.grad` changed in between (e.g. masked by the
+/// ReLU), so the weight pass must follow its input pass before `output.grad` is written again.
+/// A layer that does not split (``splitsBackward`` false) does everything in `backward`.
 public protocol Layer: AnyObject {
     func forward(_ input: Activation, _ output: Activation)
     func backward(_ input: Activation, _ output: Activation)
+    /// Whether ``backwardInput(_:_:)`` and ``backwardWeights(_:_:)`` are implemented.
+    var splitsBackward: Bool { get }
+    /// The input gradient only: writes `input.grad`, no parameter gradient.
+    func backwardInput(_ input: Activation, _ output: Activation)
+    /// The parameter gradients only (added in), after ``backwardInput(_:_:)``.
+    func backwardWeights(_ input: Activation, _ output: Activation)
+}
+
+extension Layer {
+    public var splitsBackward: Bool { false }
+    public func backwardInput(_ input: Activation, _ output: Activation) { backward(input, output) }
+    public func backwardWeights(_ input: Activation, _ output: Activation) {}
 }

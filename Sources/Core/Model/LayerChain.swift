@@ -10,13 +10,19 @@
 /// last block is done. The reference computation never changes; only what surrounds it.
 public protocol LayerChainHooks: AnyObject {
     func willRunForward(_ block: Int)
+    /// Before a block's backward (or, split, its input pass).
     func willRunBackward(_ block: Int)
+    /// Before a split block's weight pass (``LayerChain/backwardWeights()``), which may come
+    /// after other blocks' backwards.
+    func willRunWeightPass(_ block: Int)
+    /// After a block's parameter gradients are complete: its backward, or its weight pass.
     func didRunBackward(_ block: Int)
 }
 
 extension LayerChainHooks {
     public func willRunForward(_ block: Int) {}
     public func willRunBackward(_ block: Int) {}
+    public func willRunWeightPass(_ block: Int) {}
     public func didRunBackward(_ block: Int) {}
 }
 
@@ -82,6 +88,33 @@ public final class LayerChain {
         for i in stride(from: layers.count - 1, through: 0, by: -1) {
             hooks?.willRunBackward(i)
             layers[i].backward(activations[i], activations[i + 1])
+            hooks?.didRunBackward(i)
+        }
+    }
+
+    /// The first half of a split backward: the loss's and every layer's input gradient, so that
+    /// `input.grad` is ready as early as possible. Layers that do not split run their whole
+    /// backward here (hooks as in ``backward()``).
+    public func backwardInput() {
+        loss?.backward(output, targets)
+        for i in stride(from: layers.count - 1, through: 0, by: -1) {
+            hooks?.willRunBackward(i)
+            if layers[i].splitsBackward {
+                layers[i].backwardInput(activations[i], activations[i + 1])
+            } else {
+                layers[i].backward(activations[i], activations[i + 1])
+                hooks?.didRunBackward(i)
+            }
+        }
+    }
+
+    /// The second half: the parameter gradients of the layers that split, from the output
+    /// gradients ``backwardInput()`` left. Together the two halves add exactly what
+    /// ``backward()`` adds, in the same order per parameter.
+    public func backwardWeights() {
+        for i in stride(from: layers.count - 1, through: 0, by: -1) where layers[i].splitsBackward {
+            hooks?.willRunWeightPass(i)
+            layers[i].backwardWeights(activations[i], activations[i + 1])
             hooks?.didRunBackward(i)
         }
     }

@@ -13,6 +13,7 @@ import Distributed
 ///
 ///     willRunForward(i):   allgather the shards of block i → full W, b in the gather buffer
 ///     willRunBackward(i):  allgather again; zero the full gradients
+///     willRunWeightPass(i): (split backward only) zero the full gradients again
 ///     didRunBackward(i):   reduce-scatter the full gradients → this rank's shard of Σ_ranks ∇;
 ///                          add it into the shard's gradients (micro-batches accumulate)
 ///
@@ -80,6 +81,12 @@ public final class ShardedParameters: LayerChainHooks {
 
     public func willRunBackward(_ block: Int) {
         gather(block)
+        Kernels.zero(buffer.full.grad, count: shardViews[block].count * group.size)
+    }
+
+    /// A split backward (zero-bubble pipelines) computes the parameter gradients later, after
+    /// other blocks have used the gather buffer: start them from zero again.
+    public func willRunWeightPass(_ block: Int) {
         Kernels.zero(buffer.full.grad, count: shardViews[block].count * group.size)
     }
 

@@ -146,7 +146,7 @@ public struct PipelineOptions: ParsableArguments, Sendable {
             help: "Micro-batches per step; each data-parallel rank's rows must divide evenly into them.")
     public var microBatches: Int = 1
 
-    @Option(help: "Pipeline schedule: gpipe (all forwards, then all backwards) or 1f1b (one forward, one backward).")
+    @Option(help: "Pipeline schedule: gpipe (all forwards, then all backwards), 1f1b (one forward, one backward) or zb1p (zero bubble ZB-H1: 1f1b with weight gradients deferred into the bubble).")
     public var schedule: PipelineScheduleKind = .oneForwardOneBackward
 
     @Option(name: .customLong("partition"),

@@ -78,18 +78,47 @@ public enum PipelineScheduleKind: String, CaseIterable, Sendable {
     /// alternate one forward and one backward, then the remaining backwards. The same bubble as
     /// GPipe, but stage `s` never holds more than `N − s` micro-batches.
     case oneForwardOneBackward = "1f1b"
+    /// Zero bubble, ZB-H1 (Qi et al., 2023): 1F1B with every backward split into the input pass
+    /// (the gradient the previous stage waits for) and the weight pass (which nobody waits for).
+    /// Stage `s` defers `s` weight passes and runs them in the tail, where 1F1B's stage `s` sits
+    /// idle waiting for the last backwards to come back: for equal F, B and W times the idle time
+    /// drops to a third of 1F1B's. Every stage holds up to `min(M, N)` micro-batches (a deferred
+    /// weight pass needs its micro-batch's activations).
+    case zeroBubble = "zb1p"
 }
 
-/// One unit of work on a stage: the forward or the backward of one micro-batch.
+/// One unit of work on a stage: the forward or the backward of one micro-batch, or one half of
+/// a split backward.
 public struct PipelineAction: Equatable, Hashable, Sendable, CustomStringConvertible {
-    public enum Direction: Sendable { case forward, backward }
+    public enum Direction: Sendable {
+        case forward, backward
+        /// The input-gradient half of a split backward: receives the output gradient and sends the
+        /// input gradient, like a backward.
+        case inputGradient
+        /// The weight-gradient half: local, after the same micro-batch's input half.
+        case weightGradient
+    }
     public var direction: Direction
     public var microBatch: Int
 
     public static func forward(_ m: Int) -> PipelineAction { PipelineAction(direction: .forward, microBatch: m) }
     public static func backward(_ m: Int) -> PipelineAction { PipelineAction(direction: .backward, microBatch: m) }
+    public static func inputGradient(_ m: Int) -> PipelineAction { PipelineAction(direction: .inputGradient, microBatch: m) }
+    public static func weightGradient(_ m: Int) -> PipelineAction { PipelineAction(direction: .weightGradient, microBatch: m) }
 
-    public var description: String { "\(direction == .forward ? "F" : "B")\(microBatch)" }
+    /// `F3`, `B3`; split: `I3` (input gradient), `W3` (weights).
+    public var description: String {
+        let letter = switch direction {
+        case .forward: "F"
+        case .backward: "B"
+        case .inputGradient: "I"
+        case .weightGradient: "W"
+        }
+        return "\(letter)\(microBatch)"
+    }
+
+    /// Whether the action ends the micro-batch's use of its activations on this stage.
+    var releasesSlot: Bool { direction == .backward || direction == .weightGradient }
 }
 
 /// The list of actions a stage runs in one training step, and how many micro-batches it must
@@ -101,8 +130,10 @@ public struct PipelineAction: Equatable, Hashable, Sendable, CustomStringConvert
 /// ascending order in each direction, so messages between two neighbours arrive in the order
 /// they are received and a micro-batch `m` can live in buffer slot `m % slots`.
 ///
-/// With equal stage times `t_f`, `t_b`, both schedules take `(M + N − 1)(t_f + t_b)`, of which
-/// each stage is idle `(N − 1)(t_f + t_b)`: the bubble fraction `(N − 1)/(M + N − 1)`.
+/// With equal stage times `t_f`, `t_b`, GPipe and 1F1B take `(M + N − 1)(t_f + t_b)`, of which
+/// each stage is idle `(N − 1)(t_f + t_b)`: the bubble fraction `(N − 1)/(M + N − 1)`. ZB-H1 with
+/// the backward split into input and weight passes of `t_b = t_w = t_f` each is idle
+/// `(N − 1) · t_f` of `3M·t_f + (N − 1)·t_f` once `M ≥ N`: the fraction `(N − 1)/(3M + N − 1)`.
 public struct PipelineSchedule: Sendable {
     public let kind: PipelineScheduleKind
     public let stage: Int
@@ -135,20 +166,56 @@ public struct PipelineSchedule: Sendable {
                 actions.append(.backward(i))
             }
             actions += ((m - warmUp)..<m).map { .backward($0) }
+        case .zeroBubble:
+            actions = Self.zeroBubbleActions(stage: stage, stages: stages, microBatches: m)
         }
         self.actions = actions
         forwardOnly = (0..<m).map { .forward($0) }
-    }
-
-    /// Micro-batches a stage holds at once (forwarded, not yet backwarded): the number of
-    /// activation buffers to preallocate. GPipe: `M`; 1F1B: `min(M, N − s)`.
-    public var slots: Int {
-        switch kind {
-        case .gpipe: return microBatches
-        case .oneForwardOneBackward: return Swift.min(microBatches, stages - stage)
+        // Forwards and slot releases both run in ascending micro-batch order, so the micro-batches
+        // in flight are always consecutive and `m % slots` never hands out a slot still in use.
+        var inFlight = 0, most = 0
+        for action in actions {
+            if action.direction == .forward { inFlight += 1; most = Swift.max(most, inFlight) }
+            if action.releasesSlot { inFlight -= 1 }
         }
+        slots = most
     }
 
-    /// The ideal idle fraction `(N − 1)/(M + N − 1)` for equal stage times and free messages.
-    public var idealBubble: Double { Double(stages - 1) / Double(microBatches + stages - 1) }
+    /// ZB-H1 on stage `s`: 1F1B's warm-up of `N − s − 1` forwards; then one forward and one input
+    /// pass at a time, where the weight pass of the oldest micro-batch follows once `s` of them are
+    /// waiting; then the remaining input passes, each with one weight pass; then the last `s`
+    /// weight passes, in the tail where 1F1B would sit idle.
+    static func zeroBubbleActions(stage: Int, stages: Int, microBatches m: Int) -> [PipelineAction] {
+        var actions: [PipelineAction] = []
+        let warmUp = Swift.min(stages - stage - 1, m), deferred = stage
+        var nextWeights = 0
+        func inputPass(_ b: Int) {
+            actions.append(.inputGradient(b))
+            if b + 1 - nextWeights > deferred { actions.append(.weightGradient(nextWeights)); nextWeights += 1 }
+        }
+        actions += (0..<warmUp).map { .forward($0) }
+        for i in 0..<(m - warmUp) {
+            actions.append(.forward(warmUp + i))
+            inputPass(i)
+        }
+        for b in (m - warmUp)..<m { inputPass(b) }
+        actions += (nextWeights..<m).map { .weightGradient($0) }
+        return actions
+    }
+
+    /// Micro-batches a stage holds at once (forwarded, their activations still needed): the
+    /// number of activation buffers to preallocate. GPipe: `M`; 1F1B: `min(M, N − s)`; ZB-H1:
+    /// `min(M, N)`.
+    public let slots: Int
+
+    /// The ideal idle fraction for equal stage times and free messages: `(N − 1)/(M + N − 1)`,
+    /// and `(N − 1)/(3M + N − 1)` for ZB-H1 (backward = input + weight pass, each as long as F;
+    /// `M ≥ N`, below which the tail has too few weight passes to fill it).
+    public var idealBubble: Double {
+        let n = Double(stages - 1), m = Double(microBatches)
+        return kind == .zeroBubble ? n / (3 * m + n) : n / (m + n)
+    }
+
+    /// The bubble formula, as the end-of-run report prints it.
+    public var idealBubbleFormula: String { kind == .zeroBubble ? "(N−1)/(3M+N−1)" : "(N−1)/(M+N−1)" }
 }

@@ -21,7 +21,8 @@ import Distributed
 /// last stage broadcasts the summed loss over the pipeline (4 bytes).
 ///
 /// **Memory.** One set of activations (`b × Σ widths` floats, values and gradients) per slot:
-/// `M` slots for GPipe, `min(M, N − s)` for 1F1B. Everything is allocated in `init`.
+/// `M` slots for GPipe, `min(M, N − s)` for 1F1B, `min(M, N)` for ZB-H1. Everything is allocated
+/// in `init`.
 public final class PipelineStage {
     public let layers: [Layer]
     public let widths: [Int]
@@ -116,6 +117,8 @@ public final class PipelineStage {
             switch action.direction {
             case .forward: total += forward(action.microBatch)
             case .backward: backward(action.microBatch)
+            case .inputGradient: backward(action.microBatch, split: true)
+            case .weightGradient: chains[action.microBatch % chains.count].backwardWeights()
             }
         }
         let start = MPI.time()
@@ -129,7 +132,7 @@ public final class PipelineStage {
     }
 
     /// Collective over `world`: each rank's share of training-step time spent waiting on a pipeline
-    /// neighbour, by world rank, next to the ideal bubble `(N−1)/(M+N−1)`; the text on world rank 0.
+    /// neighbour, by world rank, next to the schedule's ideal bubble; the text on world rank 0.
     public func waitingReport(world: Communicator) -> String? {
         var mine = [waitingSeconds, stepSeconds]
         var all = [Double](repeating: 0, count: 2 * world.size)
@@ -138,7 +141,7 @@ public final class PipelineStage {
         let shares = (0..<world.size).map { format(Float(100 * all[2 * $0] / Swift.max(all[2 * $0 + 1], 1e-12)), 1) + "%" }
         return "pipeline: \(schedule.stages) stages, \(schedule.kind.rawValue), \(schedule.microBatches) micro-batches; "
             + "waiting on neighbours \(shares.joined(separator: " / ")) of step time by rank "
-            + "(ideal bubble (N−1)/(M+N−1) = \(format(Float(100 * schedule.idealBubble), 1))%)"
+            + "(ideal bubble \(schedule.idealBubbleFormula) = \(format(Float(100 * schedule.idealBubble), 1))%)"
     }
 
     /// Runs micro-batch `m` forward; on the last stage returns its summed loss (else 0).
@@ -163,14 +166,15 @@ public final class PipelineStage {
         return loss
     }
 
-    /// Runs micro-batch `m` backward (its forward ran earlier in the same slot).
-    func backward(_ m: Int) {
+    /// Runs micro-batch `m` backward (its forward ran earlier in the same slot); `split`: only
+    /// the input-gradient half (``LayerChain/backwardInput()``), the weight half comes later.
+    func backward(_ m: Int, split: Bool = false) {
         let slot = m % chains.count, chain = chains[slot]
         let start = MPI.time()
         backwardSends[slot].wait()  // the slot's last input gradient may still be on its way
         if let next { pp.receive(chain.output.grad, count: chain.output.count, from: next, tag: .pipelineGradient) }
         waitingSeconds += MPI.time() - start
-        chain.backward()
+        if split { chain.backwardInput() } else { chain.backward() }
         if let previous {
             backwardSends[slot] = pp.startSend(chain.input.grad, count: chain.input.count, to: previous, tag: .pipelineGradient)
         }
