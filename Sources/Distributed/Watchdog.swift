@@ -19,9 +19,9 @@ import Darwin
 /// `MPI_Finalize` — is bracketed by ``begin(_:)`` and ``end()``: one 64-bit release store of a
 /// packed record before the call (operation, communicator, peer, and a serial number that makes
 /// every call's record distinct) and one store of zero after it. The training loop adds one
-/// relaxed store of the step number per step (``step``); the ``phase`` names the parts of the
-/// run that are not steps (setup, checkpoint save, validation, shutdown). That is the whole
-/// cost: two or three stores per MPI call, against the microseconds the call itself takes.
+/// store of the step number per step (``step``); the ``phase`` names the parts of the run that
+/// are not steps (setup, checkpoint save, validation, shutdown). That is the whole cost: two
+/// stores and an increment per MPI call, against the microseconds the call itself takes.
 ///
 /// **What the watchdog thread does.** ``start(timeout:rank:)`` (after `MPI_Init`) starts one
 /// thread, which never calls MPI. It wakes every `min(1 s, timeout/4)`, loads the record and
