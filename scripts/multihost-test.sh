@@ -10,7 +10,9 @@
 #     (compared by /usr/bin/python3), and
 #   - the veth's byte counters grew by at least what the layout must send between the hosts;
 # then it SIGKILLs a rank on host B in a long train_fsdp run and checks that the whole job ends
-# (mpirun non-zero, nothing left running on either host) within 20 s.
+# (mpirun non-zero, nothing left running on either host) within 20 s; then it takes the veth down
+# in a long train_fsdp run with --timeout 3 and checks that the watchdog ends it: a watchdog line
+# from a rank on host A, mpirun non-zero, nothing left running on either host within 3 + 15 s.
 # Prints a summary and exits 0; on failure prints one line starting "multihost-test: FAILED"
 # and exits 1 (the run's files are kept and named). Without root or network namespaces it prints
 # "skipped: <reason>" and exits 0.
@@ -31,6 +33,7 @@ VETH_A=psmh-va VETH_B=psmh-vb
 IP_A=10.231.0.1 IP_B=10.231.0.2 SUBNET=10.231.0.0/24
 STEPS=200
 RUN_TIMEOUT=45    # seconds per mpirun; each takes 1–3 s on 2 idle cores
+WATCHDOG_TIMEOUT=3  # --timeout of the run whose wire is cut
 started=$(date +%s.%N)
 
 skip() { echo "skipped: $*"; exit 0; }
@@ -105,6 +108,12 @@ ip link add "$VETH_A" netns "$NS_A" type veth peer name "$VETH_B" netns "$NS_B"
 ip -n "$NS_A" addr add "$IP_A/24" dev "$VETH_A"
 ip -n "$NS_B" addr add "$IP_B/24" dev "$VETH_B"
 for ns in "$NS_A" "$NS_B"; do ip -n "$ns" link set lo up; done   # MPI's local TCP traffic uses lo
+# How soon a host notices that a wire is dead. mpirun and the remote daemon learn that a host is
+# gone only when TCP gives up on unacknowledged data: after net.ipv4.tcp_retries2 retransmissions,
+# 15 by default (about 15 minutes; clusters often lower it). 4 gives up after about 6 s, later
+# than the watchdog (3 s) and early enough to end the job well within its 15 s. Per network
+# namespace: the machine's own setting is untouched.
+for ns in "$NS_A" "$NS_B"; do ip netns exec "$ns" sysctl -q -w net.ipv4.tcp_retries2=4; done
 ip -n "$NS_A" link set "$VETH_A" up
 ip -n "$NS_B" link set "$VETH_B" up
 
@@ -300,6 +309,49 @@ kill_remote_rank() {
     "$name" "$(awk "BEGIN {print $t1 - $t0}")" "$rc")")
 }
 kill_remote_rank
+
+# The wire dies in the middle of a long run (A's end of the veth taken down): no process dies, so
+# MPI's runtime notices nothing, and without the watchdog every rank would spin in its collective
+# for ever. With --timeout, each rank's watchdog ends it with one line; A's lines reach mpirun's
+# output (B's stderr travels over the dead wire and is lost), and the job must end (mpirun
+# non-zero) with nothing left running on either host within the timeout + 15 s.
+veth_down() {
+  local name="train_fsdp veth down" rc=0 t0 t1 t2 tx0 tx _ line left=""
+  read -r tx0 _ <<< "$(veth_bytes)"
+  multihost_start vethdown train_fsdp --data "$work/names.txt" --steps 10000000 --samples 0 --log-every 100000000 \
+    --timeout "$WATCHDOG_TIMEOUT"
+  for _ in $(seq 300); do   # training is under way: as in kill_remote_rank
+    read -r tx _ <<< "$(veth_bytes)"
+    [ $((tx - tx0)) -ge $((20 * 6 * params)) ] && break
+    kill -0 "$running" 2>/dev/null || break
+    sleep 0.1
+  done
+  [ $((tx - tx0)) -ge $((20 * 6 * params)) ] || fail "$name: the long run did not start training within 30 s: see $work/vethdown.log"
+  t0=$(date +%s.%N)
+  ip -n "$NS_A" link set "$VETH_A" down
+  local limit=$((WATCHDOG_TIMEOUT + 15))
+  while kill -0 "$running" 2>/dev/null; do
+    awk "BEGIN {exit !($(date +%s.%N) - $t0 > $limit)}" && fail "$name: mpirun still running $limit s after the veth went down: see $work/vethdown.log"
+    sleep 0.1
+  done
+  t1=$(date +%s.%N)
+  wait "$running" || rc=$?
+  running=""
+  [ "$rc" != 0 ] || fail "$name: mpirun exited 0 although the wire between the hosts was down"
+  line=$(grep -m1 -E "^error: watchdog: rank [0-3] \(host $NS_A\) stuck [0-9.]+ s in .+ on axis dp \(4 ranks\) at step [0-9]+, waiting for .+ \(--timeout $WATCHDOG_TIMEOUT s\); ending the job$" \
+    "$work/vethdown.log") || fail "$name: no watchdog line from a rank on host A: see $work/vethdown.log"
+  while :; do
+    left=$(ip netns pids "$NS_A"; ip netns pids "$NS_B")
+    [ -z "$left" ] && break
+    awk "BEGIN {exit !($(date +%s.%N) - $t0 > $limit)}" && fail "$name: still running $limit s after the veth went down: $(echo $left)"
+    sleep 0.1
+  done
+  t2=$(date +%s.%N)
+  ip -n "$NS_A" link set "$VETH_A" up
+  summary+=("$(printf '%-26s veth down: mpirun ended %.1f s later (exit %d), the last process %.1f s (--timeout %d); %s' \
+    "$name" "$(awk "BEGIN {print $t1 - $t0}")" "$rc" "$(awk "BEGIN {print $t2 - $t0}")" "$WATCHDOG_TIMEOUT" "${line:0:80}…")")
+}
+veth_down
 
 elapsed=$(awk "BEGIN {printf \"%.1f\", $(date +%s.%N) - $started}")
 echo "multihost-test: OK in $elapsed s: 2 hosts (netns $NS_A $IP_A, $NS_B $IP_B over veth), 4 ranks, $STEPS steps"

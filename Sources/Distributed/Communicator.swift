@@ -13,8 +13,10 @@ extension Int64: MPIScalar { public static var datatype: OpaquePointer { cmpi_in
 /// A group of ranks that talk to each other: the world, or one axis of a ``ProcessMesh``.
 ///
 /// All buffers are caller-owned pointers; nothing here allocates on the heap, so a training step
-/// that uses these calls stays allocation-free. Costs below are per rank for `n` elements of
-/// `s` bytes in a group of `p` ranks, for the ring algorithms MPI uses at these sizes.
+/// that uses these calls stays allocation-free. Every call that can block is bracketed by the
+/// ``Watchdog``'s two stores (`begin`/`end`), which is how a stalled peer ends the job. Costs
+/// below are per rank for `n` elements of `s` bytes in a group of `p` ranks, for the ring
+/// algorithms MPI uses at these sizes.
 public struct Communicator: @unchecked Sendable {
     /// The MPI_Comm handle.
     public let handle: OpaquePointer
@@ -22,32 +24,44 @@ public struct Communicator: @unchecked Sendable {
     public let rank: Int
     /// Number of ranks in the group.
     public let size: Int
+    /// Where the watchdog finds this group's axis name and members (``CommunicatorRegistry``).
+    let registryIndex: Int
 
-    public init(handle: OpaquePointer) {
+    /// Wraps `handle`; `axis` names the group in the watchdog's line ("world", "tp", "dp", …).
+    public init(handle: OpaquePointer, axis: String) {
         self.handle = handle
         var r: Int32 = 0, s: Int32 = 0
         MPI.check(MPI_Comm_rank(handle, &r), "MPI_Comm_rank")
         MPI.check(MPI_Comm_size(handle, &s), "MPI_Comm_size")
         rank = Int(r)
         size = Int(s)
+        registryIndex = CommunicatorRegistry.register(handle, axis: axis, rank: rank, size: size)
     }
 
     /// MPI_COMM_WORLD.
-    public static var world: Communicator { Communicator(handle: cmpi_comm_world()) }
+    public static var world: Communicator { Communicator(handle: cmpi_comm_world(), axis: "world") }
 
-    /// Splits the group: ranks with the same `color` form a new communicator, ordered by `key`.
-    /// A group of one rank is a real communicator too, so callers never special-case size 1.
-    public func split(color: Int, key: Int) -> Communicator {
+    /// The mesh axis this group spans ("world" for the world), as the watchdog reports it.
+    public var axis: String { CommunicatorRegistry.entry(registryIndex).axis }
+
+    /// Splits the group: ranks with the same `color` form a new communicator, ordered by `key`,
+    /// named `axis`. A group of one rank is a real communicator too, so callers never
+    /// special-case size 1.
+    public func split(color: Int, key: Int, axis: String) -> Communicator {
         var out: OpaquePointer? = cmpi_comm_null()
+        Watchdog.begin(WatchedCall(.split, on: self))
         MPI.check(MPI_Comm_split(handle, Int32(color), Int32(key), &out), "MPI_Comm_split")
+        Watchdog.end()
         guard let out else { MPI.abort("error: MPI_Comm_split returned no communicator") }
         MPI_Comm_set_errhandler(out, cmpi_errors_return())
-        return Communicator(handle: out)
+        return Communicator(handle: out, axis: axis)
     }
 
     /// Blocks until every rank of the group arrives.
     public func barrier() {
+        Watchdog.begin(WatchedCall(.barrier, on: self))
         MPI.check(MPI_Barrier(handle), "MPI_Barrier")
+        Watchdog.end()
     }
 
     /// In-place sum over the group: afterwards every rank holds Σ of all ranks' `buffer`.
@@ -55,8 +69,10 @@ public struct Communicator: @unchecked Sendable {
     public func allreduceSum<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int) {
         if size == 1 || count == 0 { return }
         let start = MPI_Wtime()
+        Watchdog.begin(WatchedCall(.allreduce, on: self))
         MPI.check(MPI_Allreduce(cmpi_in_place(), buffer, Int32(count), T.datatype, cmpi_op_sum(), handle),
                   "MPI_Allreduce")
+        Watchdog.end()
         Ledger.record(.allreduce, bytes: count * MemoryLayout<T>.size, since: start)
     }
 
@@ -64,8 +80,10 @@ public struct Communicator: @unchecked Sendable {
     public func allreduceMax<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int) {
         if size == 1 || count == 0 { return }
         let start = MPI_Wtime()
+        Watchdog.begin(WatchedCall(.allreduce, on: self))
         MPI.check(MPI_Allreduce(cmpi_in_place(), buffer, Int32(count), T.datatype, cmpi_op_max(), handle),
                   "MPI_Allreduce")
+        Watchdog.end()
         Ledger.record(.allreduce, bytes: count * MemoryLayout<T>.size, since: start)
     }
 
@@ -93,7 +111,7 @@ public struct Communicator: @unchecked Sendable {
         MPI.check(MPI_Iallreduce(cmpi_in_place(), buffer, Int32(count), Float.datatype, cmpi_op_sum(),
                                  handle, &request), "MPI_Iallreduce")
         Ledger.record(.allreduce, bytes: count * 4, since: start)
-        return Request(handle: request, kind: .allreduce)
+        return Request(handle: request, kind: .allreduce, call: WatchedCall(.allreduce, on: self))
     }
 
     /// Concatenates every rank's `count` elements, in rank order, into `output` (p·count elements)
@@ -101,6 +119,8 @@ public struct Communicator: @unchecked Sendable {
     /// of `output`, in which case the copy is skipped (MPI_IN_PLACE).
     public func allgather<T: MPIScalar>(_ input: UnsafePointer<T>, count: Int, into output: UnsafeMutablePointer<T>) {
         let start = MPI_Wtime()
+        Watchdog.begin(WatchedCall(.allgather, on: self))
+        defer { Watchdog.end() }
         if input == UnsafePointer(output + rank * count) {
             if size == 1 { return }
             MPI.check(MPI_Allgather(cmpi_in_place(), 0, T.datatype, output, Int32(count), T.datatype, handle),
@@ -117,22 +137,28 @@ public struct Communicator: @unchecked Sendable {
     public func broadcast<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int, root: Int) {
         if size == 1 || count == 0 { return }
         let start = MPI_Wtime()
+        Watchdog.begin(WatchedCall(.broadcast, on: self))
         MPI.check(MPI_Bcast(buffer, Int32(count), T.datatype, Int32(root), handle), "MPI_Bcast")
+        Watchdog.end()
         Ledger.record(.broadcast, bytes: count * MemoryLayout<T>.size, since: start)
     }
 
     /// Sends `count` elements to rank `destination` of this group (blocking, `MPI_Send`).
     public func send<T: MPIScalar>(_ buffer: UnsafePointer<T>, count: Int, to destination: Int, tag: MessageTag) {
         let start = MPI_Wtime()
+        Watchdog.begin(WatchedCall(.send, on: self, peer: destination))
         MPI.check(MPI_Send(buffer, Int32(count), T.datatype, Int32(destination), tag.rawValue, handle), "MPI_Send")
+        Watchdog.end()
         Ledger.record(.send, bytes: count * MemoryLayout<T>.size, since: start)
     }
 
     /// Receives `count` elements from rank `source` of this group (blocking, `MPI_Recv`).
     public func receive<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int, from source: Int, tag: MessageTag) {
         let start = MPI_Wtime()
+        Watchdog.begin(WatchedCall(.receive, on: self, peer: source))
         MPI.check(MPI_Recv(buffer, Int32(count), T.datatype, Int32(source), tag.rawValue, handle, cmpi_status_ignore()),
                   "MPI_Recv")
+        Watchdog.end()
         Ledger.record(.receive, bytes: count * MemoryLayout<T>.size, since: start)
     }
 
@@ -142,7 +168,7 @@ public struct Communicator: @unchecked Sendable {
         var request: OpaquePointer? = cmpi_request_null()
         MPI.check(MPI_Isend(buffer, Int32(count), T.datatype, Int32(destination), tag.rawValue, handle, &request), "MPI_Isend")
         Ledger.record(.send, bytes: count * MemoryLayout<T>.size, since: start)
-        return Request(handle: request, kind: .send)
+        return Request(handle: request, kind: .send, call: WatchedCall(.send, on: self, peer: destination))
     }
 }
 
@@ -150,19 +176,24 @@ public struct Communicator: @unchecked Sendable {
 public struct Request: @unchecked Sendable {
     var handle: OpaquePointer?
     var kind: CommunicationKind = .allreduce
+    /// What ``wait()`` reports to the watchdog while it blocks.
+    var call = WatchedCall(bits: 0)
 
     /// A request that is already complete (used for groups of one rank).
     public init() { handle = nil }
-    init(handle: OpaquePointer?, kind: CommunicationKind) {
+    init(handle: OpaquePointer?, kind: CommunicationKind, call: WatchedCall) {
         self.handle = handle
         self.kind = kind
+        self.call = call
     }
 
     /// Blocks until the operation completes (the wait counts as the operation's time).
     public mutating func wait() {
         guard handle != nil else { return }
         let start = MPI_Wtime()
+        Watchdog.begin(call)
         MPI.check(MPI_Wait(&handle, cmpi_status_ignore()), "MPI_Wait")
+        Watchdog.end()
         Ledger.addSeconds(kind, since: start)
         handle = nil
     }

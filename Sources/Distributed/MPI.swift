@@ -24,7 +24,8 @@ public enum MPI {
             // with `collectives` (README). An explicit setting (`--mca` or the variable) wins.
             setenv("OMPI_MCA_btl_vader_single_copy_mechanism", "none", 0)
             var provided: Int32 = 0
-            let rc = MPI_Init_thread(nil, nil, cmpi_thread_single(), &provided)
+            // Funneled: the process has a second thread (the ``Watchdog``'s), which never calls MPI.
+            let rc = MPI_Init_thread(nil, nil, cmpi_thread_funneled(), &provided)
             if rc != cmpi_success() {
                 writeError("error: MPI_Init failed (code \(rc))")
                 exit(1)
@@ -47,7 +48,13 @@ public enum MPI {
         var started: Int32 = 0, finished: Int32 = 0
         MPI_Initialized(&started)
         MPI_Finalized(&finished)
-        if started != 0 && finished == 0 { MPI_Finalize() }
+        if started != 0 && finished == 0 {
+            // OpenMPI's finalize waits for every rank (a fence): a rank that never gets there stalls it.
+            Watchdog.phase = .shutdown
+            Watchdog.begin(WatchedCall(.finalize, on: .world))
+            MPI_Finalize()
+            Watchdog.end()
+        }
     }
 
     /// Prints `message` on stderr and aborts every rank of the job with exit code `code`.

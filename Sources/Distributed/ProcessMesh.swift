@@ -55,7 +55,7 @@ public struct ProcessMesh: Sendable {
             // Colour: the position on every other axis; key: the position on this one.
             var color = 0
             for j in sizes.indices.reversed() where j != k { color = color * sizes[j] + coordinates[j] }
-            return world.split(color: color, key: coordinates[k])
+            return world.split(color: color, key: coordinates[k], axis: axes[k].0.name)
         }
     }
 

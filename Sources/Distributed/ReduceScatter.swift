@@ -36,8 +36,10 @@ extension Communicator {
         let start = MPI_Wtime()
         switch algorithm ?? .automatic(bytes: size * count * 4) {
         case .mpi:
+            Watchdog.begin(WatchedCall(.reduceScatter, on: self))
             MPI.check(MPI_Reduce_scatter_block(input, output, Int32(count), Float.datatype, cmpi_op_sum(), handle),
                       "MPI_Reduce_scatter_block")
+            Watchdog.end()
         case .ring:
             ringReduceScatter(input, into: output, count: count)
         }
@@ -54,9 +56,11 @@ extension Communicator {
         let p = size, right = (rank + 1) % p, left = (rank + p - 1) % p
         for step in 0..<p - 1 {
             let sending = (rank - step - 1 + 2 * p) % p, receiving = (rank - step - 2 + 2 * p) % p
+            Watchdog.begin(WatchedCall(.ringExchange, on: self))
             MPI.check(MPI_Sendrecv(input + sending * count, Int32(count), Float.datatype, Int32(right), MessageTag.ring.rawValue,
                                    output, Int32(count), Float.datatype, Int32(left), MessageTag.ring.rawValue,
                                    handle, cmpi_status_ignore()), "MPI_Sendrecv")
+            Watchdog.end()
             if step < p - 2 {
                 addVectors(output, into: input + receiving * count, count: count)
             } else {

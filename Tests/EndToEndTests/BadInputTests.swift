@@ -44,6 +44,10 @@ final class BadInputTests: XCTestCase {
             (["--eps", "0"], "--eps must be a positive finite number"),
             (["--beta2", "1"], "--beta2 must be in [0, 1)"),
             (["--batch-size", "33"], "--batch-size 33 is not divisible by the 2 data-parallel ranks"),
+            (["--timeout", "0"], "--timeout must be a positive finite number of seconds (got 0.0)"),
+            (["--timeout", "-5"], "--timeout must be a positive finite number of seconds (got -5.0)"),
+            (["--timeout", "inf"], "--timeout must be a positive finite number of seconds (got inf)"),
+            (["--timeout", "nan"], "--timeout must be a positive finite number of seconds (got nan)"),
         ]
         try expectOneLineErrors(cases.map { (["--data", good] + $0.0, $0.1) })
     }

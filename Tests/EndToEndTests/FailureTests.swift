@@ -64,7 +64,7 @@ final class FailureTests: XCTestCase {
     }
 }
 
-/// One `mpirun -np N executable --steps 10000000` in the background.
+/// One `mpirun -np N executable --steps 10000000` in the background (`extra` flags appended).
 final class Job {
     let process = Process()
     let metrics: String
@@ -73,7 +73,7 @@ final class Job {
     var marker: String { metrics }
     var stderr: String { (try? String(contentsOf: errorFile, encoding: .utf8)) ?? "" }
 
-    init(executable: String, np: Int, data: String) throws {
+    init(executable: String, np: Int, data: String, extra: [String] = []) throws {
         let dir = try Launch.temporaryDirectory()
         metrics = dir.appendingPathComponent("m.jsonl").path
         errorFile = dir.appendingPathComponent("stderr")
@@ -87,7 +87,7 @@ final class Job {
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = ["mpirun", "--oversubscribe", "--bind-to", "none", "-np", "\(np)", path,
                              "--data", data, "--steps", "10000000", "--batch-size", "\(np == 3 ? 30 : 32)",
-                             "--log-every", "100000000", "--samples", "0", "--metrics", metrics]
+                             "--log-every", "100000000", "--samples", "0", "--metrics", metrics] + extra
         process.environment = Launch.environment
         process.standardOutput = FileHandle.nullDevice
         process.standardError = try FileHandle(forWritingTo: errorFile)

@@ -43,6 +43,7 @@ extension TrainingCommand {
             exitProcess(64)
         }
         let world = MPI.initialize()
+        Watchdog.start(timeout: command.options.timeout, rank: world.rank)
         let code = Trainer(command: command, world: world).run()
         MPI.finalize()
         exitProcess(code)

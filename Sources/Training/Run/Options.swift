@@ -84,6 +84,11 @@ public struct TrainingOptions: ParsableArguments, Sendable {
           help: "After training, check that every parameter held by several ranks is bit-identical on all of them (fails the run if not).")
     public var checkReplicas = false
 
+    // The collective watchdog (Distributed/Watchdog.swift).
+    @Option(parsing: .unconditional,
+            help: "End the whole job when any collective, send or receive has not completed within this many seconds (a stalled rank).")
+    public var timeout: Double = 300
+
     public init() {}
 
     public var model: (Int) -> ModelConfig {
@@ -123,6 +128,7 @@ public struct TrainingOptions: ParsableArguments, Sendable {
         if let clip = clipGradNorm, !clip.isFinite || clip <= 0 {
             throw UsageError("--clip-grad-norm must be a positive finite number (got \(clip))")
         }
+        if !timeout.isFinite || timeout <= 0 { throw UsageError("--timeout must be a positive finite number of seconds (got \(timeout))") }
         if seqLen * emb > 1 << 24 || hidden > 1 << 24 { throw UsageError("--seq-len × --emb and --hidden must stay below 2^24") }
     }
 }

@@ -6,6 +6,9 @@ extension Trainer {
     func save(_ layout: TrainingLayout, step: Int, seed: UInt64, config: ModelConfig) -> Bool {
         let total = config.parameterCount
         let local = layout.local
+        let phase = Watchdog.phase
+        Watchdog.phase = .checkpoint
+        defer { Watchdog.phase = phase }
         let parameters = local.gather(world, total: total) { $0.values }
         // Every rank must take part in every gather: no short-circuiting on rank 0's results.
         var moments: ([Float], [Float])?

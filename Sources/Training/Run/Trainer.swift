@@ -30,6 +30,7 @@ struct Trainer<Command: TrainingCommand> {
     func run() -> Int32 {
         guard var session = prepare() else { return 1 }
         guard train(&session) else { return 1 }
+        Watchdog.phase = .finishing
         return finish(session) ? 0 : 1
     }
 
@@ -73,7 +74,9 @@ struct Trainer<Command: TrainingCommand> {
         Ledger.reset()
         let loopStart = MPI.time()
         var savedAt = options.resume == nil ? -1 : session.start
+        Watchdog.phase = .training
         for step in session.start..<max(session.start, options.steps) {
+            Watchdog.step = step
             let loss = layout.forwardBackward(batch: step, from: sampler)
             if !loss.isFinite {
                 metrics?.flush()
@@ -99,6 +102,7 @@ struct Trainer<Command: TrainingCommand> {
         }
         let trainingSeconds = MPI.time() - loopStart
         Ledger.isRecording = false
+        Watchdog.phase = .report
         let ledger = LedgerReport(world: world, steps: max(0, options.steps - session.start))
         if isLeader { print(ledger.table) }
         if let line = layout.trainingFinished(), isLeader { print(line) }
