@@ -72,6 +72,10 @@ public struct TrainingOptions: ParsableArguments, Sendable {
     @Option(help: "Continue from the newest complete checkpoint in this directory (any layout's); --steps stays the total.")
     public var resume: String?
 
+    @Flag(name: .customLong("allow-data-change"),
+          help: "With --resume: continue even if --data is not the file the checkpoint was trained on (size or CRC-32 differ).")
+    public var allowDataChange = false
+
     @Flag(name: .customLong("check-replicas"),
           help: "After training, check that every parameter held by several ranks is bit-identical on all of them (fails the run if not).")
     public var checkReplicas = false
