@@ -44,6 +44,12 @@ final class DataChangeTests: XCTestCase {
         XCTAssertTrue(allowed.stdout.contains("resumed from step 10"), allowed.stdout)
     }
 
+    func testAllowDataChangeNeedsResume() throws {
+        let run = try Launch.run("train", ["--data", Self.original, "--allow-data-change"], timeout: 30)
+        XCTAssertNotEqual(run.status, 0)
+        XCTAssertEqual(run.stderrLines, ["error: --allow-data-change needs --resume (see --help)"])
+    }
+
     /// The same bytes under another path are the same data: accepted without a note.
     func testSameContentElsewhereIsAccepted() throws {
         let dir = try Launch.temporaryDirectory().path

@@ -104,6 +104,7 @@ public struct TrainingOptions: ParsableArguments, Sendable {
         try positive(logEvery, "log-every")
         if saveEvery < 0 { throw UsageError("--save-every must not be negative (got \(saveEvery))") }
         if saveEvery > 0 && checkpointDir == nil { throw UsageError("--save-every needs --checkpoint-dir") }
+        if allowDataChange && resume == nil { throw UsageError("--allow-data-change needs --resume") }
         if samples < 0 { throw UsageError("--samples must not be negative (got \(samples))") }
         if !lr.isFinite || lr <= 0 { throw UsageError("--lr must be a positive finite number (got \(lr))") }
         if !temperature.isFinite || temperature <= 0 {
