@@ -44,6 +44,37 @@ final class DataChangeTests: XCTestCase {
         XCTAssertTrue(allowed.stdout.contains("resumed from step 10"), allowed.stdout)
     }
 
+    /// A checkpoint written before data files were recorded (format version 1: no `data` key)
+    /// still resumes, with a note that its data cannot be checked.
+    func testVersionOneCheckpointResumesWithANote() throws {
+        let dir = try Launch.temporaryDirectory().path
+        XCTAssertEqual(try run(data: Self.original, steps: 10, checkpoint: dir).status, 0)
+        let folder = dir + "/step-00000010"
+        var state = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: folder + "/state.json")))
+                                  as? [String: Any])
+        state["version"] = 1
+        state["data"] = nil
+        let bytes = try JSONSerialization.data(withJSONObject: state)
+        try bytes.write(to: URL(fileURLWithPath: folder + "/state.json"))
+        try Data("\(Self.crc32(bytes))\n".utf8).write(to: URL(fileURLWithPath: folder + "/COMPLETE"))
+
+        let resumed = try run(data: Self.changed, steps: 20, resume: dir)
+        XCTAssertEqual(resumed.status, 0, resumed.stderr)
+        XCTAssertTrue(resumed.stdout.contains("note: checkpoint '\(folder)' does not record its data file (format version 1): '\(Self.changed)' ("),
+                      resumed.stdout)
+        XCTAssertTrue(resumed.stdout.contains("resumed from step 10"), resumed.stdout)
+    }
+
+    /// zlib's CRC-32 (the checkpoint's), bit by bit.
+    static func crc32(_ data: Data) -> UInt32 {
+        var crc: UInt32 = 0xFFFF_FFFF
+        for byte in data {
+            crc ^= UInt32(byte)
+            for _ in 0..<8 { crc = crc & 1 != 0 ? 0xEDB8_8320 ^ (crc >> 1) : crc >> 1 }
+        }
+        return crc ^ 0xFFFF_FFFF
+    }
+
     func testAllowDataChangeNeedsResume() throws {
         let run = try Launch.run("train", ["--data", Self.original, "--allow-data-change"], timeout: 30)
         XCTAssertNotEqual(run.status, 0)

@@ -10,15 +10,15 @@ import Foundation
 /// |---|---|
 /// | `parameters.f32` | Ψ little-endian float32, canonical order (see `tensors` in state.json) |
 /// | `adam_m.f32`, `adam_v.f32` | Adam's moments, same order (only with `--optimizer adam`) |
-/// | `state.json` | format, step, model, optimizer, sampler state, tensor table, byte size and CRC-32 of each file, the data file (``DataIdentity``) |
+/// | `state.json` | format, step, model, optimizer, sampler state, tensor table, byte size and CRC-32 of each file, data file |
 /// | `COMPLETE` | written last: the CRC-32 of state.json |
 ///
 /// Saving writes everything into a hidden temporary folder, fsyncs each file and the folder,
 /// renames it into place, and only then writes `COMPLETE`. A job killed at any point leaves the
 /// previous checkpoint untouched and loadable; a folder without `COMPLETE` is ignored; a save
-/// that fails (full or read-only disk) removes what it wrote and names the directory and reason. The newest
-/// complete checkpoint is verified before use: a size or checksum mismatch is refused with an
-/// error, never loaded. Read one with numpy:
+/// that fails (full or read-only disk) removes what it wrote and names the directory and reason.
+/// The newest complete checkpoint is verified before use: a size or checksum mismatch is refused
+/// with an error, never loaded. Read one with numpy:
 ///
 ///     state = json.load(open("step-00000200/state.json"))
 ///     p = np.fromfile("step-00000200/parameters.f32", dtype="<f4")
