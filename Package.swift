@@ -63,10 +63,11 @@ let package = Package(
         ),
         .target(name: "Distributed", dependencies: ["CMPI"], swiftSettings: native),
         .target(name: "Core", swiftSettings: kernels),
+        .target(name: "CStopSignal"),
         .target(
             name: "Training",
             dependencies: [
-                "Core", "Distributed",
+                "Core", "Distributed", "CStopSignal",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: native

@@ -21,4 +21,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 [ -x "$BIN/$exe" ] || { echo "error: no executable '$exe' in $BIN" >&2; exit 2; }
+# SIGTERM or Ctrl-C to mpirun: Open MPI 4.1 sends the ranks SIGCONT, waits this many seconds,
+# sends SIGTERM (the ranks stop after the current step and save a checkpoint), waits as long again
+# whatever the ranks do, then SIGKILLs them and exits. The default, 1 s, leaves a large model too
+# little time to save; 5 s gives the save 5 s and ends the job 10 s after the signal.
+export OMPI_MCA_odls_base_sigkill_timeout="${OMPI_MCA_odls_base_sigkill_timeout:-5}"
 exec "${MPIRUN[@]}" -np "$np" "$BIN/$exe" "$@"

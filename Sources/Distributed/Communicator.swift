@@ -114,6 +114,20 @@ public struct Communicator: @unchecked Sendable {
         return Request(handle: request, kind: .allreduce, call: WatchedCall(.allreduce, on: self))
     }
 
+    /// Starts an in-place maximum without waiting for it (`MPI_Iallreduce` with `MPI_MAX`),
+    /// counted in the ledger as `kind`. The buffer must not be touched until ``Request/wait()``
+    /// returns.
+    public func startAllreduceMax(_ buffer: UnsafeMutablePointer<Int32>, count: Int,
+                                  countedAs kind: CommunicationKind = .allreduce) -> Request {
+        if size == 1 || count == 0 { return Request() }
+        let start = MPI_Wtime()
+        var request: OpaquePointer? = cmpi_request_null()
+        MPI.check(MPI_Iallreduce(cmpi_in_place(), buffer, Int32(count), Int32.datatype, cmpi_op_max(),
+                                 handle, &request), "MPI_Iallreduce")
+        Ledger.record(kind, bytes: count * 4, since: start)
+        return Request(handle: request, kind: kind)
+    }
+
     /// Concatenates every rank's `count` elements, in rank order, into `output` (p·count elements)
     /// on every rank. Moves (p−1)/p·p·count·s bytes per rank. `input` may alias this rank's slot
     /// of `output`, in which case the copy is skipped (MPI_IN_PLACE).

@@ -1,8 +1,12 @@
 import CMPI
 
 /// The kinds of communication the ledger counts.
+///
+/// `stopVote` is the training loop's 4-byte vote on whether a signal asked the job to stop (see
+/// `StopVote` in Training): an allreduce, counted apart so that the other kinds stay exactly what
+/// the layout's math moves.
 public enum CommunicationKind: Int, CaseIterable, Sendable {
-    case allreduce, allgather, reduceScatter, send, receive, broadcast
+    case allreduce, allgather, reduceScatter, send, receive, broadcast, stopVote
 
     /// The key used in reports and in the `"comm"` object of `--metrics`.
     public var name: String {
@@ -13,6 +17,7 @@ public enum CommunicationKind: Int, CaseIterable, Sendable {
         case .send: "send"
         case .receive: "recv"
         case .broadcast: "broadcast"
+        case .stopVote: "stop_vote"
         }
     }
 }

@@ -26,7 +26,8 @@ final class CheckpointFormatTests: XCTestCase {
         return Checkpoint(step: 123, seed: .max - 4, config: config,
                           optimizer: OptimizerConfig(kind: sgd ? .sgd : .adam, learningRate: 0.003, beta1: 0.85, beta2: 0.995,
                                                      epsilon: 3e-7, weightDecay: 0.01),
-                          parameters: parameters, moments: sgd ? nil : (m, v))
+                          parameters: parameters, moments: sgd ? nil : (m, v),
+                          data: DataIdentity(path: "data/some file.txt", bytes: 632_713, crc32: 0xFFFF_FFF0))
     }
 
     func assertEqual(_ a: Checkpoint, _ b: Checkpoint, file: StaticString = #filePath, line: UInt = #line) {
@@ -38,6 +39,7 @@ final class CheckpointFormatTests: XCTestCase {
         XCTAssertEqual(a.moments?.m, b.moments?.m, file: file, line: line)
         XCTAssertEqual(a.moments?.v, b.moments?.v, file: file, line: line)
         XCTAssertEqual(a.moments == nil, b.moments == nil, file: file, line: line)
+        XCTAssertEqual(a.data, b.data, file: file, line: line)
     }
 
     /// The error `load` throws for `folder`, or nil if it loads.
@@ -103,7 +105,13 @@ final class CheckpointFormatTests: XCTestCase {
             XCTAssertEqual(text.filter { $0 == "\n" }.count, 1, "one line")
             let state = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])
             XCTAssertEqual(Set(state.keys), ["format", "version", "step", "model", "optimizer", "sampler", "parameter_count",
-                                             "dtype", "byte_order", "tensors", "files"])
+                                             "dtype", "byte_order", "tensors", "files", "data"])
+            XCTAssertEqual(state["version"] as? Int, 2)
+            let data = state["data"] as? [String: Any] ?? [:]
+            XCTAssertEqual(Set(data.keys), ["path", "bytes", "crc32"])
+            XCTAssertEqual(data["path"] as? String, "data/some file.txt")
+            XCTAssertEqual(data["bytes"] as? Int, 632_713)
+            XCTAssertEqual(data["crc32"] as? UInt32, 0xFFFF_FFF0)
             XCTAssertEqual(Set((state["model"] as? [String: Any] ?? [:]).keys), ["vocab", "seq_len", "emb", "hidden", "layers"])
             XCTAssertEqual(Set((state["optimizer"] as? [String: Any] ?? [:]).keys),
                            ["kind", "lr", "beta1", "beta2", "eps", "weight_decay"])
@@ -157,7 +165,12 @@ final class CheckpointFormatTests: XCTestCase {
             (["files"], [1, 2], "key 'files' has the wrong type"),
             (["parameter_count"], nil, "missing key 'parameter_count'"),
             (["format"], "something else", "format is 'something else', expected 'parallelisms-swift checkpoint'"),
-            (["version"], 2, "version 2 is not supported (expected 1)"),
+            (["version"], 3, "version 3 is not supported (expected 1 to 2)"),
+            (["version"], 0, "version 0 is not supported (expected 1 to 2)"),
+            (["data"], nil, "missing key 'data'"),
+            (["data", "crc32"], nil, "missing key 'data.crc32'"),
+            (["data", "bytes"], "5", "key 'data.bytes' has the wrong type"),
+            (["data", "path"], NSNull(), "key 'data.path' is null"),
             (["dtype"], "float16", "dtype is 'float16', expected 'float32'"),
             (["byte_order"], "big", "byte_order is 'big', expected 'little'"),
             (["model", "layers"], 0, "model.layers is 0, expected at least 1"),
@@ -266,5 +279,46 @@ final class CheckpointFormatTests: XCTestCase {
         assertEqual(sgd, Checkpoint(step: 3, seed: 42, config: config, optimizer: OptimizerConfig(kind: .sgd, learningRate: 0.1),
                                     parameters: Self.floats(Self.legacySGD["parameters.f32"]!), moments: nil))
         XCTAssertEqual(try Checkpoint.latest(in: directory), directory + "/step-00000004")
+        XCTAssertNil(adam.data, "version 1 records no data file")
+        XCTAssertNil(sgd.data)
+    }
+
+    // MARK: Data file identity (version 2)
+
+    /// A checkpoint without a data identity is written as version 1 (no `data` key) and loads
+    /// with none; a version 1 state.json that happens to carry `data` ignores it.
+    func testWithoutDataIdentityIsVersionOne() throws {
+        var checkpoint = sample()
+        checkpoint.data = nil
+        try checkpoint.save(in: directory)
+        let folder = directory + "/step-00000123"
+        let state = try XCTUnwrap(JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: folder + "/state.json")))
+                                  as? [String: Any])
+        XCTAssertEqual(state["version"] as? Int, 1)
+        XCTAssertNil(state["data"])
+        assertEqual(try Checkpoint.load(folder: folder), checkpoint)
+
+        directory += "/v1"
+        let edited = try savedAndEdited { $0["version"] = 1 }
+        XCTAssertNil(try Checkpoint.load(folder: edited).data)
+    }
+
+    // MARK: Failed saves
+
+    /// A save that cannot create its folder names the checkpoint, the directory and the reason,
+    /// and leaves the earlier checkpoint as it was.
+    func testFailedSaveNamesDirectoryAndReason() throws {
+        try sample().save(in: directory)
+        let blocked = directory + "/blocked"
+        XCTAssertTrue(FileManager.default.createFile(atPath: blocked, contents: Data("x".utf8)))
+        var later = sample()
+        later.step = 124
+        XCTAssertThrowsError(try later.save(in: blocked)) { error in
+            XCTAssertEqual("\(error)", "cannot save checkpoint step-00000124 in '\(blocked)': it is not a directory")
+        }
+        XCTAssertThrowsError(try later.save(in: blocked + "/sub")) { error in
+            XCTAssertEqual("\(error)", "cannot save checkpoint step-00000124 in '\(blocked)/sub': it is not a directory")
+        }
+        assertEqual(try Checkpoint.load(folder: try Checkpoint.latest(in: directory)), sample())
     }
 }

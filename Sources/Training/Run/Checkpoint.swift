@@ -10,14 +10,15 @@ import Foundation
 /// |---|---|
 /// | `parameters.f32` | Ψ little-endian float32, canonical order (see `tensors` in state.json) |
 /// | `adam_m.f32`, `adam_v.f32` | Adam's moments, same order (only with `--optimizer adam`) |
-/// | `state.json` | format, step, model, optimizer, sampler state, tensor table, byte size and CRC-32 of each file |
+/// | `state.json` | format, step, model, optimizer, sampler state, tensor table, byte size and CRC-32 of each file, data file |
 /// | `COMPLETE` | written last: the CRC-32 of state.json |
 ///
 /// Saving writes everything into a hidden temporary folder, fsyncs each file and the folder,
 /// renames it into place, and only then writes `COMPLETE`. A job killed at any point leaves the
-/// previous checkpoint untouched and loadable; a folder without `COMPLETE` is ignored. The newest
-/// complete checkpoint is verified before use: a size or checksum mismatch is refused with an
-/// error, never loaded. Read one with numpy:
+/// previous checkpoint untouched and loadable; a folder without `COMPLETE` is ignored; a save
+/// that fails (full or read-only disk) removes what it wrote and names the directory and reason.
+/// The newest complete checkpoint is verified before use: a size or checksum mismatch is refused
+/// with an error, never loaded. Read one with numpy:
 ///
 ///     state = json.load(open("step-00000200/state.json"))
 ///     p = np.fromfile("step-00000200/parameters.f32", dtype="<f4")
@@ -30,6 +31,8 @@ public struct Checkpoint {
     public var parameters: [Float]
     /// Adam's first and second moments, canonical order (nil for SGD).
     public var moments: (m: [Float], v: [Float])?
+    /// The data file trained on (nil for checkpoints of format version 1).
+    var data: DataIdentity? = nil
 
     static let format = "parallelisms-swift checkpoint"
 
@@ -46,17 +49,43 @@ public struct Checkpoint {
     // MARK: Saving
 
     /// Writes this checkpoint into `directory` atomically (see the type's documentation).
+    ///
+    /// Any failure — a full disk (`ENOSPC`), a read-only one (`EROFS`), no permission — is one
+    /// error naming the checkpoint, the directory and the system's reason, e.g. `cannot save
+    /// checkpoint step-00000080 in '/ckpt': No space left on device (writing adam_v.f32)`; and
+    /// what this save wrote is removed again (the temporary folder, or the new folder if only its
+    /// `COMPLETE` could not be written). Earlier checkpoints are never touched, so the newest
+    /// complete one stays loadable.
     public func save(in directory: String) throws(UsageError) {
-        let fm = FileManager.default
+        let name = Self.folderName(step: step)
+        let final = directory + "/" + name
+        let temporary = directory + "/." + name + ".tmp-\(getpid())"
+        var placed = false
         do {
-            try fm.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        } catch { throw UsageError("cannot create checkpoint directory '\(directory)': \(error.localizedDescription)") }
-        let final = directory + "/" + Self.folderName(step: step)
-        let temporary = directory + "/." + Self.folderName(step: step) + ".tmp-\(getpid())"
-        try? fm.removeItem(atPath: temporary)
-        do { try fm.createDirectory(atPath: temporary, withIntermediateDirectories: false) } catch {
-            throw UsageError("cannot write checkpoint into '\(directory)': \(error.localizedDescription)")
+            try writeFolder(into: directory, temporary: temporary, final: final, placed: &placed)
+        } catch {
+            try? FileManager.default.removeItem(atPath: placed ? final : temporary)
+            throw UsageError("cannot save checkpoint \(name) in '\(directory)': \(error.reason)")
         }
+    }
+
+    /// Why a save failed: the system's reason and what was being done, e.g.
+    /// `Read-only file system (creating .step-00000080.tmp-123)`.
+    struct SaveFailure: Error {
+        let reason: String
+
+        /// The reason `errno` gives, for `action`.
+        static func system(_ action: String) -> SaveFailure {
+            SaveFailure(reason: "\(String(cString: strerror(errno))) (\(action))")
+        }
+    }
+
+    /// The steps of ``save(in:)``; `placed` becomes true once the folder has its final name.
+    private func writeFolder(into directory: String, temporary: String, final: String, placed: inout Bool) throws(SaveFailure) {
+        try Self.makeDirectories(directory)
+        try? FileManager.default.removeItem(atPath: temporary)
+        let hidden = String(temporary.dropFirst(directory.count + 1))
+        if mkdir(temporary, 0o755) != 0 { throw .system("creating \(hidden)") }
 
         var files: [(String, [Float])] = [("parameters.f32", parameters)]
         if let moments { files += [("adam_m.f32", moments.m), ("adam_v.f32", moments.v)] }
@@ -66,24 +95,38 @@ public struct Checkpoint {
             try Self.writeSynced(bytes, to: temporary + "/" + name)
             entries[name] = CheckpointState.File(bytes: bytes.count, crc32: CRC32.checksum(bytes))
         }
-        let stateBytes = try CheckpointState(self, files: entries).encoded()
+        let stateBytes: Data
+        do { stateBytes = try CheckpointState(self, files: entries).encoded() } catch { throw SaveFailure(reason: error.description) }
         try Self.writeSynced(stateBytes, to: temporary + "/state.json")
         try Self.syncDirectory(temporary)
 
         if ProcessInfo.processInfo.environment[Self.killBeforeRenameVariable] == String(step) { kill(getpid(), SIGKILL) }
 
-        try? fm.removeItem(atPath: final)
-        if rename(temporary, final) != 0 {
-            throw UsageError("cannot move checkpoint into place at '\(final)': \(String(cString: strerror(errno)))")
-        }
+        try? FileManager.default.removeItem(atPath: final)
+        if rename(temporary, final) != 0 { throw .system("renaming \(hidden)") }
+        placed = true
         try Self.syncDirectory(directory)
         try Self.writeSynced(Data("\(CRC32.checksum(stateBytes))\n".utf8), to: final + "/COMPLETE")
         try Self.syncDirectory(final)
     }
 
-    static func writeSynced(_ data: Data, to path: String) throws(UsageError) {
+    /// `mkdir -p`: creates `path` and any missing parents.
+    static func makeDirectories(_ path: String) throws(SaveFailure) {
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) {
+            if isDirectory.boolValue { return }
+            throw SaveFailure(reason: "it is not a directory")
+        }
+        let parent = (path as NSString).deletingLastPathComponent
+        if !parent.isEmpty && parent != path { try makeDirectories(parent) }
+        if mkdir(path, 0o755) != 0 && errno != EEXIST { throw .system("creating the directory") }
+    }
+
+    /// Writes `data` to `path` and fsyncs it; the failure names the file.
+    static func writeSynced(_ data: Data, to path: String) throws(SaveFailure) {
+        let name = (path as NSString).lastPathComponent
         let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
-        if fd < 0 { throw UsageError("cannot write '\(path)': \(String(cString: strerror(errno)))") }
+        if fd < 0 { throw .system("creating \(name)") }
         defer { close(fd) }
         let ok = data.withUnsafeBytes { raw -> Bool in
             var offset = 0
@@ -94,12 +137,14 @@ public struct Checkpoint {
             }
             return true
         }
-        if !ok || fsync(fd) != 0 { throw UsageError("cannot write '\(path)': \(String(cString: strerror(errno)))") }
+        if !ok { throw .system("writing \(name)") }
+        if fsync(fd) != 0 { throw .system("syncing \(name)") }
     }
 
-    static func syncDirectory(_ path: String) throws(UsageError) {
+    /// Flushes a directory's entries to disk (best effort: some file systems refuse it).
+    static func syncDirectory(_ path: String) throws(SaveFailure) {
         let fd = open(path, O_RDONLY)
-        if fd < 0 { throw UsageError("cannot open '\(path)': \(String(cString: strerror(errno)))") }
+        if fd < 0 { throw .system("opening \((path as NSString).lastPathComponent)") }
         defer { close(fd) }
         _ = fsync(fd)
     }
@@ -167,7 +212,7 @@ public struct Checkpoint {
         return Checkpoint(
             step: state.step, seed: state.sampler.seed, config: config, optimizer: state.optimizer.config,
             parameters: try floats("parameters.f32"),
-            moments: kind == .adam ? (try floats("adam_m.f32"), try floats("adam_v.f32")) : nil)
+            moments: kind == .adam ? (try floats("adam_m.f32"), try floats("adam_v.f32")) : nil, data: state.data)
     }
 
     /// Why this checkpoint cannot continue a run of `config` with `optimizer`, or nil if it can.

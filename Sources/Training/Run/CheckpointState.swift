@@ -9,10 +9,16 @@ import Foundation
 ///      "optimizer": {"kind", "lr", "beta1", "beta2", "eps", "weight_decay"},
 ///      "sampler": {"seed", "next_batch"},
 ///      "parameter_count", "dtype", "byte_order",
-///      "tensors": [{"name", "offset", "shape"}], "files": {NAME: {"bytes", "crc32"}}}
+///      "tensors": [{"name", "offset", "shape"}], "files": {NAME: {"bytes", "crc32"}},
+///      "data": {"path", "bytes", "crc32"}}
 ///
 /// Every key is required: a missing, null or mistyped one is an error naming it (see
 /// ``decode(_:)``), never a default. Written with sorted keys on one line.
+///
+/// Version 2 added `data`, the training data file (``DataIdentity``), required from version 2
+/// on. A version 1 checkpoint (written before) has no `data` key and loads with `data` nil: its
+/// data file cannot be checked, and resuming says so. A checkpoint written without a data
+/// identity (only tests do that) is written as version 1.
 struct CheckpointState: Codable, Equatable {
     var format: String
     var version: Int
@@ -25,11 +31,14 @@ struct CheckpointState: Codable, Equatable {
     var byteOrder: String
     var tensors: [Tensor]
     var files: [String: File]
+    /// The data file the run trained on (nil in version 1).
+    var data: DataIdentity?
 
-    static let version = 1
+    /// The newest format version, written whenever the data file is known.
+    static let version = 2
 
     enum CodingKeys: String, CodingKey {
-        case format, version, step, model, optimizer, sampler, dtype, tensors, files
+        case format, version, step, model, optimizer, sampler, dtype, tensors, files, data
         case parameterCount = "parameter_count", byteOrder = "byte_order"
     }
 
@@ -88,7 +97,7 @@ struct CheckpointState: Codable, Equatable {
     init(_ checkpoint: Checkpoint, files: [String: File]) {
         let c = checkpoint.config, o = checkpoint.optimizer
         format = Checkpoint.format
-        version = Self.version
+        version = checkpoint.data == nil ? 1 : Self.version
         step = checkpoint.step
         model = Model(vocab: c.vocab, seqLen: c.seqLen, emb: c.emb, hidden: c.hidden, layers: c.layers)
         optimizer = Optimizer(kind: o.kind, lr: o.learningRate, beta1: o.beta1, beta2: o.beta2, eps: o.epsilon,
@@ -99,6 +108,7 @@ struct CheckpointState: Codable, Equatable {
         byteOrder = "little"
         tensors = c.tensors.map(Tensor.init)
         self.files = files
+        data = checkpoint.data
     }
 
     /// One line of JSON and a newline.
@@ -156,7 +166,7 @@ struct CheckpointState: Codable, Equatable {
     /// What is wrong with a well-formed description, or nil.
     var problem: String? {
         if format != Checkpoint.format { return "format is '\(format)', expected '\(Checkpoint.format)'" }
-        if version != Self.version { return "version \(version) is not supported (expected \(Self.version))" }
+        if !(1...Self.version).contains(version) { return "version \(version) is not supported (expected 1 to \(Self.version))" }
         if dtype != "float32" { return "dtype is '\(dtype)', expected 'float32'" }
         if byteOrder != "little" { return "byte_order is '\(byteOrder)', expected 'little'" }
         let dimensions = [("vocab", model.vocab), ("seq_len", model.seqLen), ("emb", model.emb),
@@ -185,6 +195,7 @@ extension CheckpointState {
         byteOrder = try c.required(.byteOrder)
         tensors = try c.required(.tensors)
         files = try c.required(.files)
+        if version >= 2 { data = try c.required(.data) as DataIdentity } else { data = nil }
     }
 }
 

@@ -79,6 +79,9 @@ public struct TrainingOptions: ParsableArguments, Sendable {
     @Option(name: .customLong("clip-grad-norm"), parsing: .unconditional,
             help: "Clip the whole model's gradient to this L2 norm before every update (off by default).")
     public var clipGradNorm: Float?
+    @Flag(name: .customLong("allow-data-change"),
+          help: "With --resume: continue even if --data is not the file the checkpoint was trained on (size or CRC-32 differ).")
+    public var allowDataChange = false
 
     @Flag(name: .customLong("check-replicas"),
           help: "After training, check that every parameter held by several ranks is bit-identical on all of them (fails the run if not).")
@@ -114,6 +117,7 @@ public struct TrainingOptions: ParsableArguments, Sendable {
         try positive(accumulate, "accumulate")
         if saveEvery < 0 { throw UsageError("--save-every must not be negative (got \(saveEvery))") }
         if saveEvery > 0 && checkpointDir == nil { throw UsageError("--save-every needs --checkpoint-dir") }
+        if allowDataChange && resume == nil { throw UsageError("--allow-data-change needs --resume") }
         if samples < 0 { throw UsageError("--samples must not be negative (got \(samples))") }
         if !lr.isFinite || lr <= 0 { throw UsageError("--lr must be a positive finite number (got \(lr))") }
         if !temperature.isFinite || temperature <= 0 {

@@ -24,12 +24,16 @@ struct Trainer<Command: TrainingCommand> {
         var summary = ""
         /// The whole model's gradient norm, when `--metrics` records it or `--clip-grad-norm` needs it.
         var gradientNorm: GradientNorm?
+        /// The data file, recorded in checkpoints and checked on resume (nil when neither is asked).
+        var data: DataIdentity?
+        /// The signal that stopped training early (SIGTERM, SIGINT), once its checkpoint is saved.
+        var stoppedBy: Int32?
     }
 
     /// Returns the process exit status.
     func run() -> Int32 {
         guard var session = prepare() else { return 1 }
-        guard train(&session) else { return 1 }
+        guard train(&session) else { return session.stoppedBy.map { 128 + $0 } ?? 1 }
         Watchdog.phase = .finishing
         return finish(session) ? 0 : 1
     }
@@ -39,6 +43,10 @@ struct Trainer<Command: TrainingCommand> {
     func prepare() -> Session? {
         guard let dataset = agreeing(world, { () throws -> Dataset in
             try Dataset.load(path: options.data, seqLen: options.seqLen)
+        }) else { return nil }
+        guard let data = agreeing(world, { () throws -> DataIdentity? in
+            guard isLeader, options.checkpointDir != nil || options.resume != nil else { return nil }
+            return try DataIdentity(path: options.data)
         }) else { return nil }
         let config = options.model(dataset.vocabulary.count)
         let plan = config.plan
@@ -57,20 +65,23 @@ struct Trainer<Command: TrainingCommand> {
         if options.metrics != nil || options.clipGradNorm != nil {
             session.gradientNorm = GradientNorm(local: layout.local, world: world, total: plan.parameterCount)
         }
+        var session = Session(context: context, layout: layout, metrics: metrics, seed: options.seed, data: data)
         if let directory = options.resume {
-            guard let resumed = resume(layout, from: directory, config: config) else { return nil }
+            guard let resumed = resume(layout, from: directory, config: config, data: data) else { return nil }
             (session.start, session.seed) = resumed
         }
         return session
     }
 
     /// The reference loop: forward and backward, update, record; checkpoints every `--save-every`
-    /// steps; a progress line every `--log-every`. The communication ledger counts these steps only.
+    /// steps; a progress line every `--log-every`; a clean stop on SIGTERM or SIGINT (``StopVote``).
+    /// The communication ledger counts these steps only.
     func train(_ session: inout Session) -> Bool {
         let layout = session.layout, metrics = session.metrics, gradientNorm = session.gradientNorm
         let sampler = BatchSampler(examples: session.context.dataset.train, batchSize: options.batchSize,
                                    seed: session.seed, stream: .trainingBatches)
         var progress = Progress(options: options)
+        let stop = StopVote(world: world)
         Ledger.reset()
         let loopStart = MPI.time()
         var savedAt = options.resume == nil ? -1 : session.start
@@ -95,22 +106,24 @@ struct Trainer<Command: TrainingCommand> {
             if options.saveEvery > 0 && (step + 1) % options.saveEvery == 0 {
                 Ledger.isRecording = false
                 defer { Ledger.isRecording = true }
-                guard save(layout, step: step + 1, seed: session.seed, config: session.config) else { return false }
+                guard save(layout, step: step + 1, seed: session.seed, config: session.config, data: session.data) else { return false }
                 savedAt = step + 1
             }
             if let line = progress.record(step: step, loss: loss) { say(line) }
+            if let signal = stop.afterStep() { return stopped(by: signal, after: step + 1, savedAt: savedAt, stop, &session) }
         }
         let trainingSeconds = MPI.time() - loopStart
         Ledger.isRecording = false
+        let end = max(session.start, options.steps)
+        if let signal = stop.afterTraining() { return stopped(by: signal, after: end, savedAt: savedAt, stop, &session) }
         Watchdog.phase = .report
         let ledger = LedgerReport(world: world, steps: max(0, options.steps - session.start))
         if isLeader { print(ledger.table) }
         if let line = layout.trainingFinished(), isLeader { print(line) }
         session.summary = "\"training_seconds\":\(trainingSeconds),\(ledger.json)"
 
-        let end = max(session.start, options.steps)
         if options.checkpointDir != nil && savedAt != end {
-            guard save(layout, step: end, seed: session.seed, config: session.config) else { return false }
+            guard save(layout, step: end, seed: session.seed, config: session.config, data: session.data) else { return false }
         }
         return true
     }
