@@ -125,7 +125,7 @@ public struct Communicator: @unchecked Sendable {
         MPI.check(MPI_Iallreduce(cmpi_in_place(), buffer, Int32(count), Int32.datatype, cmpi_op_max(),
                                  handle, &request), "MPI_Iallreduce")
         Ledger.record(kind, bytes: count * 4, since: start)
-        return Request(handle: request, kind: kind)
+        return Request(handle: request, kind: kind, call: WatchedCall(.allreduce, on: self))
     }
 
     /// Concatenates every rank's `count` elements, in rank order, into `output` (p·count elements)

@@ -39,7 +39,7 @@ final class StopVote {
 
     /// Installs the recording handler and splits off the vote's communicator (collective).
     init(world: Communicator) {
-        group = world.size == 1 ? world : world.split(color: 0, key: world.rank)
+        group = world.size == 1 ? world : world.split(color: 0, key: world.rank, axis: "world")
         ballot = .allocate(capacity: 1)
         ballot.initialize(to: 0)
         if stop_signal_install() != 0 { writeError("warning: cannot catch SIGTERM and SIGINT; a signal will end the run unsaved") }

@@ -61,11 +61,10 @@ struct Trainer<Command: TrainingCommand> {
         say("\(Command.name): \(world.size) rank(s), \(config), \(plan.parameterCount) parameters, "
             + "\(dataset.train.count) training / \(dataset.validation.count) validation examples from \(options.data)")
         if let line = layout.summary { say(line) }
-        var session = Session(context: context, layout: layout, metrics: metrics, seed: options.seed)
+        var session = Session(context: context, layout: layout, metrics: metrics, seed: options.seed, data: data)
         if options.metrics != nil || options.clipGradNorm != nil {
             session.gradientNorm = GradientNorm(local: layout.local, world: world, total: plan.parameterCount)
         }
-        var session = Session(context: context, layout: layout, metrics: metrics, seed: options.seed, data: data)
         if let directory = options.resume {
             guard let resumed = resume(layout, from: directory, config: config, data: data) else { return nil }
             (session.start, session.seed) = resumed
