@@ -76,6 +76,17 @@ public struct TrainingOptions: ParsableArguments, Sendable {
           help: "After training, check that every parameter held by several ranks is bit-identical on all of them (fails the run if not).")
     public var checkReplicas = false
 
+    // Validation curves, safetensors export and import (issue 16).
+    @Option(name: .customLong("val-every"), parsing: .unconditional,
+            help: "Also measure the validation loss (over --val-batches) every this many steps.")
+    public var valEvery: Int?
+
+    @Option(help: "After training, write the parameters as a .safetensors file here (canonical names, config and vocabulary in its metadata).")
+    public var export: String?
+
+    @Option(name: .customLong("init-from"), help: "Start training from the parameters in this .safetensors file (as written by --export).")
+    public var initFrom: String?
+
     public init() {}
 
     public var model: (Int) -> ModelConfig {
@@ -110,6 +121,10 @@ public struct TrainingOptions: ParsableArguments, Sendable {
         if !eps.isFinite || eps <= 0 { throw UsageError("--eps must be a positive finite number (got \(eps))") }
         if !weightDecay.isFinite || weightDecay < 0 {
             throw UsageError("--weight-decay must be a finite number ≥ 0 (got \(weightDecay))")
+        }
+        if let valEvery { try positive(valEvery, "val-every") }
+        if initFrom != nil && resume != nil {
+            throw UsageError("--init-from and --resume cannot be used together (a checkpoint already holds the parameters)")
         }
         if seqLen * emb > 1 << 24 || hidden > 1 << 24 { throw UsageError("--seq-len × --emb and --hidden must stay below 2^24") }
     }
