@@ -46,7 +46,8 @@ final class ModelFlopsTests: XCTestCase {
 
         // The second run reads the cache.
         let (second, again) = try run(cache: cache)
-        XCTAssertTrue(second.contains("cached in \(cache)/parallelisms-swift/peak.json"), second)
+        XCTAssertTrue(second.contains("(cached in \(cache)/parallelisms-swift/peak.json, measured "), second)
+        XCTAssertFalse(second.contains("measured now"), second)
         XCTAssertEqual(again["peak_flops_per_second"] as? Double, 2 * peak)
     }
 
