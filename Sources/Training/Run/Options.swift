@@ -78,7 +78,7 @@ public struct TrainingOptions: ParsableArguments, Sendable {
 
     // Validation curves, safetensors export and import (issue 16).
     @Option(name: .customLong("val-every"), parsing: .unconditional,
-            help: "Also measure the validation loss (over --val-batches) every this many steps.")
+            help: "Also measure the validation loss (over --val-batches) every this many steps: in the progress line and as {\"step\",\"val_loss\"} in --metrics.")
     public var valEvery: Int?
 
     @Option(help: "After training, write the parameters as a .safetensors file here (canonical names, config and vocabulary in its metadata).")
