@@ -5,7 +5,8 @@
 #
 # Uses Debian's python3-matplotlib (hence /usr/bin/python3, not the pyenv python on PATH);
 # scripts/setup.sh installs it. Each file's label is its name without .jsonl. Writes:
-#   DIR/loss.png    the loss curves overlaid (they should coincide), and below, each layout's
+#   DIR/loss.png    the loss curves overlaid (they should coincide), with the validation loss
+#                   (--val-every's {"step","val_loss"} records) dashed in the same colour, and below, each layout's
 #                   |relative difference| from the reference (train.jsonl, or --reference), worst
 #                   per window, on a log scale, with the 1e-5 test tolerance dotted
 #   DIR/speed.png   µs per training step per layout (training_seconds / train_steps)
@@ -28,17 +29,24 @@ KINDS = ["allreduce", "allgather", "reduce_scatter", "send", "recv", "broadcast"
 
 
 def read(path):
+    """(steps, training losses, final record); the final record's "validation" holds the
+    --val-every curve as (steps, validation losses)."""
     steps, losses, final = [], [], None
+    validation = ([], [])
     with open(path) as f:
         for line in f:
             record = json.loads(line)
             if "loss" in record and "step" in record:
                 steps.append(record["step"])
                 losses.append(record["loss"])
-            if "val_loss" in record:
+            elif "val_loss" in record and "step" in record:
+                validation[0].append(record["step"])
+                validation[1].append(record["val_loss"])
+            elif "val_loss" in record:
                 final = record
     if final is None:
         sys.exit(f"error: {path} has no final record (was the run complete?)")
+    final["validation"] = validation
     return steps, losses, final
 
 
@@ -56,11 +64,14 @@ def main():
 
     # Loss curves and their difference from the reference.
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True, gridspec_kw={"height_ratios": [2, 1]})
-    for name, (steps, losses, _) in runs.items():
+    for name, (steps, losses, final) in runs.items():
         window = max(1, len(losses) // 200)
         smooth = [sum(losses[i : i + window]) / len(losses[i : i + window]) for i in range(0, len(losses), window)]
-        top.plot(steps[::window][: len(smooth)], smooth, label=name, linewidth=1)
-    top.set_ylabel("training loss (smoothed)")
+        (line,) = top.plot(steps[::window][: len(smooth)], smooth, label=name, linewidth=1)
+        val_steps, val_losses = final["validation"]
+        if val_steps:
+            top.plot(val_steps, val_losses, label=f"{name} (validation)", linewidth=1, linestyle="--", color=line.get_color())
+    top.set_ylabel("loss (training smoothed,\nvalidation dashed)")
     top.legend(fontsize=8)
     top.set_title("Every layout trains the same model")
     if reference in runs:

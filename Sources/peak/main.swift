@@ -123,69 +123,13 @@ func fixed(_ x: Double, _ decimals: Int) -> String {
 
 // MARK: - FMA peak
 
-/// `iterations` rounds of 16 independent 16-wide FMAs (`acc += x·y`): 512 FLOP per round.
-///
-/// A Zen 4/5 or Ice Lake+ core retires two 512-bit FMAs per cycle with a latency of 4 cycles, so
-/// at least 8 chains must be in flight; 16 chains leave margin and still fit the 32 registers
-/// with x and y. The accumulators grow by 1e-20 per round, so nothing overflows or goes
-/// denormal, and the final sum keeps the loop from being optimised away.
-#if PARALLELISMS_AVX2
-/// The same with 8-wide vectors and 12 chains (16 registers in AVX2): 192 FLOP per round.
-let flopsPerRound = 192.0
-let chains = "12 chains of 8-wide"
-@inline(never)
-func fmaChains(_ iterations: Int, _ x: Float) -> Float {
-    typealias V = SIMD8<Float>
-    let a = V(repeating: x), b = V(repeating: 1e-10)
-    var c0 = V(), c1 = V(), c2 = V(), c3 = V(), c4 = V(), c5 = V(), c6 = V(), c7 = V()
-    var c8 = V(), c9 = V(), c10 = V(), c11 = V()
-    for _ in 0..<iterations {
-        c0.addProduct(a, b); c1.addProduct(a, b); c2.addProduct(a, b); c3.addProduct(a, b)
-        c4.addProduct(a, b); c5.addProduct(a, b); c6.addProduct(a, b); c7.addProduct(a, b)
-        c8.addProduct(a, b); c9.addProduct(a, b); c10.addProduct(a, b); c11.addProduct(a, b)
-    }
-    let s = ((c0 + c1) + (c2 + c3)) + ((c4 + c5) + (c6 + c7)) + ((c8 + c9) + (c10 + c11))
-    return s.sum()
-}
-#else
-let flopsPerRound = 512.0
-let chains = "16 chains of 16-wide"
-@inline(never)
-func fmaChains(_ iterations: Int, _ x: Float) -> Float {
-    typealias V = SIMD16<Float>
-    let a = V(repeating: x), b = V(repeating: 1e-10)
-    var c0 = V(), c1 = V(), c2 = V(), c3 = V(), c4 = V(), c5 = V(), c6 = V(), c7 = V()
-    var c8 = V(), c9 = V(), c10 = V(), c11 = V(), c12 = V(), c13 = V(), c14 = V(), c15 = V()
-    for _ in 0..<iterations {
-        c0.addProduct(a, b); c1.addProduct(a, b); c2.addProduct(a, b); c3.addProduct(a, b)
-        c4.addProduct(a, b); c5.addProduct(a, b); c6.addProduct(a, b); c7.addProduct(a, b)
-        c8.addProduct(a, b); c9.addProduct(a, b); c10.addProduct(a, b); c11.addProduct(a, b)
-        c12.addProduct(a, b); c13.addProduct(a, b); c14.addProduct(a, b); c15.addProduct(a, b)
-    }
-    let s = ((c0 + c1) + (c2 + c3)) + ((c4 + c5) + (c6 + c7)) + ((c8 + c9) + (c10 + c11)) + ((c12 + c13) + (c14 + c15))
-    return s.sum()
-}
-#endif
-
-/// The best of `repeats` runs (a peak is a maximum, not a typical value).
-func measurePeak() -> Double {
-    let iterations = 1 << 14  // 8 MFLOP: about 35 µs, short enough to run between interruptions
-    var sink: Float = 0
-    var best = 0.0
-    _ = fmaChains(1 << 16, 1e-10)
-    for _ in 0..<max(10 * repeats, 100) {
-        let start = now()
-        sink += fmaChains(iterations, 1e-10)
-        let elapsed = now() - start
-        best = max(best, Double(iterations) * flopsPerRound / elapsed / 1e9)
-    }
-    if sink.isNaN { print("") }
-    return best
-}
+/// The best of `max(10 · repeats, 100)` runs of ``PeakThroughput`` (a peak is a maximum, not a
+/// typical value), in GFLOP/s: the same probe the training executables use for MFU.
+func measurePeak() -> Double { PeakThroughput.measure(runs: max(10 * repeats, 100)) / 1e9 }
 
 let peakGFLOPs: Double? = skipPeak ? nil : measurePeak()
 if let p = peakGFLOPs {
-    print("peak: \(fixed(p, 1)) GFLOP/s fp32 (one core, \(chains) FMA, best of \(max(10 * repeats, 100)) runs)")
+    print("peak: \(fixed(p, 1)) GFLOP/s fp32 (one core, \(PeakThroughput.method), best of \(max(10 * repeats, 100)) runs)")
 }
 func ofPeak(_ gflops: Double) -> String {
     guard let peakGFLOPs else { return "" }
@@ -261,10 +205,7 @@ if modelMode {
     let sampler = BatchSampler(examples: dataset.train, batchSize: batch, seed: 42, stream: .trainingBatches)
     print("model: \(config), batch \(batch), \(config.parameterCount) parameters")
 
-    var flops = 0.0
-    for block in config.plan.blocks where block.kind.isLinear {
-        flops += 6 * Double(batch) * Double(block.weightRows) * Double(block.weightColumns)
-    }
+    let flops = config.plan.trainingFlops(batchSize: batch)
     print("flops_per_step: \(fixed(flops / 1e6, 3)) MFLOP (6·B·in·out summed over the Linears)")
 
     // The reference step of `SingleRank`: sample → forward → zero grads → backward → update.

@@ -22,6 +22,8 @@ enum Launch {
 
     static var environment: [String: String] {
         var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("OMPI_") && !$0.key.hasPrefix("PMIX_") }
+        // The runs' MFU peak is cached here, not in the user's ~/.cache (see `MachinePeak`).
+        env["XDG_CACHE_HOME"] = cacheHome
         if getuid() == 0 {
             env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
             env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
@@ -82,6 +84,10 @@ enum Launch {
         try run(executable, np: np, [], then: arguments, environment: extra, timeout: timeout, file: file, line: line)
     }
 
+    /// `XDG_CACHE_HOME` of every run of this test process: the first run measures the peak, the
+    /// others read it.
+    static let cacheHome = try! temporaryDirectory().path
+
     /// A fresh directory under the system's temporary directory.
     static func temporaryDirectory() throws -> URL {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ps-e2e-\(UUID().uuidString)")
@@ -120,6 +126,10 @@ struct Metrics {
     /// The first step recorded (0, or the step a resumed run continued from).
     var firstStep: Int?
     var valLoss: Float?
+    /// `--val-every`'s records: (steps completed, validation loss).
+    var validation: [(step: Int, loss: Float)] = []
+    /// The final record (the one without a "step").
+    var final: [String: Any]?
     var records: [[String: Any]] = []
 
     init(path: String) throws {
@@ -133,7 +143,10 @@ struct Metrics {
                 losses.append(Float(loss))
                 if let norm = object["grad_norm"] as? Double { gradientNorms.append(Float(norm)) }
             }
-            if let v = object["val_loss"] as? Double { valLoss = Float(v) }
+            if let v = object["val_loss"] as? Double {
+                if let step = object["step"] as? Int { validation.append((step, Float(v))) } else { valLoss = Float(v) }
+            }
+            if object["step"] == nil { final = object }
         }
     }
 }

@@ -50,6 +50,15 @@ final class MetricsWriter {
         append("}\n")
     }
 
+    /// `{"step":N,"val_loss":X}` followed by a newline (`--val-every`): N steps completed.
+    func record(step: Int, validationLoss loss: Float) {
+        append("{\"step\":")
+        append(step.description)
+        append(",\"val_loss\":")
+        append(loss.isFinite ? loss.description : "null")
+        append("}\n")
+    }
+
     func flush() {
         var offset = 0
         while offset < used {

@@ -92,6 +92,17 @@ public struct TrainingOptions: ParsableArguments, Sendable {
             help: "End the whole job when any collective, send or receive has not completed within this many seconds (a stalled rank).")
     public var timeout: Double = 300
 
+    // Validation curves, safetensors export and import (issue 16).
+    @Option(name: .customLong("val-every"), parsing: .unconditional,
+            help: "Also measure the validation loss (over --val-batches) every this many steps: in the progress line and as {\"step\",\"val_loss\"} in --metrics.")
+    public var valEvery: Int?
+
+    @Option(help: "After training, write the parameters as a .safetensors file here (canonical names, config and vocabulary in its metadata).")
+    public var export: String?
+
+    @Option(name: .customLong("init-from"), help: "Start training from the parameters in this .safetensors file (as written by --export).")
+    public var initFrom: String?
+
     public init() {}
 
     public var model: (Int) -> ModelConfig {
@@ -133,6 +144,10 @@ public struct TrainingOptions: ParsableArguments, Sendable {
             throw UsageError("--clip-grad-norm must be a positive finite number (got \(clip))")
         }
         if !timeout.isFinite || timeout <= 0 { throw UsageError("--timeout must be a positive finite number of seconds (got \(timeout))") }
+        if let valEvery { try positive(valEvery, "val-every") }
+        if initFrom != nil && resume != nil {
+            throw UsageError("--init-from and --resume cannot be used together (a checkpoint already holds the parameters)")
+        }
         if seqLen * emb > 1 << 24 || hidden > 1 << 24 { throw UsageError("--seq-len × --emb and --hidden must stay below 2^24") }
     }
 }

@@ -28,6 +28,8 @@ struct Trainer<Command: TrainingCommand> {
         var data: DataIdentity?
         /// The signal that stopped training early (SIGTERM, SIGINT), once its checkpoint is saved.
         var stoppedBy: Int32?
+        /// Model FLOPs and the machine's peak, for MFU (rank 0 only: it prints and writes metrics).
+        var utilization: ModelFlopsUtilization?
     }
 
     /// Returns the process exit status.
@@ -50,9 +52,9 @@ struct Trainer<Command: TrainingCommand> {
         }) else { return nil }
         let config = options.model(dataset.vocabulary.count)
         let plan = config.plan
+        guard let initial = initialParameters(config: config, dataset: dataset) else { return nil }
         let context = TrainingContext(world: world, options: options, config: config, plan: plan,
-                                      optimizer: options.optimizerConfig, dataset: dataset,
-                                      initialParameters: plan.initialParameters(seed: options.seed))
+                                      optimizer: options.optimizerConfig, dataset: dataset, initialParameters: initial)
         guard let layout = agreeing(world, { try command.makeLayout(context) }) else { return nil }
         guard let metrics = agreeing(world, { () throws -> MetricsWriter? in
             guard isLeader, let path = options.metrics else { return nil }
@@ -65,6 +67,12 @@ struct Trainer<Command: TrainingCommand> {
         if options.metrics != nil || options.clipGradNorm != nil {
             session.gradientNorm = GradientNorm(local: layout.local, world: world, total: plan.parameterCount)
         }
+        if isLeader {
+            session.utilization = ModelFlopsUtilization(flopsPerStep: plan.trainingFlops(batchSize: options.batchSize),
+                                                        peak: MachinePeak.current(), ranks: world.size)
+            say(session.utilization!.summary)
+        }
+        if let path = options.initFrom { say("initialised from \(path)") }
         if let directory = options.resume {
             guard let resumed = resume(layout, from: directory, config: config, data: data) else { return nil }
             (session.start, session.seed) = resumed
@@ -73,14 +81,17 @@ struct Trainer<Command: TrainingCommand> {
     }
 
     /// The reference loop: forward and backward, update, record; checkpoints every `--save-every`
-    /// steps; a progress line every `--log-every`; a clean stop on SIGTERM or SIGINT (``StopVote``).
-    /// The communication ledger counts these steps only.
+    /// steps; the validation loss every `--val-every`; a progress line every `--log-every`; a clean
+    /// stop on SIGTERM or SIGINT (``StopVote``). The communication ledger and the step timing count
+    /// the training steps only.
     func train(_ session: inout Session) -> Bool {
         let layout = session.layout, metrics = session.metrics, gradientNorm = session.gradientNorm
         let sampler = BatchSampler(examples: session.context.dataset.train, batchSize: options.batchSize,
                                    seed: session.seed, stream: .trainingBatches)
         var progress = Progress(options: options)
         let stop = StopVote(world: world)
+        progress.utilization = session.utilization
+        var validationSeconds = 0.0
         Ledger.reset()
         let loopStart = MPI.time()
         var savedAt = options.resume == nil ? -1 : session.start
@@ -108,10 +119,15 @@ struct Trainer<Command: TrainingCommand> {
                 guard save(layout, step: step + 1, seed: session.seed, config: session.config, data: session.data) else { return false }
                 savedAt = step + 1
             }
-            if let line = progress.record(step: step, loss: loss) { say(line) }
+            let validation = periodicValidation(session, after: step)
+            if let validation {
+                validationSeconds += validation.seconds
+                progress.pause(validation.seconds)
+            }
+            if let line = progress.record(step: step, loss: loss, validationLoss: validation?.loss) { say(line) }
             if let signal = stop.afterStep() { return stopped(by: signal, after: step + 1, savedAt: savedAt, stop, &session) }
         }
-        let trainingSeconds = MPI.time() - loopStart
+        let trainingSeconds = MPI.time() - loopStart - validationSeconds
         Ledger.isRecording = false
         let end = max(session.start, options.steps)
         if let signal = stop.afterTraining() { return stopped(by: signal, after: end, savedAt: savedAt, stop, &session) }
@@ -120,6 +136,10 @@ struct Trainer<Command: TrainingCommand> {
         if isLeader { print(ledger.table) }
         if let line = layout.trainingFinished(), isLeader { print(line) }
         session.summary = "\"training_seconds\":\(trainingSeconds),\(ledger.json)"
+        if let report = session.utilization?.report(steps: max(0, options.steps - session.start), seconds: trainingSeconds) {
+            say(report.line)
+            session.summary += "," + report.json
+        }
 
         if options.checkpointDir != nil && savedAt != end {
             guard save(layout, step: end, seed: session.seed, config: session.config, data: session.data) else { return false }
@@ -143,12 +163,9 @@ struct Trainer<Command: TrainingCommand> {
             }
             guard written != nil else { return false }
         }
+        if let path = options.export { guard export(session, to: path) else { return false } }
 
-        let validation = BatchSampler(examples: session.context.dataset.validation, batchSize: options.batchSize,
-                                      seed: session.seed, stream: .validationBatches)
-        var validationLoss: Double = 0
-        for i in 0..<options.valBatches { validationLoss += Double(layout.evaluate(batch: i, from: validation)) }
-        let valLoss = Float(validationLoss / Double(options.valBatches))
+        let valLoss = validationLoss(session)
         say("validation loss \(format(valLoss, 4)) (\(options.valBatches) batches of \(options.batchSize))")
         if let metrics = session.metrics {
             metrics.append("{\"val_loss\":\(valLoss.description),\"steps\":\(options.steps),\"world\":\(world.size),"
@@ -179,6 +196,8 @@ struct Progress {
     var windowStart = MPI.time()
     var windowSteps = 0
     var windowLoss: Double = 0
+    /// Adds model FLOP/s and MFU to the line (rank 0).
+    var utilization: ModelFlopsUtilization?
 
     init(options: TrainingOptions) {
         every = options.logEvery
@@ -186,10 +205,18 @@ struct Progress {
         batchSize = options.batchSize
     }
 
-    mutating func record(step: Int, loss: Float) -> String? {
+    /// Leaves `seconds` (spent validating) out of the window's time per step.
+    mutating func pause(_ seconds: Double) { windowStart += seconds }
+
+    /// The line after step `step`, if one is due; a `validationLoss` measured after the step is
+    /// added to it, or gets a line of its own.
+    mutating func record(step: Int, loss: Float, validationLoss: Float? = nil) -> String? {
         windowLoss += Double(loss)
         windowSteps += 1
-        guard (step + 1) % every == 0 || step + 1 == steps else { return nil }
+        let validation = validationLoss.map { "  val loss \(format($0, 4))" } ?? ""
+        guard (step + 1) % every == 0 || step + 1 == steps else {
+            return validationLoss == nil ? nil : "step \(step + 1)/\(steps)" + validation
+        }
         let now = MPI.time()
         let perStep = (now - windowStart) / Double(windowSteps)
         defer {
@@ -199,5 +226,6 @@ struct Progress {
         }
         return "step \(step + 1)/\(steps)  loss \(format(loss, 4))  mean \(format(Float(windowLoss / Double(windowSteps)), 4))  "
             + "\(format(Float(perStep * 1e6), 1)) µs/step  \(format(Float(Double(batchSize) / perStep), 0)) tokens/s"
+            + (utilization?.progressText(secondsPerStep: perStep) ?? "") + validation
     }
 }
