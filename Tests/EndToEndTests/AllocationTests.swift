@@ -71,6 +71,7 @@ final class AllocationTests: XCTestCase {
         try check("train_pp", np: 3, extra: ["--micro-batches", "4", "--schedule", "gpipe"])
         try check("train_pp", np: 2, extra: ["--micro-batches", "4", "--schedule", "1f1b"])
         try check("train_pp", np: 3, extra: ["--micro-batches", "4", "--schedule", "zb1p"])
+        try check("train_pp", np: 2, extra: ["--micro-batches", "4", "--schedule", "gpipe", "--recompute"])
     }
     func testThreeDimensionalStepDoesNotAllocate() throws {
         try check("train_3d", np: 4, extra: ["--tp", "2", "--dp", "1", "--pp", "2", "--micro-batches", "2", "--optimizer", "adam"])

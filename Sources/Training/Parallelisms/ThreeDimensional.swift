@@ -58,7 +58,7 @@ public final class ThreeDimensional: TrainingLayout {
                               rows: steps.rows(0),
                               schedule: PipelineSchedule(pipeline.schedule, stage: mesh[.pp].rank, stages: pp,
                                                          microBatches: pipeline.microBatches),
-                              pp: mesh[.pp], seqLen: context.config.seqLen, lossScale: 1 / Float(globalBatch))
+                              pp: mesh[.pp], seqLen: context.config.seqLen, lossScale: 1 / Float(globalBatch), recompute: pipeline.recompute)
         local = LocalParameters(map: sharded.map, values: sharded.shards.value, gradients: sharded.shards.grad,
                                 optimizer: Optimizer(config: context.optimizer, count: sharded.shards.count))
     }

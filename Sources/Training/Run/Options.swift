@@ -178,6 +178,9 @@ public struct PipelineOptions: ParsableArguments, Sendable {
             help: "Blocks per pipeline stage, e.g. 3,2 (default: the cut that balances the stages' FLOPs).")
     public var partitionText: String?
 
+    @Flag(help: "Activation recomputation: keep only each micro-batch's stage input and output, and rerun its forward inside the backward (less memory, one more forward).")
+    public var recompute = false
+
     public init() {}
 
     /// `--partition` as blocks per stage (nil: balance by cost).
@@ -187,6 +190,9 @@ public struct PipelineOptions: ParsableArguments, Sendable {
 
     public func validate() throws {
         try requirePositive(microBatches, "micro-batches")
+        if recompute && schedule == .zeroBubble {
+            throw UsageError("--recompute cannot be combined with --schedule zb1p: its deferred weight passes need the activations that recomputation drops")
+        }
         if let text = partitionText, let counts = partition, counts.contains(where: { $0 <= 0 }) {
             throw UsageError("--partition must be positive block counts separated by commas, e.g. 3,2 (got '\(text)')")
         }

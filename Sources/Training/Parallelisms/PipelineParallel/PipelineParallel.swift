@@ -40,7 +40,7 @@ public final class PipelineParallel: TrainingLayout {
             layers: blocks.map { $0.makeLayer(parameters: parameters.view(offset: $0.parameterOffset - first, count: $0.parameterCount)) },
             widths: plan.widths(blocks.indices), rows: steps.rows(0),
             schedule: PipelineSchedule(pipeline.schedule, stage: pp.rank, stages: n, microBatches: microBatches),
-            pp: pp, seqLen: context.config.seqLen, lossScale: 1 / Float(context.batchSize))
+            pp: pp, seqLen: context.config.seqLen, lossScale: 1 / Float(context.batchSize), recompute: pipeline.recompute)
         local = LocalParameters(map: map, values: parameters.value, gradients: parameters.grad,
                                 optimizer: Optimizer(config: context.optimizer, count: count))
     }

@@ -23,6 +23,17 @@ import Distributed
 /// **Memory.** One set of activations (`b × Σ widths` floats, values and gradients) per slot:
 /// `M` slots for GPipe, `min(M, N − s)` for 1F1B, `min(M, N)` for ZB-H1. Everything is allocated
 /// in `init`.
+///
+/// **Recomputation** (`--recompute`). A micro-batch in flight then keeps only its stage boundary:
+/// the input it received (`b × w_in`; the first stage re-reads its token ids) and the copies of
+/// what it sent (its output, `b × w_out`, and later its input gradient, `b × w_in`, until the
+/// neighbour has them). One working chain holds the activations: the backward of a micro-batch
+/// first reruns its forward there from the saved input, then backpropagates. Activation memory per
+/// stage drops from `slots · b · Σ widths · 2` floats to `b · Σ widths · 2 + slots · b · (2 w_in +
+/// w_out)`, for one more forward per micro-batch (with FSDP's hooks in `train_3d`, one more
+/// allgather per block); the results are bit-identical, the rerun forward being the same
+/// arithmetic on the same input. A stage that holds one micro-batch at a time (slots = 1, 1F1B's
+/// last stage) keeps its chain: recomputing there would only add.
 public final class PipelineStage {
     public let layers: [Layer]
     public let widths: [Int]
@@ -37,8 +48,10 @@ public final class PipelineStage {
     let pp: Communicator
     let previous: Int?
     let next: Int?
-    /// Micro-batch `m` runs in chain `m % chains.count`.
+    /// Micro-batch `m` runs in chain `m % chains.count` (one working chain with recomputation).
     let chains: [LayerChain]
+    /// With recomputation, the per-slot stage boundaries (nil without).
+    let boundaries: Boundaries?
     /// The pipeline's rows of the batch: token ids (first stage) and targets (last stage).
     let batchTokens: UnsafeMutablePointer<Float>
     let batchTargets: UnsafeMutablePointer<Int32>
@@ -57,8 +70,13 @@ public final class PipelineStage {
     ///   - hooks: what runs around each layer (FSDP's gather and scatter in `train_3d`).
     ///   - rows: rows of the global batch this pipeline handles, split into `schedule.microBatches`.
     ///   - lossScale: the loss's gradient scale, `1 / global batch`.
+    ///   - recompute: keep only each micro-batch's stage boundary and rerun its forward in backward
+    ///     (not with split backwards, whose deferred weight passes need the activations).
     public init(layers: [Layer], widths: [Int], hooks: LayerChainHooks? = nil, rows: Range<Int>, schedule: PipelineSchedule,
-                pp: Communicator, seqLen: Int, lossScale: Float) {
+                pp: Communicator, seqLen: Int, lossScale: Float, recompute: Bool = false) {
+        precondition(!recompute || schedule.kind != .zeroBubble)
+        // A stage that holds one micro-batch at a time (1F1B's last) has nothing to save by it.
+        let recompute = recompute && schedule.slots > 1
         precondition(!layers.isEmpty && widths.count == layers.count + 1)
         precondition(schedule.stages == pp.size && schedule.stage == pp.rank && rows.count % schedule.microBatches == 0)
         self.layers = layers
@@ -73,7 +91,7 @@ public final class PipelineStage {
         self.previous = previous
         self.next = next
         precondition(previous != nil || widths[0] == seqLen, "the first stage's input is the token ids")
-        chains = (0..<schedule.slots).map { _ in
+        chains = (0..<(recompute ? 1 : schedule.slots)).map { _ in
             LayerChain(layers: layers, widths: widths, rows: microRows,
                        loss: next == nil ? SoftmaxCrossEntropy(gradientScale: lossScale) : nil, hooks: hooks)
         }
@@ -82,6 +100,8 @@ public final class PipelineStage {
         batchTargets = .allocate(capacity: ends ? rows.count : 1)
         batchTokens.initialize(repeating: 0, count: ends ? rows.count * seqLen : 1)
         batchTargets.initialize(repeating: 0, count: ends ? rows.count : 1)
+        boundaries = recompute ? Boundaries(slots: schedule.slots, rows: microRows, input: previous == nil ? 0 : widths[0],
+                                            output: next == nil ? 0 : widths[widths.count - 1]) : nil
         forwardSends = Array(repeating: Request(), count: schedule.slots)
         backwardSends = Array(repeating: Request(), count: schedule.slots)
     }
@@ -122,7 +142,7 @@ public final class PipelineStage {
             }
         }
         let start = MPI.time()
-        for k in chains.indices {
+        for k in forwardSends.indices {
             forwardSends[k].wait()
             backwardSends[k].wait()
         }
@@ -146,37 +166,107 @@ public final class PipelineStage {
 
     /// Runs micro-batch `m` forward; on the last stage returns its summed loss (else 0).
     func forward(_ m: Int) -> Float {
-        let slot = m % chains.count, chain = chains[slot]
+        let slot = m % schedule.slots, chain = chains[m % chains.count]
         let start = MPI.time()
         forwardSends[slot].wait()  // the slot's last output may still be on its way
         if let previous {
             pp.receive(chain.input.value, count: chain.input.count, from: previous, tag: .pipelineActivation)
         }
         waitingSeconds += MPI.time() - start
+        boundaries?.saveInput(chain.input, slot: slot)
+        let loss = restoreAndForward(m, chain)
+        if let next {
+            let output = boundaries?.keepOutput(chain.output, slot: slot) ?? chain.output.value
+            forwardSends[slot] = pp.startSend(output, count: chain.output.count, to: next, tag: .pipelineActivation)
+        }
+        return loss
+    }
+
+    /// Fills the chain's token ids (first stage) or targets (last stage) for micro-batch `m` and
+    /// runs it forward.
+    func restoreAndForward(_ m: Int, _ chain: LayerChain) -> Float {
         if previous == nil {
             chain.input.value.update(from: batchTokens + m * microRows * seqLen, count: microRows * seqLen)
         }
         if next == nil {
             chain.targets.update(from: batchTargets + m * microRows, count: microRows)
         }
-        let loss = chain.forward()
-        if let next {
-            forwardSends[slot] = pp.startSend(chain.output.value, count: chain.output.count, to: next, tag: .pipelineActivation)
-        }
-        return loss
+        return chain.forward()
     }
 
     /// Runs micro-batch `m` backward (its forward ran earlier in the same slot); `split`: only
     /// the input-gradient half (``LayerChain/backwardInput()``), the weight half comes later.
     func backward(_ m: Int, split: Bool = false) {
-        let slot = m % chains.count, chain = chains[slot]
+        let slot = m % schedule.slots, chain = chains[m % chains.count]
+        if let boundaries {
+            // Rerun the forward from the saved boundary (the loss's too: its backward needs the probabilities).
+            boundaries.restoreInput(chain.input, slot: slot)
+            _ = restoreAndForward(m, chain)
+        }
         let start = MPI.time()
         backwardSends[slot].wait()  // the slot's last input gradient may still be on its way
         if let next { pp.receive(chain.output.grad, count: chain.output.count, from: next, tag: .pipelineGradient) }
         waitingSeconds += MPI.time() - start
         if split { chain.backwardInput() } else { chain.backward() }
         if let previous {
-            backwardSends[slot] = pp.startSend(chain.input.grad, count: chain.input.count, to: previous, tag: .pipelineGradient)
+            let inputGradient = boundaries?.keepInputGradient(chain.input, slot: slot) ?? chain.input.grad
+            backwardSends[slot] = pp.startSend(inputGradient, count: chain.input.count, to: previous, tag: .pipelineGradient)
+        }
+    }
+}
+
+extension PipelineStage {
+    /// What recomputation keeps per slot: the received input, and the copies of the output and of
+    /// the input gradient while they are being sent (the working chain is overwritten meanwhile).
+    /// Counted in the memory ledger as activations.
+    final class Boundaries {
+        let rows: Int, input: Int, output: Int, slots: Int
+        /// `slots × rows × input` floats each, and `slots × rows × output`.
+        let inputs: UnsafeMutablePointer<Float>
+        let inputGradients: UnsafeMutablePointer<Float>
+        let outputs: UnsafeMutablePointer<Float>
+        var bytes: Int { 4 * slots * rows * (2 * input + output) }
+
+        /// `input`: the stage's input width (0 on the first stage, which re-reads its token ids);
+        /// `output`: its output width (0 on the last stage, which sends nothing forward).
+        init(slots: Int, rows: Int, input: Int, output: Int) {
+            (self.slots, self.rows, self.input, self.output) = (slots, rows, input, output)
+            inputs = .allocate(capacity: Swift.max(1, slots * rows * input))
+            inputGradients = .allocate(capacity: Swift.max(1, slots * rows * input))
+            outputs = .allocate(capacity: Swift.max(1, slots * rows * output))
+            inputs.initialize(repeating: 0, count: Swift.max(1, slots * rows * input))
+            inputGradients.initialize(repeating: 0, count: Swift.max(1, slots * rows * input))
+            outputs.initialize(repeating: 0, count: Swift.max(1, slots * rows * output))
+            MemoryLedger.add(.activations, bytes: bytes)
+        }
+
+        deinit {
+            inputs.deallocate()
+            inputGradients.deallocate()
+            outputs.deallocate()
+            MemoryLedger.add(.activations, bytes: -bytes)
+        }
+
+        func saveInput(_ activation: Activation, slot: Int) {
+            guard input > 0 else { return }
+            Kernels.copy(activation.value, into: inputs + slot * rows * input, count: rows * input)
+        }
+
+        func restoreInput(_ activation: Activation, slot: Int) {
+            guard input > 0 else { return }
+            Kernels.copy(inputs + slot * rows * input, into: activation.value, count: rows * input)
+        }
+
+        func keepOutput(_ activation: Activation, slot: Int) -> UnsafeMutablePointer<Float> {
+            let copy = outputs + slot * rows * output
+            Kernels.copy(activation.value, into: copy, count: rows * output)
+            return copy
+        }
+
+        func keepInputGradient(_ activation: Activation, slot: Int) -> UnsafeMutablePointer<Float> {
+            let copy = inputGradients + slot * rows * input
+            Kernels.copy(activation.grad, into: copy, count: rows * input)
+            return copy
         }
     }
 }
