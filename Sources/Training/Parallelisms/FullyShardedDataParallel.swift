@@ -68,8 +68,8 @@ public final class FullyShardedDataParallel: TrainingLayout {
     }
 
     public var summary: String? {
-        let layout = replicas.size > 1 ? "HSDP: \(replicas.size) replicas of \(shardGroup.size)-rank shard groups" : "\(shardGroup.size) ranks"
-        return "ZeRO-\(zero) over \(layout)"
+        guard replicas.size > 1 else { return "ZeRO-\(zero) over \(shardGroup.size) ranks" }
+        return "ZeRO-\(zero) over HSDP: \(replicas.size) replicas of \(shardGroup.size)-rank shard groups"
     }
 
     public func forwardBackward(batch index: Int, from sampler: BatchSampler) -> Float {
