@@ -19,7 +19,7 @@ public enum MemoryCategory: Int, CaseIterable, Sendable {
 /// The buffers register themselves when allocated and unregister when freed (`Activation`,
 /// `ParameterBuffer`, `Optimizer`, gather buffers), so the figures are the actual
 /// allocation sizes, not formulas. "Buffers" are communication space: FSDP's gather
-/// buffer and its reduce-scatter output.
+/// buffer, ZeRO-2's block gradient buffer, and the reduce-scatters' outputs.
 public enum MemoryLedger {
     nonisolated(unsafe) static let bytes: UnsafeMutablePointer<Int> = {
         let p = UnsafeMutablePointer<Int>.allocate(capacity: MemoryCategory.allCases.count)

@@ -10,6 +10,15 @@ public struct MeshAxis: Hashable, Sendable, CustomStringConvertible {
     public static let dp = MeshAxis("dp")
     /// Pipeline parallel: ranks that hold consecutive stages of the chain.
     public static let pp = MeshAxis("pp")
+    /// Fully sharded data parallel: ranks that split the batch and shard the parameters, their
+    /// gradients and optimizer state among themselves (PyTorch DeviceMesh's "shard").
+    public static let shard = MeshAxis("shard")
+    /// Hybrid sharding (HSDP): groups of `shard` ranks that hold the same shards, split the batch
+    /// further and sum their gradient shards (PyTorch DeviceMesh's "replicate").
+    public static let replicate = MeshAxis("replicate")
+
+    /// The axes along which ranks train on different rows of the batch.
+    public static let dataAxes: [MeshAxis] = [.dp, .shard, .replicate]
 }
 
 /// The world arranged as an n-dimensional grid of ranks with named axes (like PyTorch's

@@ -46,6 +46,22 @@ extension Communicator {
         Ledger.record(.reduceScatter, bytes: size * count * 4, since: start)
     }
 
+    /// Sums `input` over the group and leaves this rank's block of the sum in `output`, the blocks
+    /// cut by `counts` (one per rank, in rank order: rank `q` gets elements
+    /// `counts[0] + … + counts[q−1]` onward, `counts[q]` of them; a count may be 0). ZeRO-2 uses it
+    /// to hand each rank the part of one block's gradient that falls in its shard
+    /// (`MPI_Reduce_scatter`). The ledger counts the whole input, `Σ counts · 4` bytes.
+    public func reduceScatterSum(_ input: UnsafeMutablePointer<Float>, into output: UnsafeMutablePointer<Float>,
+                                 counts: UnsafePointer<Int32>) {
+        if size == 1 { output.update(from: input, count: Int(counts[0])); return }
+        var total = 0
+        for q in 0..<size { total += Int(counts[q]) }
+        if total == 0 { return }
+        let start = MPI_Wtime()
+        MPI.check(MPI_Reduce_scatter(input, output, counts, Float.datatype, cmpi_op_sum(), handle), "MPI_Reduce_scatter")
+        Ledger.record(.reduceScatter, bytes: total * 4, since: start)
+    }
+
     /// The ring over blocks of `count` elements. Step `s` sends block `r − s − 1` of the partial
     /// sums in `input` to rank `r + 1` and receives the partial sum of block `r − s − 2` from
     /// rank `r − 1` into `output`, then adds: into `input`'s block, or at the last step (where

@@ -31,6 +31,17 @@ public struct LayoutShape: Sendable {
         LayoutShape(executable: .oneAxis, axes: [(.dp, ranks)], microBatches: nil)
     }
 
+    /// Fully sharded data parallel over all `ranks` (`train_fsdp`): the parameters sharded within
+    /// groups of `ranks / replicate` neighbouring ranks (the `shard` axis), the groups replicas of
+    /// each other (the `replicate` axis: HSDP when `replicate` > 1). Every rank trains on its own
+    /// rows of the batch.
+    public static func fullySharded(ranks: Int, replicate: Int) throws(UsageError) -> LayoutShape {
+        guard ranks % replicate == 0 else {
+            throw UsageError("--replicate \(replicate) does not divide the \(ranks) ranks (replicas × shard group size must equal the ranks)")
+        }
+        return LayoutShape(executable: .oneAxis, axes: [(.shard, ranks / replicate), (.replicate, replicate)], microBatches: nil)
+    }
+
     /// Tensor parallel over all `ranks`.
     public static func tensorParallel(ranks: Int) -> LayoutShape {
         LayoutShape(executable: .oneAxis, axes: [(.tp, ranks)], microBatches: nil)
@@ -49,13 +60,16 @@ public struct LayoutShape: Sendable {
     /// The degree along `axis` (1 when the layout does not use it).
     public func size(_ axis: MeshAxis) -> Int { axes.first { $0.axis == axis }?.size ?? 1 }
 
+    /// Ranks that train on different rows of the batch: the product of the data axes' degrees.
+    public var dataParallelDegree: Int { MeshAxis.dataAxes.reduce(1) { $0 * size($1) } }
+
     /// Ranks the layout needs.
     public var ranks: Int { axes.reduce(1) { $0 * $1.size } }
 
     /// Throws the first reason this layout cannot run `plan` with a global batch of `batchSize`
     /// on `worldSize` ranks, each rank's rows in `accumulation` micro-steps (`--accumulate`).
     public func check(worldSize: Int, plan: BlockPlan, batchSize: Int, accumulation: Int = 1) throws(UsageError) {
-        let tp = size(.tp), dp = size(.dp), pp = size(.pp), m = microBatches ?? 1, k = accumulation
+        let tp = size(.tp), dp = dataParallelDegree, pp = size(.pp), m = microBatches ?? 1, k = accumulation
         switch executable {
         case .singleRank where worldSize != 1:
             throw UsageError("train is the single-rank reference: run it with one process (got \(worldSize)); use train_dp or train_fsdp for more")
@@ -103,12 +117,18 @@ public struct LayoutShape: Sendable {
 
 extension ProcessMesh {
     /// The rows of the global batch that this rank trains on: slice `r` of the `D` equal slices,
-    /// `r` its coordinate on the data-parallel axis (all rows when the mesh has no such axis).
+    /// `D` the product of the data axes' sizes (``MeshAxis/dataAxes``: `dp`, or `shard` ×
+    /// `replicate`) and `r` this rank's coordinate over them, first axis fastest (all rows when
+    /// the mesh has no data axis).
     public func dataParallelRows(batch: Int) -> Range<Int> {
-        guard contains(.dp) else { return 0..<batch }
-        let group = self[.dp], rows = batch / group.size
-        precondition(rows * group.size == batch)
-        return group.rank * rows ..< (group.rank + 1) * rows
+        var index = 0, degree = 1
+        for k in axes.indices.reversed() where MeshAxis.dataAxes.contains(axes[k]) {
+            index = index * sizes[k] + coordinates[k]
+            degree *= sizes[k]
+        }
+        let rows = batch / degree
+        precondition(rows * degree == batch)
+        return index * rows ..< (index + 1) * rows
     }
 
     /// This rank's rows (``dataParallelRows(batch:)``) as `accumulation` micro-steps.

@@ -5,9 +5,10 @@
 /// over the micro-steps are exactly the full-batch gradient: the same model as `train` with the
 /// same global batch, while activations (and every other buffer sized by rows) shrink to a K-th.
 /// What a layout communicates per micro-step is its own business: DP holds its gradient
-/// allreduce until the last micro-step (one per optimizer step), FSDP (ZeRO-3) must gather its
-/// parameters for every micro-step's forward and backward and reduce-scatters each one's
-/// gradients into its shard, TP allreduces the activations of every micro-step, and a pipeline
+/// allreduce until the last micro-step (one per optimizer step), FSDP's ZeRO-1 likewise adds
+/// them up in its full gradient and reduce-scatters once, ZeRO-2 (no full gradient) reduce-scatters
+/// each micro-step's gradients into its shard, ZeRO-3 must also gather its parameters for every
+/// micro-step's forward and backward, TP allreduces the activations of every micro-step, and a pipeline
 /// runs its schedule once per micro-step.
 public struct MicroSteps: Sendable, Equatable {
     /// The rows of the global batch this rank trains on.

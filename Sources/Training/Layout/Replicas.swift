@@ -2,17 +2,19 @@ import Core
 import Distributed
 
 extension LocalParameters {
-    /// Checks that every canonical float held by more than one rank (DP's copies, TP's replicated
-    /// embedding, head and row-parallel biases) has the same bits on all of them — the invariant
-    /// that replicated parameters receive identical gradients and updates (Megatron checks the
-    /// same with weight hashes across data-parallel replicas). Collective over `world`: every
-    /// rank sends its whole map and values to rank 0 (not a hot path: once, after training).
+    /// Checks that every canonical float held by more than one rank (DP's and ZeRO-1/2's full
+    /// copies, HSDP's replicated shards, TP's replicated embedding, head and row-parallel biases)
+    /// has the same bits on all of them — the invariant that replicated parameters receive
+    /// identical gradients and updates (Megatron checks the same with weight hashes across
+    /// data-parallel replicas). Collective over `world`: every rank sends its whole map and
+    /// values to rank 0 (not a hot path: once, after training).
     ///
     /// - Returns: on rank 0, a line saying how many floats are replicated and that they agree;
     ///   nil elsewhere.
     /// - Throws: on rank 0, naming the first float that differs between two ranks.
     public func checkReplicas(_ world: Communicator, total: Int) throws(UsageError) -> String? {
-        guard let parts = gatherParts(world: world, map: map, values: values) else { return nil }
+        // ZeRO-1/2 hold the whole model: its full copies are the replicas to compare.
+        guard let parts = gatherParts(world: world, map: fullCopy?.map ?? map, values: fullCopy?.values ?? values) else { return nil }
         var first = [Float](repeating: 0, count: total)
         var holder = [Int](repeating: -1, count: total)
         var replicated = 0

@@ -31,6 +31,11 @@ public struct LocalParameters {
     public let values: UnsafeMutablePointer<Float>
     public let gradients: UnsafeMutablePointer<Float>
     public let optimizer: Optimizer
+    /// ZeRO-1/2 (`train_fsdp --zero 1|2`): the full parameters this rank keeps beside the shard
+    /// its optimizer owns (`values` points into them), one flat copy refreshed by an allgather
+    /// after every update; nil when `values` are all the rank holds. `--check-replicas` compares
+    /// these copies, and loading a checkpoint's parameters fills them whole.
+    public var fullCopy: (map: ParameterMap, values: UnsafeMutablePointer<Float>)?
 
     public init(map: ParameterMap, reported: ParameterMap? = nil, values: UnsafeMutablePointer<Float>,
                 gradients: UnsafeMutablePointer<Float>, optimizer: Optimizer) {
@@ -100,5 +105,7 @@ extension LocalParameters {
         precondition(full.count == total)
         full.withUnsafeMutableBufferPointer { world.broadcast($0.baseAddress!, count: total, root: 0) }
         map.extract(from: full, into: pick(self))
+        // The parameters (not a moment): a full copy is current again without communicating.
+        if let copy = fullCopy, pick(self) == values { copy.map.extract(from: full, into: copy.values) }
     }
 }
