@@ -74,7 +74,9 @@ final class WatchdogTests: XCTestCase {
             }
             XCTAssertNotEqual(stall.rank, victim, "\(label): the stopped rank cannot report: \(report)", file: file, line: line)
             XCTAssertTrue(ranks.keys.contains(stall.rank), "\(label): \(report)", file: file, line: line)
-            XCTAssertTrue(axes.contains(stall.axis), "\(label): unexpected axis in \(report)", file: file, line: line)
+            // Besides the layout's axes, every rank takes part in two world-wide reductions per step
+            // (the gradient norm that --metrics records, and the stop vote): a rank may be caught there.
+            XCTAssertTrue(axes.union(["world"]).contains(stall.axis), "\(label): unexpected axis in \(report)", file: file, line: line)
             XCTAssertTrue(WatchdogLine.operations.contains(stall.operation), "\(label): \(report)", file: file, line: line)
             XCTAssertGreaterThan(stall.step, 0, "\(label): not stalled in training: \(report)", file: file, line: line)
             XCTAssertGreaterThanOrEqual(stall.waited, timeout, "\(label): \(report)", file: file, line: line)
