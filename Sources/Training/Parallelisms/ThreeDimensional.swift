@@ -10,7 +10,9 @@ import Distributed
 /// 3. shards each of those (tensor-parallel) blocks over its dp group (``ShardedParameters``,
 ///    ZeRO-3: hooks that allgather before forward and backward and reduce-scatter the gradients);
 /// 4. runs the resulting layers and hooks as a ``PipelineStage`` over its dp group's rows of the
-///    global batch, in `M` micro-batches with the GPipe or 1F1B schedule.
+///    global batch, in `M` micro-batches with the GPipe, 1F1B, ZB-H1 or interleaved schedule
+///    (interleaved: steps 1–3 for each of the stage's `V` chunks `s, s + P, …`, FSDP sharding
+///    all their blocks together).
 ///
 /// So every rank of a tp group holds a slice of each hidden Linear of its stage, of which its
 /// dp rank holds 1/D; the optimizer (and Adam's moments) covers exactly those floats. The loss
@@ -24,7 +26,8 @@ public final class ThreeDimensional: TrainingLayout {
     public let mesh: ProcessMesh
     /// The data-parallel group, over which the pipelines' losses are summed.
     let dp: Communicator
-    public let plan: TensorParallelPlan
+    /// The tensor-parallel layout of each of this stage's chunks (one unless interleaved).
+    public let plans: [TensorParallelPlan]
     let sharded: ShardedParameters
     let stage: PipelineStage
     public let local: LocalParameters
@@ -36,28 +39,40 @@ public final class ThreeDimensional: TrainingLayout {
     let modelPlan: BlockPlan
 
     public init(_ context: TrainingContext, tp: Int, dp: Int, pp: Int, pipeline: PipelineOptions) throws(UsageError) {
+        let v = pipeline.virtualStages
         let shape = LayoutShape.threeDimensional(tp: tp, dp: dp, pp: pp, microBatches: pipeline.microBatches,
-                                                 partition: pipeline.partition)
+                                                 partition: pipeline.partition, virtualStages: v)
         let mesh = try shape.makeMesh(context)
         self.mesh = mesh
         self.dp = mesh[.dp]
         globalBatch = context.batchSize
-        cut = PipelinePartition.stages(context.plan, stages: pp, override: pipeline.partition)
+        let cut = PipelinePartition.stages(context.plan, stages: pp * v, override: pipeline.partition)
+        self.cut = cut
         modelPlan = context.plan
-        let blockRange = cut[mesh[.pp].rank]
-        let plan = try TensorParallelPlan(context.plan, blocks: blockRange, tpSize: tp, tpRank: mesh[.tp].rank)
-        self.plan = plan
-        sharded = ShardedParameters(
-            blocks: plan.blocks.map { block in
-                ShardedParameters.Block(count: block.parameterCount, map: block.map,
-                                        make: { plan.makeLayer(block, tp: mesh[.tp], parameters: $0) })
+        // This stage's chunks (one unless interleaved: chunks s, s + P, …), each laid out tensor-parallel;
+        // FSDP shards all their blocks, chunk after chunk, and its hooks address them in that order.
+        let chunkPlans = try (0..<v).map { c throws(UsageError) in
+            try TensorParallelPlan(context.plan, blocks: cut[c * pp + mesh[.pp].rank], tpSize: tp, tpRank: mesh[.tp].rank)
+        }
+        plans = chunkPlans
+        let sharded = ShardedParameters(
+            blocks: chunkPlans.flatMap { plan in
+                plan.blocks.map { block in
+                    ShardedParameters.Block(count: block.parameterCount, map: block.map,
+                                            make: { plan.makeLayer(block, tp: mesh[.tp], parameters: $0) })
+                }
             },
             group: mesh[.dp], initialParameters: context.initialParameters)
+        self.sharded = sharded
         steps = mesh.microSteps(batch: globalBatch, accumulation: context.options.accumulate)
-        stage = PipelineStage(layers: sharded.layers, widths: plan.widths, hooks: sharded,
-                              rows: steps.rows(0),
+        var firstLayer = 0
+        let chunks = chunkPlans.map { plan in
+            defer { firstLayer += plan.blocks.count }
+            return (layers: Array(sharded.layers[firstLayer ..< firstLayer + plan.blocks.count]), widths: plan.widths)
+        }
+        stage = PipelineStage(chunks: chunks, hooks: sharded, rows: steps.rows(0),
                               schedule: PipelineSchedule(pipeline.schedule, stage: mesh[.pp].rank, stages: pp,
-                                                         microBatches: pipeline.microBatches),
+                                                         microBatches: pipeline.microBatches, virtualStages: v),
                               pp: mesh[.pp], seqLen: context.config.seqLen, lossScale: 1 / Float(globalBatch), recompute: pipeline.recompute)
         local = LocalParameters(map: sharded.map, values: sharded.shards.value, gradients: sharded.shards.grad,
                                 optimizer: Optimizer(config: context.optimizer, count: sharded.shards.count))
@@ -75,7 +90,7 @@ public final class ThreeDimensional: TrainingLayout {
 
     public func trainingFinished() -> String? { stage.waitingReport(world: mesh.world) }
 
-    public var summary: String? { PipelinePartition.describe(modelPlan, cut) }
+    public var summary: String? { PipelinePartition.describe(modelPlan, cut, stages: mesh[.pp].size) }
 
     public func evaluate(batch index: Int, from sampler: BatchSampler) -> Float {
         var lossSum: Float = 0
