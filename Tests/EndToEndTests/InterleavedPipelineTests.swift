@@ -74,6 +74,33 @@ final class InterleavedPipelineTests: XCTestCase {
         XCTAssertTrue(mixed.stdout.contains("chunk 3 (stage 1): head ("), mixed.stdout)
     }
 
+    /// Per-step losses of a run of `steps` steps (Adam, `--layers 2`), saving into or resuming from `directory`.
+    func losses(_ executable: String, np: Int?, _ extra: [String], steps: Int, save: String? = nil, resume: String? = nil,
+                file: StaticString = #filePath, line: UInt = #line) throws -> [Float] {
+        let metrics = try Launch.temporaryDirectory().appendingPathComponent("m.jsonl").path
+        var args = ["--data", Self.data, "--layers", "2", "--optimizer", "adam", "--lr", "0.005", "--samples", "0", "--val-batches", "1",
+                    "--log-every", "1000000", "--steps", "\(steps)", "--metrics", metrics] + extra
+        if let save { args += ["--checkpoint-dir", save] }
+        if let resume { args += ["--resume", resume] }
+        let run = try Launch.run(executable, np: np, args, timeout: 120)
+        XCTAssertEqual(run.status, 0, run.stderr, file: file, line: line)
+        return try Metrics(path: metrics).losses
+    }
+
+    /// A checkpoint holds the canonical parameters whatever the chunks: an interleaved run resumes
+    /// its own checkpoint bit-identically, and `train` continues it as `train` would have.
+    func testCheckpointsResumeAcrossLayouts() throws {
+        let mixed = interleaved(2, micro: 4)
+        let full = try losses("train_pp", np: 2, mixed, steps: 50)
+        let dir = try Launch.temporaryDirectory().path
+        XCTAssertEqual(try losses("train_pp", np: 2, mixed, steps: 30, save: dir), Array(full[0..<30]))
+        XCTAssertEqual(try losses("train_pp", np: 2, mixed, steps: 50, resume: dir), Array(full[30..<50]))
+        let reference = try losses("train", np: nil, [], steps: 50)
+        let continued = try losses("train", np: nil, [], steps: 50, resume: dir)
+        XCTAssertEqual(continued.count, 20)
+        for (a, b) in zip(continued, reference[30...]) { XCTAssertLessThanOrEqual(abs(a - b) / abs(b), 1e-5) }
+    }
+
     func testBadInputIsOneError() throws {
         let base = ["--data", Self.data, "--steps", "5", "--layers", "2"]
         try Equivalence.expectError("train_pp", np: 2, base + ["--virtual-stages", "2", "--micro-batches", "2"],
