@@ -10,8 +10,10 @@ struct TrainTP: TrainingCommand {
 
     @OptionGroup var options: TrainingOptions
 
+    @OptionGroup var sequenceParallel: SequenceParallelOption
+
     func makeLayout(_ context: TrainingContext) throws(UsageError) -> TrainingLayout {
-        try TensorParallel(context)
+        try TensorParallel(context, sequenceParallel: sequenceParallel.enabled)
     }
 }
 

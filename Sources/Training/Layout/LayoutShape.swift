@@ -23,6 +23,9 @@ public struct LayoutShape: Sendable {
     public let microBatches: Int?
     /// Blocks per pipeline stage given by `--partition` (nil: balanced by cost).
     public var partition: [Int]? = nil
+    /// `--sequence-parallel`: each micro-batch's rows are split over the tensor-parallel group
+    /// outside the pairs (``SequenceSplit``), so they must divide by its size.
+    public var sequenceParallel = false
 
     public static var singleRank: LayoutShape { LayoutShape(executable: .singleRank, axes: [], microBatches: nil) }
 
@@ -104,6 +107,13 @@ public struct LayoutShape: Sendable {
             default:
                 throw UsageError("--batch-size \(batchSize) is not divisible by the \(dp) data-parallel ranks\(accumulating)")
             }
+        }
+        let microRows = batchSize / (dp * m * k)
+        if sequenceParallel && microRows % tp != 0 {
+            let cut = executable == .flags ? "--batch-size \(batchSize) / (--dp \(dp) × --micro-batches \(m)\(k > 1 ? " × --accumulate \(k)" : ""))"
+                : k > 1 ? "--batch-size \(batchSize) / --accumulate \(k)" : "--batch-size"
+            let group = executable == .flags ? "--tp \(tp)" : "the \(tp) tensor-parallel ranks"
+            throw UsageError("--sequence-parallel splits each micro-batch's rows over \(group), but \(cut) = \(microRows) rows is not divisible by \(tp)")
         }
     }
 

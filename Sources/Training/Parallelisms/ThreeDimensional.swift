@@ -20,6 +20,12 @@ import Distributed
 /// crashed on both and needed ≥ 12 ranks). Per step and rank: the TP activations of its
 /// stage's blocks, the FSDP allgathers and reduce-scatters of its (1/T) blocks once per
 /// micro-batch, and the PP activations and gradients at its stage's boundaries.
+///
+/// With `--sequence-parallel` the tensor-parallel blocks run as in `train_tp --sequence-parallel`
+/// (``SequenceSplit``), stage boundaries outside the pairs carry `1/T` of the rows, and per step
+/// the partial gradients of the parameters used outside the pairs — this rank's FSDP shards of
+/// them, after the dp reduce-scatter — are summed over tp (``PartialGradientSum``), as is the
+/// loss (4 bytes).
 public final class ThreeDimensional: TrainingLayout {
     public let mesh: ProcessMesh
     /// The data-parallel group, over which the pipelines' losses are summed.
@@ -34,10 +40,16 @@ public final class ThreeDimensional: TrainingLayout {
     /// Every stage's blocks, and the model they cut.
     let cut: [Range<Int>]
     let modelPlan: BlockPlan
+    /// Sequence parallelism's tp group, full-rows buffer and gradient sum (nil without it).
+    let sequenceGroup: Communicator?
+    let scratch: SequenceParallelScratch?
+    let partials: PartialGradientSum?
 
-    public init(_ context: TrainingContext, tp: Int, dp: Int, pp: Int, pipeline: PipelineOptions) throws(UsageError) {
-        let shape = LayoutShape.threeDimensional(tp: tp, dp: dp, pp: pp, microBatches: pipeline.microBatches,
+    public init(_ context: TrainingContext, tp: Int, dp: Int, pp: Int, pipeline: PipelineOptions,
+                sequenceParallel: Bool = false) throws(UsageError) {
+        var shape = LayoutShape.threeDimensional(tp: tp, dp: dp, pp: pp, microBatches: pipeline.microBatches,
                                                  partition: pipeline.partition)
+        shape.sequenceParallel = sequenceParallel
         let mesh = try shape.makeMesh(context)
         self.mesh = mesh
         self.dp = mesh[.dp]
@@ -45,20 +57,31 @@ public final class ThreeDimensional: TrainingLayout {
         cut = PipelinePartition.stages(context.plan, stages: pp, override: pipeline.partition)
         modelPlan = context.plan
         let blockRange = cut[mesh[.pp].rank]
-        let plan = try TensorParallelPlan(context.plan, blocks: blockRange, tpSize: tp, tpRank: mesh[.tp].rank)
+        let plan = try TensorParallelPlan(context.plan, blocks: blockRange, tpSize: tp, tpRank: mesh[.tp].rank,
+                                          sequenceParallel: sequenceParallel)
         self.plan = plan
-        sharded = ShardedParameters(
+        let steps = mesh.microSteps(batch: globalBatch, accumulation: context.options.accumulate)
+        self.steps = steps
+        let split = plan.sequenceSplit, microRows = steps.rowsPerStep / pipeline.microBatches
+        let scratch = split.map { _ in SequenceParallelScratch(capacity: plan.scratchCapacity(rows: microRows)) }
+        self.scratch = scratch
+        let sharded = ShardedParameters(
             blocks: plan.blocks.map { block in
                 ShardedParameters.Block(count: block.parameterCount, map: block.map,
-                                        make: { plan.makeLayer(block, tp: mesh[.tp], parameters: $0) })
+                                        make: { plan.makeLayer(block, tp: mesh[.tp], parameters: $0, rows: microRows, scratch: scratch) })
             },
             group: mesh[.dp], initialParameters: context.initialParameters)
-        steps = mesh.microSteps(batch: globalBatch, accumulation: context.options.accumulate)
+        self.sharded = sharded
+        sequenceGroup = split.map { _ in mesh[.tp] }
+        partials = split.map { _ in
+            PartialGradientSum(ranges: Self.shardRanges(plan, dp: mesh[.dp]), gradients: sharded.shards.grad, tp: mesh[.tp])
+        }
         stage = PipelineStage(layers: sharded.layers, widths: plan.widths, hooks: sharded,
                               rows: steps.rows(0),
                               schedule: PipelineSchedule(pipeline.schedule, stage: mesh[.pp].rank, stages: pp,
                                                          microBatches: pipeline.microBatches),
-                              pp: mesh[.pp], seqLen: context.config.seqLen, lossScale: 1 / Float(globalBatch), recompute: pipeline.recompute)
+                              pp: mesh[.pp], seqLen: context.config.seqLen, lossScale: 1 / Float(globalBatch),
+                              recompute: pipeline.recompute, split: split)
         local = LocalParameters(map: sharded.map, values: sharded.shards.value, gradients: sharded.shards.grad,
                                 optimizer: Optimizer(config: context.optimizer, count: sharded.shards.count))
     }
@@ -70,7 +93,27 @@ public final class ThreeDimensional: TrainingLayout {
             stage.rows = steps.rows(j)
             lossSum += stage.trainingStep(batch: index, from: sampler)
         }
+        partials?.sum()
+        if let sequenceGroup { lossSum = sequenceGroup.sum(lossSum) }
         return dp.sum(lossSum) / Float(globalBatch)
+    }
+
+    /// Where ``TensorParallelPlan/partialGradients(_:)`` of each block fall in this rank's FSDP
+    /// shards: block `i` (`c` floats) is cut into `D` shards of `s = ⌈c/D⌉`, laid back to back;
+    /// dp rank `d` holds the block's floats `d·s ..< (d+1)·s`. Every tp rank of a (dp, pp)
+    /// position holds the same replicated blocks and row-parallel biases at the same places, so
+    /// the ranges agree over the tp group, as the allreduce needs.
+    static func shardRanges(_ plan: TensorParallelPlan, dp: Communicator) -> [Range<Int>] {
+        var offset = 0, ranges: [Range<Int>] = []
+        for block in plan.blocks {
+            let s = (block.parameterCount + dp.size - 1) / dp.size, first = dp.rank * s
+            if let r = plan.partialGradients(block) {
+                let lower = max(r.lowerBound, first), upper = min(r.upperBound, first + s)
+                if lower < upper { ranges.append(offset + lower - first ..< offset + upper - first) }
+            }
+            offset += s
+        }
+        return ranges
     }
 
     public func trainingFinished() -> String? { stage.waitingReport(world: mesh.world) }
@@ -83,6 +126,7 @@ public final class ThreeDimensional: TrainingLayout {
             stage.rows = steps.rows(j)
             lossSum += stage.evaluate(batch: index, from: sampler)
         }
+        if let sequenceGroup { lossSum = sequenceGroup.sum(lossSum) }
         return dp.sum(lossSum) / Float(globalBatch)
     }
 }

@@ -20,6 +20,11 @@ import Distributed
 /// same order and sends never block, the schedules cannot deadlock. At the end of a step the
 /// last stage broadcasts the summed loss over the pipeline (4 bytes).
 ///
+/// Under sequence parallelism (`split`, in `train_3d`) an activation outside the
+/// tensor-parallel pairs holds only this tp rank's `b/T` rows, and so does its message at a
+/// stage boundary: each tp rank sends its own rows to the same tp rank of the next stage, `1/T`
+/// of the bytes. The first stage feeds, and the last scores, only those rows.
+///
 /// **Memory.** One set of activations (`b × Σ widths` floats, values and gradients) per slot:
 /// `M` slots for GPipe, `min(M, N − s)` for 1F1B, `min(M, N)` for ZB-H1. Everything is allocated
 /// in `init`.
@@ -56,6 +61,10 @@ public final class PipelineStage {
     let batchTokens: UnsafeMutablePointer<Float>
     let batchTargets: UnsafeMutablePointer<Int32>
     let seqLen: Int
+    /// Where this rank's rows of the input (first stage) and of the targets (last stage) start
+    /// within a micro-batch: 0 unless sequence parallelism splits them.
+    let inputRowOffset: Int
+    let targetRowOffset: Int
     var forwardSends: [Request]
     var backwardSends: [Request]
 
@@ -72,8 +81,9 @@ public final class PipelineStage {
     ///   - lossScale: the loss's gradient scale, `1 / global batch`.
     ///   - recompute: keep only each micro-batch's stage boundary and rerun its forward in backward
     ///     (not with split backwards, whose deferred weight passes need the activations).
+    ///   - split: the activations that hold only this tp rank's rows (sequence parallelism), or nil.
     public init(layers: [Layer], widths: [Int], hooks: LayerChainHooks? = nil, rows: Range<Int>, schedule: PipelineSchedule,
-                pp: Communicator, seqLen: Int, lossScale: Float, recompute: Bool = false) {
+                pp: Communicator, seqLen: Int, lossScale: Float, recompute: Bool = false, split: SequenceSplit? = nil) {
         precondition(!recompute || schedule.kind != .zeroBubble)
         // A stage that holds one micro-batch at a time (1F1B's last) has nothing to save by it.
         let recompute = recompute && schedule.slots > 1
@@ -91,17 +101,21 @@ public final class PipelineStage {
         self.previous = previous
         self.next = next
         precondition(previous != nil || widths[0] == seqLen, "the first stage's input is the token ids")
+        let activationRows = split?.activationRows(microRows) ?? widths.map { _ in microRows }
+        let inputRows = activationRows[0], outputRows = activationRows[widths.count - 1]
         chains = (0..<(recompute ? 1 : schedule.slots)).map { _ in
-            LayerChain(layers: layers, widths: widths, rows: microRows,
+            LayerChain(layers: layers, widths: widths, activationRows: activationRows,
                        loss: next == nil ? SoftmaxCrossEntropy(gradientScale: lossScale) : nil, hooks: hooks)
         }
+        inputRowOffset = inputRows < microRows ? split!.tpRank * inputRows : 0
+        targetRowOffset = outputRows < microRows ? split!.tpRank * outputRows : 0
         let ends = previous == nil || next == nil
         batchTokens = .allocate(capacity: ends ? rows.count * seqLen : 1)
         batchTargets = .allocate(capacity: ends ? rows.count : 1)
         batchTokens.initialize(repeating: 0, count: ends ? rows.count * seqLen : 1)
         batchTargets.initialize(repeating: 0, count: ends ? rows.count : 1)
-        boundaries = recompute ? Boundaries(slots: schedule.slots, rows: microRows, input: previous == nil ? 0 : widths[0],
-                                            output: next == nil ? 0 : widths[widths.count - 1]) : nil
+        boundaries = recompute ? Boundaries(slots: schedule.slots, input: previous == nil ? 0 : inputRows * widths[0],
+                                            output: next == nil ? 0 : outputRows * widths[widths.count - 1]) : nil
         forwardSends = Array(repeating: Request(), count: schedule.slots)
         backwardSends = Array(repeating: Request(), count: schedule.slots)
     }
@@ -186,10 +200,10 @@ public final class PipelineStage {
     /// runs it forward.
     func restoreAndForward(_ m: Int, _ chain: LayerChain) -> Float {
         if previous == nil {
-            chain.input.value.update(from: batchTokens + m * microRows * seqLen, count: microRows * seqLen)
+            chain.input.value.update(from: batchTokens + (m * microRows + inputRowOffset) * seqLen, count: chain.input.rows * seqLen)
         }
         if next == nil {
-            chain.targets.update(from: batchTargets + m * microRows, count: microRows)
+            chain.targets.update(from: batchTargets + m * microRows + targetRowOffset, count: chain.rows)
         }
         return chain.forward()
     }
@@ -220,23 +234,24 @@ extension PipelineStage {
     /// the input gradient while they are being sent (the working chain is overwritten meanwhile).
     /// Counted in the memory ledger as activations.
     final class Boundaries {
-        let rows: Int, input: Int, output: Int, slots: Int
-        /// `slots × rows × input` floats each, and `slots × rows × output`.
+        /// Floats per slot of the input (`rows × width`) and of the output.
+        let input: Int, output: Int, slots: Int
+        /// `slots × input` floats each, and `slots × output`.
         let inputs: UnsafeMutablePointer<Float>
         let inputGradients: UnsafeMutablePointer<Float>
         let outputs: UnsafeMutablePointer<Float>
-        var bytes: Int { 4 * slots * rows * (2 * input + output) }
+        var bytes: Int { 4 * slots * (2 * input + output) }
 
-        /// `input`: the stage's input width (0 on the first stage, which re-reads its token ids);
-        /// `output`: its output width (0 on the last stage, which sends nothing forward).
-        init(slots: Int, rows: Int, input: Int, output: Int) {
-            (self.slots, self.rows, self.input, self.output) = (slots, rows, input, output)
-            inputs = .allocate(capacity: Swift.max(1, slots * rows * input))
-            inputGradients = .allocate(capacity: Swift.max(1, slots * rows * input))
-            outputs = .allocate(capacity: Swift.max(1, slots * rows * output))
-            inputs.initialize(repeating: 0, count: Swift.max(1, slots * rows * input))
-            inputGradients.initialize(repeating: 0, count: Swift.max(1, slots * rows * input))
-            outputs.initialize(repeating: 0, count: Swift.max(1, slots * rows * output))
+        /// `input`: floats of the stage's input activation (0 on the first stage, which re-reads
+        /// its token ids); `output`: of its output (0 on the last stage, which sends nothing forward).
+        init(slots: Int, input: Int, output: Int) {
+            (self.slots, self.input, self.output) = (slots, input, output)
+            inputs = .allocate(capacity: Swift.max(1, slots * input))
+            inputGradients = .allocate(capacity: Swift.max(1, slots * input))
+            outputs = .allocate(capacity: Swift.max(1, slots * output))
+            inputs.initialize(repeating: 0, count: Swift.max(1, slots * input))
+            inputGradients.initialize(repeating: 0, count: Swift.max(1, slots * input))
+            outputs.initialize(repeating: 0, count: Swift.max(1, slots * output))
             MemoryLedger.add(.activations, bytes: bytes)
         }
 
@@ -249,23 +264,23 @@ extension PipelineStage {
 
         func saveInput(_ activation: Activation, slot: Int) {
             guard input > 0 else { return }
-            Kernels.copy(activation.value, into: inputs + slot * rows * input, count: rows * input)
+            Kernels.copy(activation.value, into: inputs + slot * input, count: input)
         }
 
         func restoreInput(_ activation: Activation, slot: Int) {
             guard input > 0 else { return }
-            Kernels.copy(inputs + slot * rows * input, into: activation.value, count: rows * input)
+            Kernels.copy(inputs + slot * input, into: activation.value, count: input)
         }
 
         func keepOutput(_ activation: Activation, slot: Int) -> UnsafeMutablePointer<Float> {
-            let copy = outputs + slot * rows * output
-            Kernels.copy(activation.value, into: copy, count: rows * output)
+            let copy = outputs + slot * output
+            Kernels.copy(activation.value, into: copy, count: output)
             return copy
         }
 
         func keepInputGradient(_ activation: Activation, slot: Int) -> UnsafeMutablePointer<Float> {
-            let copy = inputGradients + slot * rows * input
-            Kernels.copy(activation.grad, into: copy, count: rows * input)
+            let copy = inputGradients + slot * input
+            Kernels.copy(activation.grad, into: copy, count: input)
             return copy
         }
     }
