@@ -110,10 +110,14 @@ public struct LayoutShape: Sendable {
         }
         let microRows = batchSize / (dp * m * k)
         if sequenceParallel && microRows % tp != 0 {
-            let cut = executable == .flags ? "--batch-size \(batchSize) / (--dp \(dp) × --micro-batches \(m)\(k > 1 ? " × --accumulate \(k)" : ""))"
-                : k > 1 ? "--batch-size \(batchSize) / --accumulate \(k)" : "--batch-size"
+            let accumulating = k > 1 ? " × --accumulate \(k)" : ""
+            let cut = switch (executable, k) {
+            case (.flags, _): "--batch-size \(batchSize) / (--dp \(dp) × --micro-batches \(m)\(accumulating)) = \(microRows) rows"
+            case (_, 1): "--batch-size \(batchSize)"
+            default: "--batch-size \(batchSize) / --accumulate \(k) = \(microRows) rows"
+            }
             let group = executable == .flags ? "--tp \(tp)" : "the \(tp) tensor-parallel ranks"
-            throw UsageError("--sequence-parallel splits each micro-batch's rows over \(group), but \(cut) = \(microRows) rows is not divisible by \(tp)")
+            throw UsageError("--sequence-parallel splits each micro-batch's rows over \(group), but \(cut) is not divisible by \(tp)")
         }
     }
 
