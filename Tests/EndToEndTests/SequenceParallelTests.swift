@@ -40,6 +40,16 @@ final class SequenceParallelTests: XCTestCase {
         try threeD(tp: 2, dp: 1, pp: 3, micro: 2, schedule: "gpipe", ["--layers", "3"])
     }
 
+    /// The zero-bubble schedule (the replicated embedding and head split their backward, the
+    /// sequence-parallel layers do not) and `--recompute` (stage boundaries saved with each tp
+    /// rank's rows only), 2 × 1 × 3, `--layers 3`, M = 4.
+    func testThreeDimensionalZeroBubbleAndRecompute() throws {
+        try threeD(tp: 2, dp: 1, pp: 3, micro: 4, schedule: "zb1p", ["--layers", "3"])
+        try Equivalence.check("train_3d", np: 6, ["--layers", "3"],
+                              extra: ["--tp", "2", "--dp", "1", "--pp", "3", "--micro-batches", "4", "--recompute", "--sequence-parallel"],
+                              data: Self.data)
+    }
+
     func testRowsThatDoNotSplitAreOneError() throws {
         let base = ["--data", Self.data, "--steps", "5", "--sequence-parallel"]
         try Equivalence.expectError("train_tp", np: 2, base + ["--batch-size", "31"],

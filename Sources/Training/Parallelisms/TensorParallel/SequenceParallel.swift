@@ -96,7 +96,7 @@ public final class PartialGradientSum {
     /// `P`, the floats summed per step.
     public let count: Int
     let gradients: UnsafeMutablePointer<Float>
-    let packed: UnsafeMutablePointer<Float>
+    let packed: FloatBuffer
     let tp: Communicator
 
     public init(ranges: [Range<Int>], gradients: UnsafeMutablePointer<Float>, tp: Communicator) {
@@ -104,18 +104,12 @@ public final class PartialGradientSum {
         self.gradients = gradients
         self.tp = tp
         count = ranges.reduce(0) { $0 + $1.count }
-        packed = .allocate(capacity: max(1, count))
-        packed.initialize(repeating: 0, count: max(1, count))
-        MemoryLedger.add(.buffers, bytes: 4 * max(1, count))
-    }
-
-    deinit {
-        packed.deallocate()
-        MemoryLedger.add(.buffers, bytes: -4 * max(1, count))
+        packed = FloatBuffer(count: count, category: .buffers)
     }
 
     /// The allreduce (collective over the tensor-parallel group).
     public func sum() {
+        let packed = packed.pointer
         var offset = 0
         for r in ranges {
             (packed + offset).update(from: gradients + r.lowerBound, count: r.count)

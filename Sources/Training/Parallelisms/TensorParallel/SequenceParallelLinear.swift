@@ -123,27 +123,18 @@ public final class SequenceParallelRowLinear: Layer {
 /// Counted as ``MemoryCategory/buffers`` (communication space), `2·4·capacity` bytes.
 public final class SequenceParallelScratch {
     public let capacity: Int
-    let value: UnsafeMutablePointer<Float>
-    let grad: UnsafeMutablePointer<Float>
+    let value: FloatBuffer
+    let grad: FloatBuffer
 
     public init(capacity: Int) {
         self.capacity = capacity
-        value = .allocate(capacity: max(1, capacity))
-        grad = .allocate(capacity: max(1, capacity))
-        value.initialize(repeating: 0, count: max(1, capacity))
-        grad.initialize(repeating: 0, count: max(1, capacity))
-        MemoryLedger.add(.buffers, bytes: 2 * 4 * max(1, capacity))
-    }
-
-    deinit {
-        value.deallocate()
-        grad.deallocate()
-        MemoryLedger.add(.buffers, bytes: -2 * 4 * max(1, capacity))
+        value = FloatBuffer(count: capacity, category: .buffers)
+        grad = FloatBuffer(count: capacity, category: .buffers)
     }
 
     /// A `rows × cols` view of the buffer (made once, when a layer is built).
     public func activation(rows: Int, cols: Int) -> Activation {
         precondition(rows * cols <= capacity)
-        return Activation(rows: rows, cols: cols, borrowing: value, grad: grad)
+        return Activation(rows: rows, cols: cols, borrowing: value.pointer, grad: grad.pointer)
     }
 }
