@@ -65,4 +65,47 @@ extension LedgerTests {
             }
         }
     }
+
+    /// `train_3d` (T, D, P) = (2, 1, 3), `--partition 1,1,1` (embedding | fc1 | head), M = 2,
+    /// `--sequence-parallel`: per step and rank, the embedding stage sends and receives its
+    /// tp rank's B/T rows across the first boundary (half of plain 3D's B rows) and allreduces
+    /// the embedding's partial gradient; fc1's stage gathers and scatters B × seq·emb as in TP and
+    /// exchanges B × H/T column slices with the head's stage (inside the pair: all rows); the
+    /// head's stage scatters and gathers B × vocab and allreduces its bias's partial gradient.
+    func testSequenceParallelThreeDimensionalPerStage() throws {
+        var model = Model(layers: 1)
+        model.hidden = 10
+        let (t, batch, vocab) = (2, 24, Self.vocab)
+        let flat = model.seqLen * model.emb, h = model.hidden / t, b = batch / t
+        func perRank(_ extra: [String]) throws -> [[String: (bytes: Double, calls: Double)]] {
+            let metrics = try Launch.temporaryDirectory().appendingPathComponent("m.jsonl").path
+            let run = try Launch.run("train_3d", np: 6, ["--data", Self.data, "--steps", "40", "--batch-size", "\(batch)", "--samples", "0",
+                                                        "--val-batches", "1", "--metrics", metrics, "--tp", "2", "--pp", "3",
+                                                        "--partition", "1,1,1", "--micro-batches", "2"] + model.flags + extra, timeout: 120)
+            XCTAssertEqual(run.status, 0, run.stderr)
+            let last = try Metrics(path: metrics).records.last!
+            let steps = Double(last["train_steps"] as! Int)
+            return (last["comm_per_rank"] as! [[String: [String: Any]]]).map { kinds in
+                kinds.mapValues { ((($0["bytes"] as! NSNumber).doubleValue) / steps, (($0["calls"] as! NSNumber).doubleValue) / steps) }
+            }
+        }
+        let plain = try perRank([]), sp = try perRank(["--sequence-parallel"])
+        XCTAssertEqual(plain[0]["send"]?.bytes, Double(4 * batch * flat), "plain 3D: all B rows cross the first boundary")
+        let norm = Double(Self.gradientNormBytes)
+        for tpRank in 0..<t {
+            let (embedding, fc1, head) = (sp[tpRank], sp[2 + tpRank], sp[4 + tpRank])
+            XCTAssertEqual(embedding["send"]?.bytes, Double(4 * b * flat), "tp \(tpRank): B/T rows forward")
+            XCTAssertEqual(embedding["recv"]?.bytes, Double(4 * b * flat), "tp \(tpRank): B/T rows of gradient back")
+            XCTAssertEqual(embedding["allreduce"]?.bytes, Double(4 * vocab * model.emb + 4) + norm, "the embedding's gradient, the loss, the norm")
+            XCTAssertEqual(embedding["allgather"]?.bytes ?? 0, 0)
+            XCTAssertEqual(fc1["allgather"]?.bytes, Double(2 * 4 * batch * flat), "g forward and again in backward")
+            XCTAssertEqual(fc1["reduce_scatter"]?.bytes, Double(4 * batch * flat), "ḡ of the input gradient")
+            XCTAssertEqual(fc1["send"]?.bytes, Double(4 * b * flat + 4 * batch * h), "B/T rows back, B × H/T forward")
+            XCTAssertEqual(fc1["recv"]?.bytes, Double(4 * b * flat + 4 * batch * h))
+            XCTAssertEqual(fc1["allreduce"]?.bytes, 4 + norm, "no partial gradient: the loss and the norm")
+            XCTAssertEqual(head["reduce_scatter"]?.bytes, Double(4 * batch * vocab))
+            XCTAssertEqual(head["allgather"]?.bytes, Double(4 * batch * vocab))
+            XCTAssertEqual(head["allreduce"]?.bytes, Double(4 * vocab + 4) + norm, "the head's bias, the loss, the norm")
+        }
+    }
 }
