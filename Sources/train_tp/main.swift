@@ -13,6 +13,8 @@ struct TrainTP: TrainingCommand {
     func makeLayout(_ context: TrainingContext) throws(UsageError) -> TrainingLayout {
         try TensorParallel(context)
     }
+
+    func layoutDescription(ranks: Int) -> LayoutDescription { .tensorParallel(ranks: ranks) }
 }
 
 TrainTP.launch()
