@@ -30,17 +30,28 @@ public struct LayoutDescription: Sendable {
         LayoutDescription(kind: .tensorParallel, shape: .tensorParallel(ranks: ranks))
     }
 
-    public static func pipeline(stages: Int, _ options: PipelineOptions) -> LayoutDescription {
-        LayoutDescription(kind: .pipeline, shape: .pipeline(stages: stages, microBatches: options.microBatches,
-                                                            partition: options.partition),
-                          schedule: options.schedule)
+    public static func pipeline(stages: Int, microBatches: Int, schedule: PipelineScheduleKind,
+                                partition: [Int]? = nil) -> LayoutDescription {
+        LayoutDescription(kind: .pipeline, shape: .pipeline(stages: stages, microBatches: microBatches, partition: partition),
+                          schedule: schedule)
     }
 
-    public static func threeDimensional(tp: Int, dp: Int, pp: Int, _ options: PipelineOptions) -> LayoutDescription {
+    public static func threeDimensional(tp: Int, dp: Int, pp: Int, microBatches: Int, schedule: PipelineScheduleKind,
+                                        partition: [Int]? = nil) -> LayoutDescription {
         LayoutDescription(kind: .threeDimensional,
-                          shape: .threeDimensional(tp: tp, dp: dp, pp: pp, microBatches: options.microBatches,
-                                                   partition: options.partition),
-                          schedule: options.schedule)
+                          shape: .threeDimensional(tp: tp, dp: dp, pp: pp, microBatches: microBatches, partition: partition),
+                          schedule: schedule)
+    }
+
+    /// A pipeline as the flags of `train_pp` describe it.
+    public static func pipeline(stages: Int, _ options: PipelineOptions) -> LayoutDescription {
+        .pipeline(stages: stages, microBatches: options.microBatches, schedule: options.schedule, partition: options.partition)
+    }
+
+    /// A grid as the flags of `train_3d` describe it.
+    public static func threeDimensional(tp: Int, dp: Int, pp: Int, _ options: PipelineOptions) -> LayoutDescription {
+        .threeDimensional(tp: tp, dp: dp, pp: pp, microBatches: options.microBatches, schedule: options.schedule,
+                          partition: options.partition)
     }
 
     /// How to run it, for messages: `train_fsdp -np 4`, `train_3d -np 12 --tp 2 --dp 2 --pp 3`.
@@ -233,6 +244,7 @@ extension MemoryPlan {
         let psi = plan.parameterCount
         let atEnd = rank == 0 ? (settings.samples > 0 ? 3 : 0) + (settings.dump ? (settings.samples > 0 ? 1 : 2) : 0) : 0
         memory.wholeModel = checked.times(checked.times(4, psi), 1 + max(settings.resume ? 1 : 0, atEnd))
+        if settings.resume && shape.ranks > 1 { memory.largestMessage = max(memory.largestMessage, psi) }  // broadcast whole
         memory.bookkeeping = checked.times(plan.count, Self.bookkeepingPerBlock)
         let huge = 2 << 20
         let datasetBytes = checked.times(checked.times(settings.examples, c.seqLen + 1), 4)

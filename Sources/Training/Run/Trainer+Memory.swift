@@ -95,19 +95,17 @@ extension LayoutDescription {
     /// (both schedules, `microBatches`) and every 3D grid with at least two axes above one.
     public static func candidates(ranks n: Int, microBatches m: Int) -> [LayoutDescription] {
         if n == 1 { return [.singleRank] }
-        var options = PipelineOptions()
-        options.microBatches = m
         var result: [LayoutDescription] = [.dataParallel(ranks: n, bucketBytes: 1 << 20), .fullySharded(ranks: n),
                                            .tensorParallel(ranks: n)]
         for schedule in PipelineScheduleKind.allCases {
-            options.schedule = schedule
-            result.append(.pipeline(stages: n, options))
+            result.append(.pipeline(stages: n, microBatches: m, schedule: schedule))
         }
-        options.schedule = .oneForwardOneBackward
         for tp in 1...n where n % tp == 0 {
             for dp in 1...(n / tp) where (n / tp) % dp == 0 {
                 let pp = n / tp / dp
-                if [tp, dp, pp].filter({ $0 > 1 }).count >= 2 { result.append(.threeDimensional(tp: tp, dp: dp, pp: pp, options)) }
+                if [tp, dp, pp].filter({ $0 > 1 }).count >= 2 {
+                    result.append(.threeDimensional(tp: tp, dp: dp, pp: pp, microBatches: m, schedule: .oneForwardOneBackward))
+                }
             }
         }
         return result
