@@ -198,8 +198,8 @@ extension MemoryPlan {
             let shards = counts.map { ($0 + dp - 1) / dp }
             held = shards.reduce(0, +)
             let largest = shards.max() ?? 0
-            memory[.buffers] = checked.times(8, max(1, checked.times(largest, dp))) + 4 * max(1, largest)
-            if dp > 1 { memory.largestMessage = largest * dp }
+            memory[.buffers] = checked.plus(checked.times(8, max(1, checked.times(largest, dp))), checked.times(4, max(1, largest)))
+            if dp > 1 { memory.largestMessage = checked.times(largest, dp) }
         } else {
             held = counts.reduce(0, +)
         }
@@ -215,17 +215,17 @@ extension MemoryPlan {
             chainRows = rows / m
             if pp > 1 { memory.largestMessage = max(memory.largestMessage, checked.times(chainRows, max(widths[0], widths.last!))) }
             let ends = range.lowerBound == 0 || range.upperBound == plan.count
-            memory.staging += ends ? checked.times(4, checked.plus(checked.times(rows, c.seqLen), rows)) : 8
+            memory.staging = ends ? checked.times(4, checked.plus(checked.times(rows, c.seqLen), rows)) : 8
         } else {
             chains = 1
             chainRows = rows
         }
         let perChain = widths.reduce(0) { checked.plus($0, checked.times(8, max(1, checked.times(chainRows, $1)))) }
         memory[.activations] = checked.times(chains, perChain)
-        memory.staging += chains * 4 * max(1, chainRows)
+        memory.staging = checked.plus(memory.staging, checked.times(chains, checked.times(4, max(1, chainRows))))
         if range.lowerBound == 0 {
-            let extra = (Kernels.scatterStreams - 1) * checked.times(c.vocab, c.emb)
-            if extra > 0 && extra <= 1 << 16 { memory.staging += 4 * extra }
+            let extra = checked.times(Kernels.scatterStreams - 1, checked.times(c.vocab, c.emb))
+            if extra > 0 && extra <= 1 << 16 { memory.staging = checked.plus(memory.staging, 4 * extra) }
         }
 
         // The largest MPI message: DP's biggest bucket; TP's partial outputs and input gradients.
@@ -248,9 +248,11 @@ extension MemoryPlan {
         memory.bookkeeping = checked.times(plan.count, Self.bookkeepingPerBlock)
         let huge = 2 << 20
         let datasetBytes = checked.times(checked.times(settings.examples, c.seqLen + 1), 4)
-        memory.dataset = (datasetBytes + 2 * huge - 1) / huge * huge  // two sets, each rounded up
-        _ = checked.plus(memory.total, 0)
-        if checked.overflowed || memory.ledgered.contains(where: { $0 < 0 }) || memory.total < 0 {
+        memory.dataset = checked.plus(datasetBytes, 2 * huge - 1) / huge * huge  // two sets, each rounded up
+        // Every sum the properties form, checked here so that reading them cannot trap.
+        let parts = memory.ledgered + [memory.staging, memory.wholeModel, memory.bookkeeping, memory.dataset]
+        _ = parts.reduce(0) { checked.plus($0, $1) }
+        if checked.overflowed {
             throw UsageError("the sizes overflow: \(c) with --batch-size \(batch) needs more than 2^63 bytes per rank")
         }
         return memory
