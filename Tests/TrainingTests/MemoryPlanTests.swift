@@ -117,6 +117,12 @@ final class MemoryPlanTests: XCTestCase {
         let layout = LayoutDescription.threeDimensional(tp: 1, dp: 2, pp: 2, microBatches: 2, schedule: .gpipe)
         let all = try MemoryPlan.perRank(plan, layout, settings)
         XCTAssertEqual(try MemoryPlan.largestNeed(plan, layout, settings), all.map(\.toAllocate).max())
+        // Without samples, the last stage (fc1, fc2 and the head) is the largest, not rank 0.
+        let quiet = PlanSettings(batchSize: 24, optimizer: .adam)
+        let pipeline = LayoutDescription.pipeline(stages: 2, microBatches: 2, schedule: .gpipe, partition: [1, 3])
+        let stages = try MemoryPlan.perRank(plan, pipeline, quiet)
+        XCTAssertGreaterThan(stages[1].toAllocate, stages[0].toAllocate)
+        XCTAssertEqual(try MemoryPlan.largestNeed(plan, pipeline, quiet), stages[1].toAllocate)
     }
 
     func testBudgetReadsProcFilesAndDividesSharedMemory() throws {
