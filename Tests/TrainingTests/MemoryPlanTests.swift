@@ -61,14 +61,23 @@ final class MemoryPlanTests: XCTestCase {
         XCTAssertGreaterThan(plans[0].wholeModel, 0)
     }
 
-    /// A pipeline stage keeps one chain per slot: M under GPipe, min(M, N − s) under 1F1B.
+    /// A pipeline stage keeps one chain per slot: M under GPipe, min(M, N − s) under 1F1B; with
+    /// `--accumulate K` each holds a K-th of the rows.
     func testPipelineActivationsFollowTheSchedulesSlots() throws {
         let m = 4, n = 3
         let cut = PipelinePartition.stages(plan, stages: n, override: nil)
         for schedule in PipelineScheduleKind.allCases {
             let plans = try MemoryPlan.perRank(plan, .pipeline(stages: n, microBatches: m, schedule: schedule), sgd)
+            let accumulating = try MemoryPlan.perRank(plan, .pipeline(stages: n, microBatches: m, schedule: schedule),
+                                                      PlanSettings(batchSize: 24, optimizer: .sgd, accumulation: 2))
             for (s, range) in cut.enumerated() {
-                let slots = schedule == .gpipe ? m : min(m, n - s)
+                XCTAssertEqual(2 * accumulating[s][.activations], plans[s][.activations], "\(schedule) stage \(s), K = 2")
+                let slots = switch schedule {
+                case .gpipe: m
+                case .oneForwardOneBackward: min(m, n - s)
+                // Zero-bubble's slots come from its action list (the ledger test checks them end to end).
+                case .zeroBubble: PipelineSchedule(schedule, stage: s, stages: n, microBatches: m).slots
+                }
                 XCTAssertEqual(plans[s][.activations], slots * activations(rows: 24 / m, widths: plan.widths(range)), "\(schedule) stage \(s)")
             }
         }
@@ -106,7 +115,7 @@ final class MemoryPlanTests: XCTestCase {
         XCTAssertEqual(LayoutDescription.candidates(ranks: 1, microBatches: 1).map(\.command), ["train"])
         let four = LayoutDescription.candidates(ranks: 4, microBatches: 2).map(\.command)
         XCTAssertEqual(four, ["train_dp -np 4", "train_fsdp -np 4", "train_tp -np 4", "train_pp -np 4 --schedule gpipe",
-                              "train_pp -np 4 --schedule 1f1b", "train_3d -np 4 --tp 1 --dp 2 --pp 2",
+                              "train_pp -np 4 --schedule 1f1b", "train_pp -np 4 --schedule zb1p", "train_3d -np 4 --tp 1 --dp 2 --pp 2",
                               "train_3d -np 4 --tp 2 --dp 1 --pp 2", "train_3d -np 4 --tp 2 --dp 2 --pp 1"])
     }
 

@@ -81,9 +81,10 @@ public struct LayoutDescription: Sendable {
 ///   the batch (`rows × seq` token ids as floats and `rows` targets), and the embedding's partial
 ///   gradient tables (`3 · vocab · emb` floats when that is at most 2¹⁶);
 /// - ``wholeModel``: canonical copies of the whole model, Ψ floats each: the initial model every
-///   rank builds before cutting its part out (held for the run), one more on every rank when
-///   resuming, and on rank 0 at the end the gathered parameters (samples, `--dump`), the dump's
-///   gradients and the sampling model's parameters and gradients;
+///   rank builds (or receives with `--init-from`) before cutting its part out, held for the run;
+///   one more on every rank when resuming, or on rank 0 reading `--init-from`; and on rank 0 at
+///   the end the gathered parameters (samples, `--dump`, `--export`), the dump's gradients, the
+///   export's encoded file, and the sampling model's parameters and gradients;
 /// - ``bookkeeping``: an allowance of ``bookkeepingPerBlock`` bytes per block of the model for
 ///   the objects that describe it (the block plan, layers, activation and chain objects);
 /// - ``dataset``: the examples, `(seq + 1)` Int32 per example, in 2 MiB pages (already loaded
@@ -110,29 +111,39 @@ public struct MemoryPlan: Sendable, Equatable {
     public var total: Int { toAllocate + dataset }
 }
 
-/// What the plan needs beyond the layout: the global batch, the optimizer, and the run's extras.
+/// What the plan needs beyond the layout: the global batch and its micro-steps, the optimizer,
+/// and the run's extras.
 public struct PlanSettings: Sendable {
     public var batchSize: Int
     public var optimizer: OptimizerKind
+    /// `--accumulate K`: every buffer sized by rows holds a K-th of the rank's rows.
+    public var accumulation = 1
     public var resume = false
+    /// `--init-from`: the whole model is broadcast from rank 0.
+    public var initFrom = false
     public var dump = false
+    public var export = false
     public var samples = 0
     /// Examples in the training and validation sets (0 when not yet known).
     public var examples = 0
 
-    public init(batchSize: Int, optimizer: OptimizerKind, resume: Bool = false, dump: Bool = false, samples: Int = 0,
-                examples: Int = 0) {
+    public init(batchSize: Int, optimizer: OptimizerKind, accumulation: Int = 1, resume: Bool = false,
+                initFrom: Bool = false, dump: Bool = false, export: Bool = false, samples: Int = 0, examples: Int = 0) {
         self.batchSize = batchSize
         self.optimizer = optimizer
+        self.accumulation = accumulation
         self.resume = resume
+        self.initFrom = initFrom
         self.dump = dump
+        self.export = export
         self.samples = samples
         self.examples = examples
     }
 
     public init(_ options: TrainingOptions, examples: Int) {
-        self.init(batchSize: options.batchSize, optimizer: options.optimizer, resume: options.resume != nil,
-                  dump: options.dump != nil, samples: options.samples, examples: examples)
+        self.init(batchSize: options.batchSize, optimizer: options.optimizer, accumulation: options.accumulate,
+                  resume: options.resume != nil, initFrom: options.initFrom != nil, dump: options.dump != nil,
+                  export: options.export != nil, samples: options.samples, examples: examples)
     }
 }
 
@@ -161,7 +172,7 @@ extension MemoryPlan {
     /// layout does not fit the model or batch (``LayoutShape/check``) or a size overflows.
     public static func perRank(_ plan: BlockPlan, _ layout: LayoutDescription, _ settings: PlanSettings) throws(UsageError) -> [MemoryPlan] {
         let ranks = layout.shape.ranks
-        try layout.shape.check(worldSize: ranks, plan: plan, batchSize: settings.batchSize)
+        try layout.shape.check(worldSize: ranks, plan: plan, batchSize: settings.batchSize, accumulation: settings.accumulation)
         let pp = layout.shape.size(.pp)
         let cut = pp > 1 ? PipelinePartition.stages(plan, stages: pp, override: layout.shape.partition) : nil
         return try (0..<ranks).map { r throws(UsageError) in try forRank(r, plan, layout, settings, cut: cut) }
@@ -190,7 +201,7 @@ extension MemoryPlan {
         let local = localBlocks(plan, range, tpSize: tp)
         let counts = local.map(\.count)
         let widths = [local.first?.input ?? 0] + local.map(\.output)
-        let rows = batch / dp
+        let rows = batch / dp / settings.accumulation  // one micro-step's rows (``MicroSteps``)
 
         // Parameters and gradients: one flat buffer, or FSDP's shards plus the gather buffer.
         let held: Int
@@ -210,8 +221,7 @@ extension MemoryPlan {
         // Activations: one chain of `rows` rows, or one per pipeline slot of `rows / M` rows.
         let chains: Int, chainRows: Int
         if let micro = shape.microBatches {
-            // ``PipelineSchedule/slots``: GPipe holds all M micro-batches, 1F1B at most N − s.
-            chains = layout.schedule == .gpipe ? micro : min(micro, pp - stage)
+            chains = PipelineSchedule(layout.schedule, stage: stage, stages: pp, microBatches: micro).slots
             chainRows = rows / m
             if pp > 1 { memory.largestMessage = max(memory.largestMessage, checked.times(chainRows, max(widths[0], widths.last!))) }
             let ends = range.lowerBound == 0 || range.upperBound == plan.count
@@ -242,9 +252,13 @@ extension MemoryPlan {
 
         // Whole-model copies (see the type's documentation).
         let psi = plan.parameterCount
-        let atEnd = rank == 0 ? (settings.samples > 0 ? 3 : 0) + (settings.dump ? (settings.samples > 0 ? 1 : 2) : 0) : 0
-        memory.wholeModel = checked.times(checked.times(4, psi), 1 + max(settings.resume ? 1 : 0, atEnd))
-        if settings.resume && shape.ranks > 1 { memory.largestMessage = max(memory.largestMessage, psi) }  // broadcast whole
+        let gathered = settings.samples > 0 || settings.dump || settings.export ? 1 : 0
+        let atEnd = rank == 0 ? gathered + (settings.samples > 0 ? 2 : 0) + (settings.dump ? 1 : 0) + (settings.export ? 1 : 0) : 0
+        let atStart = settings.resume ? 1 : settings.initFrom && rank == 0 ? 1 : 0
+        memory.wholeModel = checked.times(checked.times(4, psi), 1 + max(atStart, atEnd))
+        if (settings.resume || settings.initFrom) && shape.ranks > 1 {
+            memory.largestMessage = max(memory.largestMessage, psi)  // the whole model, broadcast
+        }
         memory.bookkeeping = checked.times(plan.count, Self.bookkeepingPerBlock)
         let huge = 2 << 20
         let datasetBytes = checked.times(checked.times(settings.examples, c.seqLen + 1), 4)

@@ -30,7 +30,7 @@ extension Trainer {
                              + "but rank \(world.rank) may use \(gib(budget.bytes)) GiB (\(budget.limit)); make the model smaller")
         }
         let plan = config.plan
-        try layout.shape.check(worldSize: world.size, plan: plan, batchSize: options.batchSize)
+        try layout.shape.check(worldSize: world.size, plan: plan, batchSize: options.batchSize, accumulation: options.accumulate)
         let mine = try MemoryPlan.forRank(world.rank, plan, layout, settings)
         let need = mine.toAllocate + Self.reserve
         if need > budget.bytes {
@@ -68,7 +68,8 @@ extension Trainer {
     func alternatives(_ plan: BlockPlan, _ settings: PlanSettings, ranks: Int, budget: Int) -> String {
         var needs: [(String, Int)] = []
         for layout in LayoutDescription.candidates(ranks: ranks, microBatches: command.layoutDescription(ranks: ranks).shape.microBatches ?? 1) {
-            guard (try? layout.shape.check(worldSize: ranks, plan: plan, batchSize: settings.batchSize)) != nil,
+            guard (try? layout.shape.check(worldSize: ranks, plan: plan, batchSize: settings.batchSize,
+                                           accumulation: settings.accumulation)) != nil,
                   layout.shape.size(.pp) == 1 || plan.count <= 2000  // the cost-balanced cut is quadratic in the blocks
             else { continue }
             if let need = try? MemoryPlan.largestNeed(plan, layout, settings) { needs.append((layout.command, need + Self.reserve)) }
