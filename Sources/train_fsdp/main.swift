@@ -25,7 +25,7 @@ struct TrainFSDP: TrainingCommand {
         try FullyShardedDataParallel(context, zero: zero, replicate: replicate)
     }
 
-    func layoutDescription(ranks: Int) -> LayoutDescription { .fullySharded(ranks: ranks) }
+    func layoutDescription(ranks: Int) -> LayoutDescription { .fullySharded(ranks: ranks, zero: zero, replicate: replicate) }
 }
 
 TrainFSDP.launch()

@@ -68,12 +68,15 @@ final class MemoryPlanTests: XCTestCase {
             ("train_dp", 2, ["--bucket-kb", "1"]),
             ("train_dp", 2, ["--accumulate", "2"]),
             ("train_fsdp", 3, []),
+            ("train_fsdp", 2, ["--zero", "1"]),
+            ("train_fsdp", 4, ["--zero", "2", "--replicate", "2"]),
             ("train_tp", 2, []),
             ("train_pp", 3, ["--micro-batches", "4", "--schedule", "gpipe"]),
             ("train_pp", 3, ["--micro-batches", "4", "--schedule", "1f1b"]),
             ("train_pp", 3, ["--micro-batches", "4", "--schedule", "zb1p"]),
+            ("train_pp", 3, ["--micro-batches", "4", "--recompute"]),
             ("train_3d", 8, ["--tp", "2", "--dp", "2", "--pp", "2", "--micro-batches", "3"]),
-            ("train_3d", 8, ["--tp", "2", "--dp", "2", "--pp", "2", "--micro-batches", "3", "--accumulate", "2"]),
+            ("train_3d", 8, ["--tp", "2", "--dp", "2", "--pp", "2", "--micro-batches", "3", "--accumulate", "2", "--recompute"]),
             ("train_3d", 6, ["--tp", "2", "--dp", "1", "--pp", "3", "--micro-batches", "2", "--schedule", "gpipe"]),
         ]
         let categories = ["parameters", "gradients", "optimizer", "activations", "buffers"]

@@ -15,6 +15,11 @@ public struct LayoutDescription: Sendable {
     public var schedule: PipelineScheduleKind = .oneForwardOneBackward
     /// DP's gradient bucket size in bytes (`train_dp --bucket-kb`).
     public var bucketBytes = 1 << 20
+    /// `train_fsdp --zero` (1, 2 or 3) and `--replicate R` (HSDP).
+    public var zero = 3
+    public var replicate = 1
+    /// `--recompute`: a pipeline stage keeps only each micro-batch's boundary.
+    public var recompute = false
 
     public static var singleRank: LayoutDescription { LayoutDescription(kind: .singleRank, shape: .singleRank) }
 
@@ -22,8 +27,12 @@ public struct LayoutDescription: Sendable {
         LayoutDescription(kind: .dataParallel, shape: .dataParallel(ranks: ranks), bucketBytes: bucketBytes)
     }
 
-    public static func fullySharded(ranks: Int) -> LayoutDescription {
-        LayoutDescription(kind: .fullySharded, shape: .dataParallel(ranks: ranks))
+    /// `train_fsdp`: ZeRO stage `zero` over shard groups of `ranks / replicate` (the caller checks
+    /// that `replicate` divides `ranks`: ``LayoutShape/fullySharded(ranks:replicate:)``).
+    public static func fullySharded(ranks: Int, zero: Int = 3, replicate: Int = 1) -> LayoutDescription {
+        let shape = LayoutShape(executable: .oneAxis, axes: [(.shard, max(1, ranks / replicate)), (.replicate, replicate)],
+                                microBatches: nil)
+        return LayoutDescription(kind: .fullySharded, shape: shape, zero: zero, replicate: replicate)
     }
 
     public static func tensorParallel(ranks: Int) -> LayoutDescription {
@@ -45,13 +54,18 @@ public struct LayoutDescription: Sendable {
 
     /// A pipeline as the flags of `train_pp` describe it.
     public static func pipeline(stages: Int, _ options: PipelineOptions) -> LayoutDescription {
-        .pipeline(stages: stages, microBatches: options.microBatches, schedule: options.schedule, partition: options.partition)
+        var layout = LayoutDescription.pipeline(stages: stages, microBatches: options.microBatches, schedule: options.schedule,
+                                                partition: options.partition)
+        layout.recompute = options.recompute
+        return layout
     }
 
     /// A grid as the flags of `train_3d` describe it.
     public static func threeDimensional(tp: Int, dp: Int, pp: Int, _ options: PipelineOptions) -> LayoutDescription {
-        .threeDimensional(tp: tp, dp: dp, pp: pp, microBatches: options.microBatches, schedule: options.schedule,
-                          partition: options.partition)
+        var layout = LayoutDescription.threeDimensional(tp: tp, dp: dp, pp: pp, microBatches: options.microBatches,
+                                                        schedule: options.schedule, partition: options.partition)
+        layout.recompute = options.recompute
+        return layout
     }
 
     /// How to run it, for messages: `train_fsdp -np 4`, `train_3d -np 12 --tp 2 --dp 2 --pp 3`.
@@ -60,11 +74,13 @@ public struct LayoutDescription: Sendable {
         switch kind {
         case .singleRank: return "train"
         case .dataParallel: return "train_dp -np \(n)"
-        case .fullySharded: return "train_fsdp -np \(n)"
+        case .fullySharded:
+            return "train_fsdp -np \(n)" + (zero != 3 ? " --zero \(zero)" : "") + (replicate > 1 ? " --replicate \(replicate)" : "")
         case .tensorParallel: return "train_tp -np \(n)"
-        case .pipeline: return "train_pp -np \(n) --schedule \(schedule.rawValue)"
+        case .pipeline: return "train_pp -np \(n) --schedule \(schedule.rawValue)" + (recompute ? " --recompute" : "")
         case .threeDimensional:
             return "train_3d -np \(n) --tp \(shape.size(.tp)) --dp \(shape.size(.dp)) --pp \(shape.size(.pp))"
+                + (recompute ? " --recompute" : "")
         }
     }
 }
@@ -201,28 +217,55 @@ extension MemoryPlan {
         let local = localBlocks(plan, range, tpSize: tp)
         let counts = local.map(\.count)
         let widths = [local.first?.input ?? 0] + local.map(\.output)
-        let rows = batch / dp / settings.accumulation  // one micro-step's rows (``MicroSteps``)
+        let rows = batch / shape.dataParallelDegree / settings.accumulation  // one micro-step's rows (``MicroSteps``)
+        // The group the model is sharded over: `train_3d`'s dp axis, `train_fsdp`'s shard axis.
+        let group = layout.kind == .threeDimensional ? dp : shape.size(.shard)
 
         // Parameters and gradients: one flat buffer, or FSDP's shards plus the gather buffer.
         let held: Int
-        if layout.kind == .fullySharded || layout.kind == .threeDimensional {
-            let shards = counts.map { ($0 + dp - 1) / dp }
+        if layout.kind == .fullySharded && layout.zero < 3 {
+            // ZeRO-1/2 (``FlatShards``): the whole model padded to S·s, s = ⌈Ψ/S⌉; the optimizer owns s.
+            let psi = counts.reduce(0, +), s = (psi + group - 1) / group, padded = checked.times(s, group)
+            held = s
+            memory[.parameters] = checked.times(4, max(1, padded))
+            if layout.zero == 1 {  // full gradients, and the reduce-scatter's output shard
+                memory[.gradients] = checked.times(4, max(1, padded))
+                memory[.buffers] = checked.times(4, max(1, s))
+            } else {  // the gradient shard; one block's full gradient and its received part
+                let largest = counts.max() ?? 0
+                memory[.gradients] = checked.times(4, max(1, s))
+                memory[.buffers] = checked.plus(checked.times(4, max(1, largest)), checked.times(4, max(1, min(s, largest))))
+            }
+            if group > 1 { memory.largestMessage = padded }
+        } else if layout.kind == .fullySharded || layout.kind == .threeDimensional {
+            let shards = counts.map { ($0 + group - 1) / group }
             held = shards.reduce(0, +)
             let largest = shards.max() ?? 0
-            memory[.buffers] = checked.plus(checked.times(8, max(1, checked.times(largest, dp))), checked.times(4, max(1, largest)))
-            if dp > 1 { memory.largestMessage = checked.times(largest, dp) }
+            memory[.parameters] = checked.times(4, max(1, held))
+            memory[.gradients] = memory[.parameters]
+            memory[.buffers] = checked.plus(checked.times(8, max(1, checked.times(largest, group))), checked.times(4, max(1, largest)))
+            if group > 1 { memory.largestMessage = checked.times(largest, group) }
         } else {
             held = counts.reduce(0, +)
+            memory[.parameters] = checked.times(4, max(1, held))
+            memory[.gradients] = memory[.parameters]
         }
-        memory[.parameters] = checked.times(4, max(1, held))
-        memory[.gradients] = memory[.parameters]
+        if layout.replicate > 1 { memory.largestMessage = max(memory.largestMessage, held) }  // HSDP's allreduce
         memory[.optimizer] = settings.optimizer == .adam ? checked.times(8, held) : 0
 
         // Activations: one chain of `rows` rows, or one per pipeline slot of `rows / M` rows.
-        let chains: Int, chainRows: Int
+        var chains: Int, chainRows: Int
         if let micro = shape.microBatches {
             chains = PipelineSchedule(layout.schedule, stage: stage, stages: pp, microBatches: micro).slots
             chainRows = rows / m
+            if layout.recompute && chains > 1 {
+                // One working chain, and per slot the stage's boundary: its input and input
+                // gradient (not on the first stage) and its output (not on the last).
+                let input = range.lowerBound == 0 ? 0 : widths[0], output = range.upperBound == plan.count ? 0 : widths.last!
+                memory[.activations] = checked.times(checked.times(4, chains),
+                                                     checked.times(chainRows, checked.plus(2 * input, output)))
+                chains = 1
+            }
             if pp > 1 { memory.largestMessage = max(memory.largestMessage, checked.times(chainRows, max(widths[0], widths.last!))) }
             let ends = range.lowerBound == 0 || range.upperBound == plan.count
             memory.staging = ends ? checked.times(4, checked.plus(checked.times(rows, c.seqLen), rows)) : 8
@@ -231,7 +274,7 @@ extension MemoryPlan {
             chainRows = rows
         }
         let perChain = widths.reduce(0) { checked.plus($0, checked.times(8, max(1, checked.times(chainRows, $1)))) }
-        memory[.activations] = checked.times(chains, perChain)
+        memory[.activations] = checked.plus(memory[.activations], checked.times(chains, perChain))
         memory.staging = checked.plus(memory.staging, checked.times(chains, checked.times(4, max(1, chainRows))))
         if range.lowerBound == 0 {
             let extra = checked.times(Kernels.scatterStreams - 1, checked.times(c.vocab, c.emb))

@@ -30,6 +30,9 @@ extension Trainer {
                              + "but rank \(world.rank) may use \(gib(budget.bytes)) GiB (\(budget.limit)); make the model smaller")
         }
         let plan = config.plan
+        if layout.kind == .fullySharded {  // HSDP's replicas must divide the ranks (the layout's own message)
+            _ = try LayoutShape.fullySharded(ranks: world.size, replicate: layout.replicate)
+        }
         try layout.shape.check(worldSize: world.size, plan: plan, batchSize: options.batchSize, accumulation: options.accumulate)
         let mine = try MemoryPlan.forRank(world.rank, plan, layout, settings)
         let need = mine.toAllocate + Self.reserve
