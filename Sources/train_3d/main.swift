@@ -30,6 +30,8 @@ struct Train3D: TrainingCommand {
     func makeLayout(_ context: TrainingContext) throws(UsageError) -> TrainingLayout {
         try ThreeDimensional(context, tp: tp, dp: dp, pp: pp, pipeline: pipeline, sequenceParallel: sequenceParallel.enabled)
     }
+
+    func layoutDescription(ranks: Int) -> LayoutDescription { .threeDimensional(tp: tp, dp: dp, pp: pp, pipeline) }
 }
 
 Train3D.launch()

@@ -15,6 +15,8 @@ struct TrainTP: TrainingCommand {
     func makeLayout(_ context: TrainingContext) throws(UsageError) -> TrainingLayout {
         try TensorParallel(context, sequenceParallel: sequenceParallel.enabled)
     }
+
+    func layoutDescription(ranks: Int) -> LayoutDescription { .tensorParallel(ranks: ranks) }
 }
 
 TrainTP.launch()
