@@ -31,7 +31,11 @@ struct Train3D: TrainingCommand {
         try ThreeDimensional(context, tp: tp, dp: dp, pp: pp, pipeline: pipeline, sequenceParallel: sequenceParallel.enabled)
     }
 
-    func layoutDescription(ranks: Int) -> LayoutDescription { .threeDimensional(tp: tp, dp: dp, pp: pp, pipeline) }
+    func layoutDescription(ranks: Int) -> LayoutDescription {
+        var layout = LayoutDescription.threeDimensional(tp: tp, dp: dp, pp: pp, pipeline)
+        layout.sequenceParallel = sequenceParallel.enabled
+        return layout
+    }
 }
 
 Train3D.launch()

@@ -16,7 +16,11 @@ struct TrainTP: TrainingCommand {
         try TensorParallel(context, sequenceParallel: sequenceParallel.enabled)
     }
 
-    func layoutDescription(ranks: Int) -> LayoutDescription { .tensorParallel(ranks: ranks) }
+    func layoutDescription(ranks: Int) -> LayoutDescription {
+        var layout = LayoutDescription.tensorParallel(ranks: ranks)
+        layout.sequenceParallel = sequenceParallel.enabled
+        return layout
+    }
 }
 
 TrainTP.launch()

@@ -71,6 +71,7 @@ final class MemoryPlanTests: XCTestCase {
             ("train_fsdp", 2, ["--zero", "1"]),
             ("train_fsdp", 4, ["--zero", "2", "--replicate", "2"]),
             ("train_tp", 2, []),
+            ("train_tp", 2, ["--sequence-parallel", "--accumulate", "2"]),
             ("train_pp", 3, ["--micro-batches", "4", "--schedule", "gpipe"]),
             ("train_pp", 3, ["--micro-batches", "4", "--schedule", "1f1b"]),
             ("train_pp", 3, ["--micro-batches", "4", "--schedule", "zb1p"]),
@@ -78,6 +79,8 @@ final class MemoryPlanTests: XCTestCase {
             ("train_3d", 8, ["--tp", "2", "--dp", "2", "--pp", "2", "--micro-batches", "3"]),
             ("train_3d", 8, ["--tp", "2", "--dp", "2", "--pp", "2", "--micro-batches", "3", "--accumulate", "2", "--recompute"]),
             ("train_3d", 6, ["--tp", "2", "--dp", "1", "--pp", "3", "--micro-batches", "2", "--schedule", "gpipe"]),
+            ("train_3d", 8, ["--tp", "2", "--dp", "2", "--pp", "2", "--micro-batches", "3", "--sequence-parallel"]),
+            ("train_3d", 6, ["--tp", "2", "--dp", "1", "--pp", "3", "--micro-batches", "2", "--sequence-parallel", "--recompute"]),
         ]
         let categories = ["parameters", "gradients", "optimizer", "activations", "buffers"]
         for config in configs {

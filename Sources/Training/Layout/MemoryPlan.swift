@@ -20,6 +20,8 @@ public struct LayoutDescription: Sendable {
     public var replicate = 1
     /// `--recompute`: a pipeline stage keeps only each micro-batch's boundary.
     public var recompute = false
+    /// `--sequence-parallel` (`train_tp`, `train_3d`): rows split over tp outside the pairs.
+    public var sequenceParallel = false
 
     public static var singleRank: LayoutDescription { LayoutDescription(kind: .singleRank, shape: .singleRank) }
 
@@ -76,11 +78,11 @@ public struct LayoutDescription: Sendable {
         case .dataParallel: return "train_dp -np \(n)"
         case .fullySharded:
             return "train_fsdp -np \(n)" + (zero != 3 ? " --zero \(zero)" : "") + (replicate > 1 ? " --replicate \(replicate)" : "")
-        case .tensorParallel: return "train_tp -np \(n)"
+        case .tensorParallel: return "train_tp -np \(n)" + (sequenceParallel ? " --sequence-parallel" : "")
         case .pipeline: return "train_pp -np \(n) --schedule \(schedule.rawValue)" + (recompute ? " --recompute" : "")
         case .threeDimensional:
             return "train_3d -np \(n) --tp \(shape.size(.tp)) --dp \(shape.size(.dp)) --pp \(shape.size(.pp))"
-                + (recompute ? " --recompute" : "")
+                + (recompute ? " --recompute" : "") + (sequenceParallel ? " --sequence-parallel" : "")
         }
     }
 }
@@ -253,17 +255,22 @@ extension MemoryPlan {
         if layout.replicate > 1 { memory.largestMessage = max(memory.largestMessage, held) }  // HSDP's allreduce
         memory[.optimizer] = settings.optimizer == .adam ? checked.times(8, held) : 0
 
-        // Activations: one chain of `rows` rows, or one per pipeline slot of `rows / M` rows.
-        var chains: Int, chainRows: Int
+        // Activations: one chain of `rows` rows, or one per pipeline slot of `rows / M` rows; under
+        // sequence parallelism the activations outside the pairs hold 1/T of them (``SequenceSplit``).
+        var chains: Int
+        let chainRows = shape.microBatches == nil ? rows : rows / m
+        let sequenceParallel = layout.sequenceParallel && tp > 1 && !local.isEmpty
+        let activationRows: [Int] = sequenceParallel
+            ? ([local[0].sharding != .row] + local.map { $0.sharding != .column }).map { $0 ? chainRows / tp : chainRows }
+            : widths.map { _ in chainRows }
         if let micro = shape.microBatches {
             chains = PipelineSchedule(layout.schedule, stage: stage, stages: pp, microBatches: micro).slots
-            chainRows = rows / m
             if layout.recompute && chains > 1 {
                 // One working chain, and per slot the stage's boundary: its input and input
                 // gradient (not on the first stage) and its output (not on the last).
-                let input = range.lowerBound == 0 ? 0 : widths[0], output = range.upperBound == plan.count ? 0 : widths.last!
-                memory[.activations] = checked.times(checked.times(4, chains),
-                                                     checked.times(chainRows, checked.plus(2 * input, output)))
+                let input = range.lowerBound == 0 ? 0 : checked.times(activationRows[0], widths[0])
+                let output = range.upperBound == plan.count ? 0 : checked.times(activationRows.last!, widths.last!)
+                memory[.activations] = checked.times(checked.times(4, chains), checked.plus(2 * input, output))
                 chains = 1
             }
             if pp > 1 { memory.largestMessage = max(memory.largestMessage, checked.times(chainRows, max(widths[0], widths.last!))) }
@@ -271,11 +278,28 @@ extension MemoryPlan {
             memory.staging = ends ? checked.times(4, checked.plus(checked.times(rows, c.seqLen), rows)) : 8
         } else {
             chains = 1
-            chainRows = rows
         }
-        let perChain = widths.reduce(0) { checked.plus($0, checked.times(8, max(1, checked.times(chainRows, $1)))) }
+        let perChain = zip(activationRows, widths).reduce(0) { checked.plus($0, checked.times(8, max(1, checked.times($1.0, $1.1)))) }
         memory[.activations] = checked.plus(memory[.activations], checked.times(chains, perChain))
-        memory.staging = checked.plus(memory.staging, checked.times(chains, checked.times(4, max(1, chainRows))))
+        memory.staging = checked.plus(memory.staging, checked.times(chains, checked.times(4, max(1, activationRows.last!))))
+        if sequenceParallel {
+            // The shared full-rows scratch (values and gradients) and the packed partial gradients
+            // summed over tp: whole replicated blocks and row-parallel biases (in 3D, the part of
+            // them in this rank's FSDP shard of each block).
+            let scratch = local.map { $0.sharding == .column ? chainRows * $0.input : $0.sharding == .row ? chainRows * $0.output : 0 }.max() ?? 0
+            memory[.buffers] = checked.plus(memory[.buffers], checked.times(8, max(1, scratch)))
+            var partial = 0
+            for block in local where block.sharding != .column {
+                let r = block.sharding == .replicated ? 0..<block.count : block.count - block.output ..< block.count
+                if layout.kind == .threeDimensional {
+                    let s = (block.count + dp - 1) / dp, d = coordinate[.dp] ?? 0
+                    partial += max(0, min(r.upperBound, (d + 1) * s) - max(r.lowerBound, d * s))
+                } else {
+                    partial += r.count
+                }
+            }
+            memory[.buffers] = checked.plus(memory[.buffers], checked.times(4, max(1, partial)))
+        }
         if range.lowerBound == 0 {
             let extra = checked.times(Kernels.scatterStreams - 1, checked.times(c.vocab, c.emb))
             if extra > 0 && extra <= 1 << 16 { memory.staging = checked.plus(memory.staging, 4 * extra) }
