@@ -12,6 +12,8 @@ struct Train: TrainingCommand {
     func makeLayout(_ context: TrainingContext) throws(UsageError) -> TrainingLayout {
         try SingleRank(context)
     }
+
+    func layoutDescription(ranks: Int) -> LayoutDescription { .singleRank }
 }
 
 Train.launch()

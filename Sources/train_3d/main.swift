@@ -21,12 +21,20 @@ struct Train3D: TrainingCommand {
 
     @OptionGroup var pipeline: PipelineOptions
 
+    @OptionGroup var sequenceParallel: SequenceParallelOption
+
     func validate() throws {
         for (flag, value) in [("tp", tp), ("dp", dp), ("pp", pp)] { try requirePositive(value, flag) }
     }
 
     func makeLayout(_ context: TrainingContext) throws(UsageError) -> TrainingLayout {
-        try ThreeDimensional(context, tp: tp, dp: dp, pp: pp, pipeline: pipeline)
+        try ThreeDimensional(context, tp: tp, dp: dp, pp: pp, pipeline: pipeline, sequenceParallel: sequenceParallel.enabled)
+    }
+
+    func layoutDescription(ranks: Int) -> LayoutDescription {
+        var layout = LayoutDescription.threeDimensional(tp: tp, dp: dp, pp: pp, pipeline)
+        layout.sequenceParallel = sequenceParallel.enabled
+        return layout
     }
 }
 

@@ -17,6 +17,8 @@ struct TrainDP: TrainingCommand {
     func makeLayout(_ context: TrainingContext) throws(UsageError) -> TrainingLayout {
         try DataParallel(context, bucketBytes: bucketKB * 1024)
     }
+
+    func layoutDescription(ranks: Int) -> LayoutDescription { .dataParallel(ranks: ranks, bucketBytes: bucketKB * 1024) }
 }
 
 TrainDP.launch()

@@ -24,6 +24,8 @@ struct TrainFSDP: TrainingCommand {
     func makeLayout(_ context: TrainingContext) throws(UsageError) -> TrainingLayout {
         try FullyShardedDataParallel(context, zero: zero, replicate: replicate)
     }
+
+    func layoutDescription(ranks: Int) -> LayoutDescription { .fullySharded(ranks: ranks, zero: zero, replicate: replicate) }
 }
 
 TrainFSDP.launch()

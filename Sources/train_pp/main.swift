@@ -16,6 +16,8 @@ struct TrainPP: TrainingCommand {
     func makeLayout(_ context: TrainingContext) throws(UsageError) -> TrainingLayout {
         try PipelineParallel(context, pipeline: pipeline)
     }
+
+    func layoutDescription(ranks: Int) -> LayoutDescription { .pipeline(stages: ranks, pipeline) }
 }
 
 TrainPP.launch()

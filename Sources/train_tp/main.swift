@@ -10,8 +10,16 @@ struct TrainTP: TrainingCommand {
 
     @OptionGroup var options: TrainingOptions
 
+    @OptionGroup var sequenceParallel: SequenceParallelOption
+
     func makeLayout(_ context: TrainingContext) throws(UsageError) -> TrainingLayout {
-        try TensorParallel(context)
+        try TensorParallel(context, sequenceParallel: sequenceParallel.enabled)
+    }
+
+    func layoutDescription(ranks: Int) -> LayoutDescription {
+        var layout = LayoutDescription.tensorParallel(ranks: ranks)
+        layout.sequenceParallel = sequenceParallel.enabled
+        return layout
     }
 }
 

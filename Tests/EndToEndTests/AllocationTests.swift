@@ -67,6 +67,10 @@ final class AllocationTests: XCTestCase {
         try check("train_fsdp", np: 2, extra: ["--optimizer", "adam", "--clip-grad-norm", "0.5"])
     }
     func testTensorParallelStepDoesNotAllocate() throws { try check("train_tp", np: 2, extra: ["--layers", "3"]) }
+    func testSequenceParallelStepDoesNotAllocate() throws {
+        try check("train_tp", np: 2, extra: ["--layers", "3", "--sequence-parallel", "--accumulate", "2"])
+        try check("train_3d", np: 4, extra: ["--tp", "2", "--pp", "2", "--micro-batches", "2", "--layers", "2", "--sequence-parallel"])
+    }
     func testPipelineStepDoesNotAllocate() throws {
         try check("train_pp", np: 3, extra: ["--micro-batches", "4", "--schedule", "gpipe"])
         try check("train_pp", np: 2, extra: ["--micro-batches", "4", "--schedule", "1f1b"])

@@ -26,13 +26,17 @@ final class InterleavedPipelineTests: XCTestCase {
     }
 
     /// `train_3d` with pp 2 and V = 2 over tensor-parallel layers (tp 2) and over FSDP's hooks
-    /// (dp 2; the hooks address the stage's blocks across both chunks), and with `--recompute` and
-    /// `--accumulate`.
+    /// (dp 2; the hooks address the stage's blocks across both chunks), with `--sequence-parallel`,
+    /// and with `--recompute` and `--accumulate`.
     func testThreeDimensionalMatchesTrain() throws {
         let model = ["--layers", "2"]
         try Equivalence.check("train_3d", np: 4, model, extra: ["--tp", "2", "--dp", "1", "--pp", "2"] + interleaved(2, micro: 2),
                               data: Self.data, steps: 150)
         try Equivalence.check("train_3d", np: 4, model, extra: ["--tp", "1", "--dp", "2", "--pp", "2"] + interleaved(2, micro: 2),
+                              data: Self.data, steps: 150)
+        // Sequence parallelism: each chunk's own row split; the boundaries outside the pairs carry 1/T of the rows.
+        try Equivalence.check("train_3d", np: 4, model,
+                              extra: ["--tp", "2", "--dp", "1", "--pp", "2", "--sequence-parallel"] + interleaved(2, micro: 4),
                               data: Self.data, steps: 150)
         try Equivalence.check("train_3d", np: 4, ["--layers", "3", "--accumulate", "2"],
                               extra: ["--tp", "1", "--dp", "2", "--pp", "2", "--recompute"] + interleaved(2, micro: 2),

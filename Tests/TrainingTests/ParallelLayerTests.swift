@@ -160,7 +160,7 @@ final class ParallelLayerTests: XCTestCase {
 
 /// Full `X` (`rows × inputs`), `W` (`inputs × outputs`, row-major), `b`, `dY` (`rows × outputs`):
 /// the same on every rank for the same seed.
-private struct Fixture {
+struct Fixture {
     let rows: Int, inputs: Int, outputs: Int
     var x: [Float], w: [Float], b: [Float], dy: [Float]
 
@@ -222,7 +222,7 @@ private struct Fixture {
 
 /// The plain `Linear` on the whole fixture: `Y`, then, after backward with the whole `dY`,
 /// dW, db and dX. Built from zeroed gradients.
-private struct Reference {
+struct Reference {
     let y: [Float], dw: [Float], db: [Float], dx: [Float]
 
     init(_ data: Fixture, relu: Bool) {
@@ -244,7 +244,7 @@ private struct Reference {
     }
 }
 
-private extension Array where Element == Float {
+extension Array where Element == Float {
     /// Columns `cols` of this row-major matrix of `width` columns, row by row.
     func columns(_ cols: Range<Int>, of width: Int) -> [Float] {
         stride(from: 0, to: count, by: width).flatMap { self[$0 + cols.lowerBound ..< $0 + cols.upperBound] }

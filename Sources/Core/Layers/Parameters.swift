@@ -9,10 +9,13 @@ public final class Activation {
     public let value: UnsafeMutablePointer<Float>
     public let grad: UnsafeMutablePointer<Float>
     public var count: Int { rows * cols }
+    /// False for a view of memory owned elsewhere (``init(rows:cols:borrowing:grad:)``).
+    let ownsMemory: Bool
 
     public init(rows: Int, cols: Int) {
         self.rows = rows
         self.cols = cols
+        ownsMemory = true
         value = .allocate(capacity: max(1, rows * cols))
         grad = .allocate(capacity: max(1, rows * cols))
         value.initialize(repeating: 0, count: max(1, rows * cols))
@@ -20,7 +23,19 @@ public final class Activation {
         MemoryLedger.add(.activations, bytes: 2 * 4 * max(1, rows * cols))
     }
 
+    /// A `rows × cols` view of memory someone else owns and accounts for (a scratch buffer that
+    /// several layers use in turn, such as sequence parallelism's full-rows buffer): nothing is
+    /// allocated, counted in the ``MemoryLedger`` or freed here.
+    public init(rows: Int, cols: Int, borrowing value: UnsafeMutablePointer<Float>, grad: UnsafeMutablePointer<Float>) {
+        self.rows = rows
+        self.cols = cols
+        ownsMemory = false
+        self.value = value
+        self.grad = grad
+    }
+
     deinit {
+        guard ownsMemory else { return }
         value.deallocate()
         grad.deallocate()
         MemoryLedger.add(.activations, bytes: -2 * 4 * max(1, rows * cols))

@@ -43,19 +43,30 @@ public final class LayerChain {
     public let loss: SoftmaxCrossEntropy?
     /// What runs around each block; set by the layout that owns the chain.
     public var hooks: LayerChainHooks?
+    /// Rows of the chain's output: the rows the loss and ``targets`` cover.
     public let rows: Int
 
     /// - Parameters:
     ///   - widths: the input's width, then each layer's output width (`layers.count + 1`).
     ///   - rows: rows of the batch the chain runs on.
     ///   - loss: the loss after the last layer, or nil for a chain that ends before the head.
-    public init(layers: [Layer], widths: [Int], rows: Int, loss: SoftmaxCrossEntropy?, hooks: LayerChainHooks? = nil) {
-        precondition(widths.count == layers.count + 1)
+    public convenience init(layers: [Layer], widths: [Int], rows: Int, loss: SoftmaxCrossEntropy?, hooks: LayerChainHooks? = nil) {
+        self.init(layers: layers, widths: widths, activationRows: Array(repeating: rows, count: widths.count), loss: loss, hooks: hooks)
+    }
+
+    /// A chain whose activations need not all have the same rows: under sequence parallelism a
+    /// rank holds only its `1/T` of the rows outside the tensor-parallel pairs (see
+    /// `SequenceSplit` in `Training`), and the layers between them gather and scatter rows.
+    ///
+    /// - Parameter activationRows: the rows of each activation (`widths.count` of them).
+    public init(layers: [Layer], widths: [Int], activationRows: [Int], loss: SoftmaxCrossEntropy?, hooks: LayerChainHooks? = nil) {
+        precondition(widths.count == layers.count + 1 && activationRows.count == widths.count)
         self.layers = layers
+        let rows = activationRows[activationRows.count - 1]
         self.rows = rows
         self.loss = loss
         self.hooks = hooks
-        activations = widths.map { Activation(rows: rows, cols: $0) }
+        activations = zip(activationRows, widths).map { Activation(rows: $0, cols: $1) }
         targets = .allocate(capacity: max(1, rows))
         targets.initialize(repeating: 0, count: max(1, rows))
     }

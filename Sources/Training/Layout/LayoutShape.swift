@@ -25,6 +25,9 @@ public struct LayoutShape: Sendable {
     public var partition: [Int]? = nil
     /// Model chunks per pipeline stage (`--virtual-stages`, interleaved schedule; 1 otherwise).
     public var virtualStages = 1
+    /// `--sequence-parallel`: each micro-batch's rows are split over the tensor-parallel group
+    /// outside the pairs (``SequenceSplit``), so they must divide by its size.
+    public var sequenceParallel = false
 
     public static var singleRank: LayoutShape { LayoutShape(executable: .singleRank, axes: [], microBatches: nil) }
 
@@ -113,6 +116,17 @@ public struct LayoutShape: Sendable {
             default:
                 throw UsageError("--batch-size \(batchSize) is not divisible by the \(dp) data-parallel ranks\(accumulating)")
             }
+        }
+        let microRows = batchSize / (dp * m * k)
+        if sequenceParallel && microRows % tp != 0 {
+            let accumulating = k > 1 ? " × --accumulate \(k)" : ""
+            let cut = switch (executable, k) {
+            case (.flags, _): "--batch-size \(batchSize) / (--dp \(dp) × --micro-batches \(m)\(accumulating)) = \(microRows) rows"
+            case (_, 1): "--batch-size \(batchSize)"
+            default: "--batch-size \(batchSize) / --accumulate \(k) = \(microRows) rows"
+            }
+            let group = executable == .flags ? "--tp \(tp)" : "the \(tp) tensor-parallel ranks"
+            throw UsageError("--sequence-parallel splits each micro-batch's rows over \(group), but \(cut) is not divisible by \(tp)")
         }
     }
 

@@ -22,6 +22,12 @@ import Distributed
 /// crashed on both and needed ≥ 12 ranks). Per step and rank: the TP activations of its
 /// stage's blocks, the FSDP allgathers and reduce-scatters of its (1/T) blocks once per
 /// micro-batch, and the PP activations and gradients at its stage's boundaries.
+///
+/// With `--sequence-parallel` the tensor-parallel blocks run as in `train_tp --sequence-parallel`
+/// (``SequenceSplit``), stage boundaries outside the pairs carry `1/T` of the rows, and per step
+/// the partial gradients of the parameters used outside the pairs — this rank's FSDP shards of
+/// them, after the dp reduce-scatter — are summed over tp (``PartialGradientSum``), as is the
+/// loss (4 bytes).
 public final class ThreeDimensional: TrainingLayout {
     public let mesh: ProcessMesh
     /// The data-parallel group, over which the pipelines' losses are summed.
@@ -37,11 +43,17 @@ public final class ThreeDimensional: TrainingLayout {
     /// Every stage's blocks, and the model they cut.
     let cut: [Range<Int>]
     let modelPlan: BlockPlan
+    /// Sequence parallelism's tp group, full-rows buffer and gradient sum (nil without it).
+    let sequenceGroup: Communicator?
+    let scratch: SequenceParallelScratch?
+    let partials: PartialGradientSum?
 
-    public init(_ context: TrainingContext, tp: Int, dp: Int, pp: Int, pipeline: PipelineOptions) throws(UsageError) {
+    public init(_ context: TrainingContext, tp: Int, dp: Int, pp: Int, pipeline: PipelineOptions,
+                sequenceParallel: Bool = false) throws(UsageError) {
         let v = pipeline.virtualStages
-        let shape = LayoutShape.threeDimensional(tp: tp, dp: dp, pp: pp, microBatches: pipeline.microBatches,
+        var shape = LayoutShape.threeDimensional(tp: tp, dp: dp, pp: pp, microBatches: pipeline.microBatches,
                                                  partition: pipeline.partition, virtualStages: v)
+        shape.sequenceParallel = sequenceParallel
         let mesh = try shape.makeMesh(context)
         self.mesh = mesh
         self.dp = mesh[.dp]
@@ -52,23 +64,35 @@ public final class ThreeDimensional: TrainingLayout {
         // This stage's chunks (one unless interleaved: chunks s, s + P, …), each laid out tensor-parallel;
         // FSDP shards all their blocks, chunk after chunk, and its hooks address them in that order.
         let chunkPlans = try (0..<v).map { c throws(UsageError) in
-            try TensorParallelPlan(context.plan, blocks: cut[c * pp + mesh[.pp].rank], tpSize: tp, tpRank: mesh[.tp].rank)
+            try TensorParallelPlan(context.plan, blocks: cut[c * pp + mesh[.pp].rank], tpSize: tp, tpRank: mesh[.tp].rank,
+                                   sequenceParallel: sequenceParallel)
         }
         plans = chunkPlans
+        let steps = mesh.microSteps(batch: globalBatch, accumulation: context.options.accumulate)
+        self.steps = steps
+        let splits = chunkPlans.map(\.sequenceSplit), microRows = steps.rowsPerStep / pipeline.microBatches
+        // One scratch for every chunk's layers (they run one at a time).
+        let scratch = splits[0].map { _ in
+            SequenceParallelScratch(capacity: chunkPlans.map { $0.scratchCapacity(rows: microRows) }.max()!)
+        }
+        self.scratch = scratch
         let sharded = ShardedParameters(
             blocks: chunkPlans.flatMap { plan in
                 plan.blocks.map { block in
                     ShardedParameters.Block(count: block.parameterCount, map: block.map,
-                                            make: { plan.makeLayer(block, tp: mesh[.tp], parameters: $0) })
+                                            make: { plan.makeLayer(block, tp: mesh[.tp], parameters: $0, rows: microRows, scratch: scratch) })
                 }
             },
             group: mesh[.dp], initialParameters: context.initialParameters)
         self.sharded = sharded
-        steps = mesh.microSteps(batch: globalBatch, accumulation: context.options.accumulate)
+        sequenceGroup = splits[0].map { _ in mesh[.tp] }
+        partials = splits[0].map { _ in
+            PartialGradientSum(ranges: Self.shardRanges(chunkPlans, dp: mesh[.dp]), gradients: sharded.shards.grad, tp: mesh[.tp])
+        }
         var firstLayer = 0
-        let chunks = chunkPlans.map { plan in
+        let chunks = zip(chunkPlans, splits).map { plan, split in
             defer { firstLayer += plan.blocks.count }
-            return (layers: Array(sharded.layers[firstLayer ..< firstLayer + plan.blocks.count]), widths: plan.widths)
+            return (layers: Array(sharded.layers[firstLayer ..< firstLayer + plan.blocks.count]), widths: plan.widths, split: split)
         }
         stage = PipelineStage(chunks: chunks, hooks: sharded, rows: steps.rows(0),
                               schedule: PipelineSchedule(pipeline.schedule, stage: mesh[.pp].rank, stages: pp,
@@ -85,7 +109,30 @@ public final class ThreeDimensional: TrainingLayout {
             stage.rows = steps.rows(j)
             lossSum += stage.trainingStep(batch: index, from: sampler)
         }
+        partials?.sum()
+        if let sequenceGroup { lossSum = sequenceGroup.sum(lossSum) }
         return dp.sum(lossSum) / Float(globalBatch)
+    }
+
+    /// Where ``TensorParallelPlan/partialGradients(_:)`` of each block fall in this rank's FSDP
+    /// shards: block `i` (`c` floats) is cut into `D` shards of `s = ⌈c/D⌉`, laid back to back;
+    /// dp rank `d` holds the block's floats `d·s ..< (d+1)·s`. Every tp rank of a (dp, pp)
+    /// position holds the same replicated blocks and row-parallel biases at the same places, so
+    /// the ranges agree over the tp group, as the allreduce needs.
+    /// Interleaved, the stage's chunks' blocks lie back to back in the same way, chunk after chunk.
+    static func shardRanges(_ plans: [TensorParallelPlan], dp: Communicator) -> [Range<Int>] {
+        var offset = 0, ranges: [Range<Int>] = []
+        for plan in plans {
+            for block in plan.blocks {
+                let s = (block.parameterCount + dp.size - 1) / dp.size, first = dp.rank * s
+                if let r = plan.partialGradients(block) {
+                    let lower = max(r.lowerBound, first), upper = min(r.upperBound, first + s)
+                    if lower < upper { ranges.append(offset + lower - first ..< offset + upper - first) }
+                }
+                offset += s
+            }
+        }
+        return ranges
     }
 
     public func trainingFinished() -> String? { stage.waitingReport(world: mesh.world) }
@@ -98,6 +145,7 @@ public final class ThreeDimensional: TrainingLayout {
             stage.rows = steps.rows(j)
             lossSum += stage.evaluate(batch: index, from: sampler)
         }
+        if let sequenceGroup { lossSum = sequenceGroup.sum(lossSum) }
         return dp.sum(lossSum) / Float(globalBatch)
     }
 }

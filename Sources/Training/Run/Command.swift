@@ -17,6 +17,8 @@ public protocol TrainingCommand: ParsableCommand {
     var options: TrainingOptions { get }
     /// Builds this executable's layout. Throw a `UsageError` for a layout that cannot work.
     func makeLayout(_ context: TrainingContext) throws(UsageError) -> TrainingLayout
+    /// The layout `makeLayout` builds on `ranks` ranks, as data: what the memory plan is made of.
+    func layoutDescription(ranks: Int) -> LayoutDescription
 }
 
 extension TrainingCommand {

@@ -30,6 +30,8 @@ struct Trainer<Command: TrainingCommand> {
         var stoppedBy: Int32?
         /// Model FLOPs and the machine's peak, for MFU (rank 0 only: it prints and writes metrics).
         var utilization: ModelFlopsUtilization?
+        /// `"memory_plan_per_rank"` for the final metrics record (every rank's plan on rank 0).
+        var plannedMemory = ""
     }
 
     /// Returns the process exit status.
@@ -51,7 +53,11 @@ struct Trainer<Command: TrainingCommand> {
             return try DataIdentity(path: options.data)
         }) else { return nil }
         let config = options.model(dataset.vocabulary.count)
-        let plan = config.plan
+        // Before the whole model is built: refuse what will not fit (Trainer+Memory.swift).
+        guard let (plan, memory, line) = agreeing(world, { () throws -> (BlockPlan, [MemoryPlan], String) in
+            try planMemory(config, examples: dataset.train.count + dataset.validation.count)
+        }) else { return nil }
+        announce(line)
         guard let initial = initialParameters(config: config, dataset: dataset) else { return nil }
         let context = TrainingContext(world: world, options: options, config: config, plan: plan,
                                       optimizer: options.optimizerConfig, dataset: dataset, initialParameters: initial)
@@ -72,6 +78,7 @@ struct Trainer<Command: TrainingCommand> {
                                                         peak: MachinePeak.current(), ranks: world.size)
             say(session.utilization!.summary)
         }
+        session.plannedMemory = MemoryPlan.json(memory)
         if let path = options.initFrom { say("initialised from \(path)") }
         if let directory = options.resume {
             guard let resumed = resume(layout, from: directory, config: config, data: data) else { return nil }
@@ -135,7 +142,7 @@ struct Trainer<Command: TrainingCommand> {
         let ledger = LedgerReport(world: world, steps: max(0, options.steps - session.start))
         if isLeader { print(ledger.table) }
         if let line = layout.trainingFinished(), isLeader { print(line) }
-        session.summary = "\"training_seconds\":\(trainingSeconds),\(ledger.json)"
+        session.summary = "\"training_seconds\":\(trainingSeconds),\(ledger.json),\(session.plannedMemory)"
         if let report = session.utilization?.report(steps: max(0, options.steps - session.start), seconds: trainingSeconds) {
             say(report.line)
             session.summary += "," + report.json

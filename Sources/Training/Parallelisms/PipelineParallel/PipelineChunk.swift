@@ -35,14 +35,19 @@ final class PipelineChunk {
     let chains: [LayerChain]
     /// With recomputation, the per-slot boundaries (nil without).
     let boundaries: Boundaries?
+    /// Where this rank's rows of the input (model's first chunk) and of the targets (last chunk)
+    /// start within a micro-batch: 0 unless sequence parallelism splits them.
+    let inputRowOffset: Int
+    let targetRowOffset: Int
     var forwardSends: [Request]
     var backwardSends: [Request]
 
     /// - Parameters:
     ///   - hooks: the stage's hooks, addressed by the block's position among all the stage's
     ///     layers; `firstLayer` is this chunk's first layer's position there.
-    init(index: Int, layers: [Layer], widths: [Int], hooks: LayerChainHooks?, firstLayer: Int, schedule: PipelineSchedule,
-         microRows: Int, seqLen: Int, lossScale: Float, recompute: Bool) {
+    ///   - split: the activations that hold only this tp rank's rows (sequence parallelism), or nil.
+    init(index: Int, layers: [Layer], widths: [Int], split: SequenceSplit?, hooks: LayerChainHooks?, firstLayer: Int,
+         schedule: PipelineSchedule, microRows: Int, seqLen: Int, lossScale: Float, recompute: Bool) {
         precondition(!layers.isEmpty && widths.count == layers.count + 1)
         let n = schedule.stages, s = schedule.stage, g = index * n + s
         self.index = index
@@ -56,12 +61,16 @@ final class PipelineChunk {
         // A chunk that holds one micro-batch at a time (1F1B's last stage) has nothing to save by recomputing.
         let recompute = recompute && slots > 1
         let chainHooks = firstLayer == 0 ? hooks : hooks.map { OffsetHooks($0, offset: firstLayer) }
+        let activationRows = split?.activationRows(microRows) ?? widths.map { _ in microRows }
+        let inputRows = activationRows[0], outputRows = activationRows[widths.count - 1]
         chains = (0..<(recompute ? 1 : slots)).map { _ in
-            LayerChain(layers: layers, widths: widths, rows: microRows,
+            LayerChain(layers: layers, widths: widths, activationRows: activationRows,
                        loss: next == nil ? SoftmaxCrossEntropy(gradientScale: lossScale) : nil, hooks: chainHooks)
         }
-        boundaries = recompute ? Boundaries(slots: slots, rows: microRows, input: previous == nil ? 0 : widths[0],
-                                            output: next == nil ? 0 : widths[widths.count - 1]) : nil
+        inputRowOffset = inputRows < microRows ? split!.tpRank * inputRows : 0
+        targetRowOffset = outputRows < microRows ? split!.tpRank * outputRows : 0
+        boundaries = recompute ? Boundaries(slots: slots, input: previous == nil ? 0 : inputRows * widths[0],
+                                            output: next == nil ? 0 : outputRows * widths[widths.count - 1]) : nil
         forwardSends = Array(repeating: Request(), count: slots)
         backwardSends = Array(repeating: Request(), count: slots)
     }
@@ -92,23 +101,24 @@ extension PipelineChunk {
     /// the input gradient while they are being sent (the working chain is overwritten meanwhile).
     /// Counted in the memory ledger as activations.
     final class Boundaries {
-        let rows: Int, input: Int, output: Int, slots: Int
-        /// `slots × rows × input` floats each, and `slots × rows × output`.
+        /// Floats per slot of the input (`rows × width`) and of the output.
+        let input: Int, output: Int, slots: Int
+        /// `slots × input` floats each, and `slots × output`.
         let inputs: UnsafeMutablePointer<Float>
         let inputGradients: UnsafeMutablePointer<Float>
         let outputs: UnsafeMutablePointer<Float>
-        var bytes: Int { 4 * slots * rows * (2 * input + output) }
+        var bytes: Int { 4 * slots * (2 * input + output) }
 
-        /// `input`: the stage's input width (0 on the first stage, which re-reads its token ids);
-        /// `output`: its output width (0 on the last stage, which sends nothing forward).
-        init(slots: Int, rows: Int, input: Int, output: Int) {
-            (self.slots, self.rows, self.input, self.output) = (slots, rows, input, output)
-            inputs = .allocate(capacity: Swift.max(1, slots * rows * input))
-            inputGradients = .allocate(capacity: Swift.max(1, slots * rows * input))
-            outputs = .allocate(capacity: Swift.max(1, slots * rows * output))
-            inputs.initialize(repeating: 0, count: Swift.max(1, slots * rows * input))
-            inputGradients.initialize(repeating: 0, count: Swift.max(1, slots * rows * input))
-            outputs.initialize(repeating: 0, count: Swift.max(1, slots * rows * output))
+        /// `input`: floats of the stage's input activation (0 on the first stage, which re-reads
+        /// its token ids); `output`: of its output (0 on the last stage, which sends nothing forward).
+        init(slots: Int, input: Int, output: Int) {
+            (self.slots, self.input, self.output) = (slots, input, output)
+            inputs = .allocate(capacity: Swift.max(1, slots * input))
+            inputGradients = .allocate(capacity: Swift.max(1, slots * input))
+            outputs = .allocate(capacity: Swift.max(1, slots * output))
+            inputs.initialize(repeating: 0, count: Swift.max(1, slots * input))
+            inputGradients.initialize(repeating: 0, count: Swift.max(1, slots * input))
+            outputs.initialize(repeating: 0, count: Swift.max(1, slots * output))
             MemoryLedger.add(.activations, bytes: bytes)
         }
 
@@ -121,23 +131,23 @@ extension PipelineChunk {
 
         func saveInput(_ activation: Activation, slot: Int) {
             guard input > 0 else { return }
-            Kernels.copy(activation.value, into: inputs + slot * rows * input, count: rows * input)
+            Kernels.copy(activation.value, into: inputs + slot * input, count: input)
         }
 
         func restoreInput(_ activation: Activation, slot: Int) {
             guard input > 0 else { return }
-            Kernels.copy(inputs + slot * rows * input, into: activation.value, count: rows * input)
+            Kernels.copy(inputs + slot * input, into: activation.value, count: input)
         }
 
         func keepOutput(_ activation: Activation, slot: Int) -> UnsafeMutablePointer<Float> {
-            let copy = outputs + slot * rows * output
-            Kernels.copy(activation.value, into: copy, count: rows * output)
+            let copy = outputs + slot * output
+            Kernels.copy(activation.value, into: copy, count: output)
             return copy
         }
 
         func keepInputGradient(_ activation: Activation, slot: Int) -> UnsafeMutablePointer<Float> {
-            let copy = inputGradients + slot * rows * input
-            Kernels.copy(activation.grad, into: copy, count: rows * input)
+            let copy = inputGradients + slot * input
+            Kernels.copy(activation.grad, into: copy, count: input)
             return copy
         }
     }

@@ -48,7 +48,7 @@ public final class PipelineParallel: TrainingLayout {
                 defer { offset += block.parameterCount }
                 return block.makeLayer(parameters: parameters.view(offset: offset, count: block.parameterCount))
             }
-            return (layers: layers, widths: plan.widths(blocks.indices))
+            return (layers: layers, widths: plan.widths(blocks.indices), split: SequenceSplit?.none)
         }
         stage = PipelineStage(
             chunks: chunks, rows: steps.rows(0),

@@ -24,6 +24,7 @@ public enum PipelinePartition {
     public static func balanced(costs: [Double], stages: Int) -> [Int] {
         let k = costs.count
         precondition(stages >= 1 && stages <= k)
+        if stages == 1 { return [k] }  // the search below is quadratic in the blocks
         var prefix = [0.0]
         for c in costs { prefix.append(prefix.last! + c) }
         // best[n][j]: the smallest largest-stage cost of the first j blocks in n stages;

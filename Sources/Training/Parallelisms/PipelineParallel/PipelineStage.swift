@@ -24,6 +24,11 @@ import Distributed
 /// that these orders cannot deadlock. At the end of a step the last stage broadcasts the summed
 /// loss over the pipeline (4 bytes).
 ///
+/// Under sequence parallelism (a chunk's `split`, in `train_3d`) an activation outside the
+/// tensor-parallel pairs holds only this tp rank's `b/T` rows, and so does its message at a
+/// chunk boundary: each tp rank sends its own rows to the same tp rank of the next stage, `1/T`
+/// of the bytes. The model's first chunk feeds, and its last scores, only those rows.
+///
 /// **Memory.** One set of a chunk's activations (`b × Σ widths` floats, values and gradients) per
 /// slot: `M` slots for GPipe, `min(M, N − s)` for 1F1B, `min(M, N)` for ZB-H1; interleaved, each
 /// chunk its ``PipelineSchedule/chunkSlots`` (chunk 0 up to `2N`), each a `V`-th of a stage's
@@ -66,14 +71,16 @@ public final class PipelineStage {
 
     /// A stage of one chunk.
     public convenience init(layers: [Layer], widths: [Int], hooks: LayerChainHooks? = nil, rows: Range<Int>,
-                            schedule: PipelineSchedule, pp: Communicator, seqLen: Int, lossScale: Float, recompute: Bool = false) {
-        self.init(chunks: [(layers, widths)], hooks: hooks, rows: rows, schedule: schedule, pp: pp, seqLen: seqLen,
+                            schedule: PipelineSchedule, pp: Communicator, seqLen: Int, lossScale: Float, recompute: Bool = false,
+                            split: SequenceSplit? = nil) {
+        self.init(chunks: [(layers, widths, split)], hooks: hooks, rows: rows, schedule: schedule, pp: pp, seqLen: seqLen,
                   lossScale: lossScale, recompute: recompute)
     }
 
     /// - Parameters:
-    ///   - chunks: each chunk's layers and the local widths of its input and of each layer's
-    ///     output (`layers.count + 1`); `schedule.virtualStages` of them. On the model's first
+    ///   - chunks: each chunk's layers, the local widths of its input and of each layer's output
+    ///     (`layers.count + 1`), and the activations that hold only this tp rank's rows under
+    ///     sequence parallelism (or nil); `schedule.virtualStages` of them. On the model's first
     ///     chunk `widths[0]` is the context length.
     ///   - hooks: what runs around each layer (FSDP's gather and scatter in `train_3d`), addressed
     ///     by the layer's position among all the chunks' layers.
@@ -81,7 +88,7 @@ public final class PipelineStage {
     ///   - lossScale: the loss's gradient scale, `1 / global batch`.
     ///   - recompute: keep only each micro-batch's chunk boundary and rerun its forward in backward
     ///     (not with split backwards, whose deferred weight passes need the activations).
-    public init(chunks parts: [(layers: [Layer], widths: [Int])], hooks: LayerChainHooks? = nil, rows: Range<Int>,
+    public init(chunks parts: [(layers: [Layer], widths: [Int], split: SequenceSplit?)], hooks: LayerChainHooks? = nil, rows: Range<Int>,
                 schedule: PipelineSchedule, pp: Communicator, seqLen: Int, lossScale: Float, recompute: Bool = false) {
         precondition(!recompute || schedule.kind != .zeroBubble)
         precondition(parts.count == schedule.virtualStages)
@@ -95,7 +102,7 @@ public final class PipelineStage {
         var firstLayer = 0
         chunks = parts.enumerated().map { c, part in
             defer { firstLayer += part.layers.count }
-            return PipelineChunk(index: c, layers: part.layers, widths: part.widths, hooks: hooks, firstLayer: firstLayer,
+            return PipelineChunk(index: c, layers: part.layers, widths: part.widths, split: part.split, hooks: hooks, firstLayer: firstLayer,
                                  schedule: schedule, microRows: microRows, seqLen: seqLen, lossScale: lossScale,
                                  recompute: recompute)
         }
@@ -188,10 +195,10 @@ public final class PipelineStage {
     /// `m` and runs it forward.
     func restoreAndForward(_ m: Int, _ chunk: PipelineChunk, _ chain: LayerChain) -> Float {
         if chunk.previous == nil {
-            chain.input.value.update(from: batchTokens + m * microRows * seqLen, count: microRows * seqLen)
+            chain.input.value.update(from: batchTokens + (m * microRows + chunk.inputRowOffset) * seqLen, count: chain.input.rows * seqLen)
         }
         if chunk.next == nil {
-            chain.targets.update(from: batchTargets + m * microRows, count: microRows)
+            chain.targets.update(from: batchTargets + m * microRows + chunk.targetRowOffset, count: chain.rows)
         }
         return chain.forward()
     }

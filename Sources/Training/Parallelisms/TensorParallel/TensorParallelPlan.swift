@@ -41,6 +41,9 @@ public struct TensorParallelPlan: Sendable {
     public let tpSize: Int
     public let tpRank: Int
     public let blocks: [LocalBlock]
+    /// Megatron's sequence parallelism outside the pairs (``SequenceSplit``): the layers of the
+    /// pairs become ``SequenceParallelColumnLinear`` and ``SequenceParallelRowLinear``.
+    public let sequenceParallel: Bool
 
     /// The sharding of every block of `plan` over a group of `tpSize` ranks (the pairing rule).
     public static func shardings(_ plan: BlockPlan, tpSize: Int) -> [Sharding] {
@@ -69,11 +72,12 @@ public struct TensorParallelPlan: Sendable {
     }
 
     /// - Throws: `UsageError` when `tpSize` does not divide a width the pairing splits.
-    public init(_ plan: BlockPlan, blocks range: Range<Int>, tpSize: Int, tpRank: Int) throws(UsageError) {
+    public init(_ plan: BlockPlan, blocks range: Range<Int>, tpSize: Int, tpRank: Int, sequenceParallel: Bool = false) throws(UsageError) {
         precondition(tpRank >= 0 && tpRank < tpSize && range.lowerBound >= 0 && range.upperBound <= plan.count)
         try Self.check(plan, tpSize: tpSize)
         self.tpSize = tpSize
         self.tpRank = tpRank
+        self.sequenceParallel = sequenceParallel
         let shardings = Self.shardings(plan, tpSize: tpSize)
         blocks = range.map { i in
             let block = plan[i], offset = block.parameterOffset
@@ -108,10 +112,21 @@ public struct TensorParallelPlan: Sendable {
 
     /// The layer of one block over `parameters` (``LocalBlock/parameterCount`` floats, in
     /// ``LocalBlock/map`` order). The sharded layers communicate over `tp` (`tpSize` ranks).
-    public func makeLayer(_ local: LocalBlock, tp: Communicator, parameters view: ParameterView) -> Layer {
+    /// With ``sequenceSplit`` they also need the micro-batch's `rows` (all `B` of them) and the
+    /// shared `scratch` (``scratchCapacity(rows:)`` floats).
+    public func makeLayer(_ local: LocalBlock, tp: Communicator, parameters view: ParameterView,
+                          rows: Int = 0, scratch: SequenceParallelScratch? = nil) -> Layer {
         precondition(tp.size == tpSize && tp.rank == tpRank)
         precondition(view.count == local.parameterCount)
         let relu = local.block.kind.appliesReLU
+        if sequenceSplit != nil, local.sharding != .replicated {
+            guard let scratch else { preconditionFailure("sequence-parallel layers need the scratch buffer") }
+            return local.sharding == .column
+                ? SequenceParallelColumnLinear(inputs: local.inputWidth, localOutputs: local.outputWidth, relu: relu,
+                                               parameters: view, tp: tp, rows: rows, scratch: scratch)
+                : SequenceParallelRowLinear(localInputs: local.inputWidth, outputs: local.outputWidth, relu: relu,
+                                            parameters: view, tp: tp, rows: rows, scratch: scratch)
+        }
         switch local.sharding {
         case .replicated:
             return local.block.makeLayer(parameters: view)
@@ -125,12 +140,13 @@ public struct TensorParallelPlan: Sendable {
     }
 
     /// The layers over one flat buffer holding the blocks one after the other (``map`` order).
-    public func makeLayers(tp: Communicator, buffer: ParameterBuffer) -> [Layer] {
+    public func makeLayers(tp: Communicator, buffer: ParameterBuffer, rows: Int = 0, scratch: SequenceParallelScratch? = nil) -> [Layer] {
         precondition(buffer.count == parameterCount)
         var offset = 0
         return blocks.map { local in
             defer { offset += local.parameterCount }
-            return makeLayer(local, tp: tp, parameters: buffer.view(offset: offset, count: local.parameterCount))
+            return makeLayer(local, tp: tp, parameters: buffer.view(offset: offset, count: local.parameterCount),
+                             rows: rows, scratch: scratch)
         }
     }
 }

@@ -1,0 +1,140 @@
+import Foundation
+import XCTest
+
+/// The memory plan in the executables: runs that cannot fit are refused before anything big is
+/// allocated (one `error:` line with need against have, non-zero exit, no crash trace, within
+/// 10 s), and the plan every executable writes into `--metrics` equals what the ledger measured.
+final class MemoryPlanTests: XCTestCase {
+    static let traces = ["Fatal error", "Stack dump", "Backtrace", "Segmentation", "Aborted", "signal", "Killed"]
+
+    /// Runs `command` under `bash -c` (so `ulimit` applies to it and to mpirun's ranks) and checks
+    /// the refusal; returns the error line.
+    @discardableResult
+    func expectRefusal(_ command: String, containing expected: [String], file: StaticString = #filePath,
+                       line: UInt = #line) throws -> String {
+        let run = try Launch.runShell(command, timeout: 60)
+        XCTAssertFalse(run.timedOut, command, file: file, line: line)
+        XCTAssertLessThan(run.seconds, 10, "\(command): answered after \(run.seconds) s", file: file, line: line)
+        XCTAssertNotEqual(run.status, 0, command, file: file, line: line)
+        let errors = run.stderrLines.filter { $0.hasPrefix("error:") }
+        XCTAssertEqual(errors.count, 1, "\(command): \(run.stderr)", file: file, line: line)
+        for text in expected {
+            XCTAssertTrue(errors.first?.contains(text) ?? false, "\(command): expected '\(text)' in: \(run.stderr)", file: file, line: line)
+        }
+        for trace in Self.traces {
+            XCTAssertFalse(run.stderr.contains(trace), "\(command): \(run.stderr)", file: file, line: line)
+        }
+        return errors.first ?? ""
+    }
+
+    func binary(_ name: String) -> String { Launch.bin.appendingPathComponent(name).path }
+
+    /// The issue's four commands: a model of 1.6·10¹² parameters, a batch of 10⁸, 100,000 layers and
+    /// a 537M-parameter model under `ulimit -v 4000000`.
+    func testRunsThatCannotFitAreRefusedAtOnce() throws {
+        let data = try SmallData.write()
+        let train = "\(binary("train")) --data \(data)"
+        try expectRefusal("\(train) --emb 1000000 --hidden 100000",
+                          containing: ["train needs more than", "GiB per rank", "parameters, built on every rank before it is cut", "may use"])
+        try expectRefusal("\(train) --batch-size 100000000",
+                          containing: ["train needs", "GiB per rank", "activations", "may use", "train is the only layout on 1 rank"])
+        try expectRefusal("ulimit -v 4000000; exec \(train) --layers 100000",
+                          containing: ["train needs", "whole model", "RLIMIT_AS (ulimit -v)"])
+        try expectRefusal("ulimit -v 4000000; exec \(train) --hidden 8192 --layers 8",
+                          containing: ["train needs", "parameters 1.76, gradients 1.76", "RLIMIT_AS (ulimit -v)"])
+    }
+
+    /// Under mpirun every rank refuses, one line is printed, and the line names the layouts on the
+    /// same number of ranks that would fit (here, with about 1.3 GiB per rank: DP, 1.56 GiB, does not; TP, 1.05 GiB, does).
+    func testRefusalUnderMpirunNamesTheLayoutsThatFit() throws {
+        let data = try SmallData.write()
+        let mpirun = "mpirun --oversubscribe --bind-to none -np 2"
+        let line = try expectRefusal("ulimit -v 1600000; exec \(mpirun) \(binary("train_dp")) --data \(data) --hidden 8192 --layers 3 --samples 0",
+                                     containing: ["train_dp -np 2 needs", "these fit:", "train_tp -np 2 needs"])
+        XCTAssertFalse(line.contains("train_dp -np 2 needs 0"), line)
+        try expectRefusal("ulimit -v 4000000; exec \(mpirun) \(binary("train_fsdp")) --data \(data) --hidden 8192 --layers 8",
+                          containing: ["train_fsdp -np 2 needs", "no layout on 2 rank(s) fits (the smallest:"])
+    }
+
+    /// The plan (`memory_plan_per_rank`, computed from the flags before allocating) equals the
+    /// ledger (`memory_per_rank`, counted as the buffers were allocated) for every layout, every
+    /// rank and category, at two configurations.
+    func testPlanEqualsLedgerForEveryLayout() throws {
+        let data = try SmallData.write()
+        let configs = [["--seq-len", "8", "--emb", "5", "--hidden", "12", "--layers", "3", "--batch-size", "24"],
+                       ["--hidden", "64", "--layers", "2", "--batch-size", "36", "--optimizer", "adam", "--lr", "0.01"]]
+        let layouts: [(String, Int?, [String])] = [
+            ("train", nil, []),
+            ("train_dp", 2, ["--bucket-kb", "1"]),
+            ("train_dp", 2, ["--accumulate", "2"]),
+            ("train_fsdp", 3, []),
+            ("train_fsdp", 2, ["--zero", "1"]),
+            ("train_fsdp", 4, ["--zero", "2", "--replicate", "2"]),
+            ("train_tp", 2, []),
+            ("train_tp", 2, ["--sequence-parallel", "--accumulate", "2"]),
+            ("train_pp", 3, ["--micro-batches", "4", "--schedule", "gpipe"]),
+            ("train_pp", 3, ["--micro-batches", "4", "--schedule", "1f1b"]),
+            ("train_pp", 3, ["--micro-batches", "4", "--schedule", "zb1p"]),
+            ("train_pp", 3, ["--micro-batches", "4", "--recompute"]),
+            ("train_3d", 8, ["--tp", "2", "--dp", "2", "--pp", "2", "--micro-batches", "3"]),
+            ("train_3d", 8, ["--tp", "2", "--dp", "2", "--pp", "2", "--micro-batches", "3", "--accumulate", "2", "--recompute"]),
+            ("train_3d", 6, ["--tp", "2", "--dp", "1", "--pp", "3", "--micro-batches", "2", "--schedule", "gpipe"]),
+            ("train_3d", 8, ["--tp", "2", "--dp", "2", "--pp", "2", "--micro-batches", "3", "--sequence-parallel"]),
+            ("train_3d", 6, ["--tp", "2", "--dp", "1", "--pp", "3", "--micro-batches", "2", "--sequence-parallel", "--recompute"]),
+            ("train_pp", 2, ["--micro-batches", "4", "--schedule", "interleaved", "--virtual-stages", "2"]),
+            ("train_pp", 2, ["--micro-batches", "4", "--schedule", "interleaved", "--virtual-stages", "2", "--recompute"]),
+            ("train_3d", 8, ["--tp", "2", "--dp", "2", "--pp", "2", "--micro-batches", "2", "--schedule", "interleaved",
+                             "--virtual-stages", "2", "--recompute"]),
+        ]
+        let categories = ["parameters", "gradients", "optimizer", "activations", "buffers"]
+        for config in configs {
+            for (executable, np, flags) in layouts {
+                let label = "\(executable) -np \(np ?? 1) \((config + flags).joined(separator: " "))"
+                let metrics = try Launch.temporaryDirectory().appendingPathComponent("m.jsonl").path
+                let run = try Launch.run(executable, np: np, ["--data", data, "--steps", "3", "--samples", "0", "--val-batches", "1",
+                                                              "--metrics", metrics] + config + flags, timeout: 120)
+                XCTAssertEqual(run.status, 0, "\(label): \(run.stderr)")
+                XCTAssertTrue(run.stdout.hasPrefix("memory plan: "), "\(label): the plan is the first line: \(run.stdout)")
+                let last = try XCTUnwrap(Metrics(path: metrics).records.last)
+                let ledger = try XCTUnwrap(last["memory_per_rank"] as? [[String: Int]], label)
+                let plan = try XCTUnwrap(last["memory_plan_per_rank"] as? [[String: Int]], label)
+                XCTAssertEqual(plan.count, np ?? 1, label)
+                XCTAssertEqual(ledger.map { r in categories.map { r[$0] } }, plan.map { r in categories.map { r[$0] } }, label)
+                XCTAssertGreaterThan(plan[0]["whole_model"] ?? 0, 0, label)
+            }
+        }
+    }
+}
+
+extension Launch {
+    /// Runs `command` with `bash -c`, in the tests' environment.
+    static func runShell(_ command: String, timeout: Double) throws -> Outcome {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/bin/bash")
+        process.arguments = ["-c", command]
+        process.environment = environment
+        let dir = try temporaryDirectory()
+        let out = dir.appendingPathComponent("stdout"), err = dir.appendingPathComponent("stderr")
+        _ = FileManager.default.createFile(atPath: out.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: err.path, contents: nil)
+        process.standardOutput = try FileHandle(forWritingTo: out)
+        process.standardError = try FileHandle(forWritingTo: err)
+        process.standardInput = FileHandle.nullDevice
+        let start = Date()
+        try process.run()
+        var timedOut = false
+        while process.isRunning {
+            if Date().timeIntervalSince(start) > timeout {
+                timedOut = true
+                process.terminate()
+                break
+            }
+            Thread.sleep(forTimeInterval: 0.02)
+        }
+        process.waitUntilExit()
+        return Outcome(status: process.terminationStatus,
+                       stdout: (try? String(contentsOf: out, encoding: .utf8)) ?? "",
+                       stderr: (try? String(contentsOf: err, encoding: .utf8)) ?? "",
+                       seconds: Date().timeIntervalSince(start), timedOut: timedOut)
+    }
+}
