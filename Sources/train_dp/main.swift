@@ -8,6 +8,8 @@ struct TrainDP: TrainingCommand {
 
     @OptionGroup var options: TrainingOptions
 
+    @OptionGroup var recomputation: RecomputeOption
+
     @Option(name: .customLong("bucket-kb"), parsing: .unconditional,
             help: "Gradient bucket size in KiB: a bucket's allreduce starts as soon as backward has filled it.")
     var bucketKB: Int = 1024
@@ -15,10 +17,14 @@ struct TrainDP: TrainingCommand {
     func validate() throws { try requirePositive(bucketKB, "bucket-kb") }
 
     func makeLayout(_ context: TrainingContext) throws(UsageError) -> TrainingLayout {
-        try DataParallel(context, bucketBytes: bucketKB * 1024)
+        try DataParallel(context, bucketBytes: bucketKB * 1024, recompute: recomputation.enabled)
     }
 
-    func layoutDescription(ranks: Int) -> LayoutDescription { .dataParallel(ranks: ranks, bucketBytes: bucketKB * 1024) }
+    func layoutDescription(ranks: Int) -> LayoutDescription {
+        var layout = LayoutDescription.dataParallel(ranks: ranks, bucketBytes: bucketKB * 1024)
+        layout.recompute = recomputation.enabled
+        return layout
+    }
 }
 
 TrainDP.launch()

@@ -61,7 +61,10 @@ final class AllocationTests: XCTestCase {
         }
     }
 
-    func testTrainStepDoesNotAllocate() throws { try check("train", np: nil, extra: ["--optimizer", "adam"]) }
+    func testTrainStepDoesNotAllocate() throws {
+        try check("train", np: nil, extra: ["--optimizer", "adam"])
+        try check("train", np: nil, extra: ["--layers", "4", "--recompute"])
+    }
     func testDataParallelStepDoesNotAllocate() throws { try check("train_dp", np: 2, extra: ["--bucket-kb", "8"]) }
     func testFullyShardedStepDoesNotAllocate() throws {
         try check("train_fsdp", np: 2, extra: ["--optimizer", "adam", "--clip-grad-norm", "0.5"])

@@ -65,6 +65,9 @@ final class MemoryPlanTests: XCTestCase {
                        ["--hidden", "64", "--layers", "2", "--batch-size", "36", "--optimizer", "adam", "--lr", "0.01"]]
         let layouts: [(String, Int?, [String])] = [
             ("train", nil, []),
+            ("train", nil, ["--recompute"]),
+            ("train_fsdp", 2, ["--zero", "2", "--recompute"]),
+            ("train_tp", 2, ["--sequence-parallel", "--recompute"]),
             ("train_dp", 2, ["--bucket-kb", "1"]),
             ("train_dp", 2, ["--accumulate", "2"]),
             ("train_fsdp", 3, []),

@@ -18,7 +18,8 @@ public struct LayoutDescription: Sendable {
     /// `train_fsdp --zero` (1, 2 or 3) and `--replicate R` (HSDP).
     public var zero = 3
     public var replicate = 1
-    /// `--recompute`: a pipeline stage keeps only each micro-batch's boundary.
+    /// `--recompute`: a pipeline stage keeps only each micro-batch's boundary; one chain keeps
+    /// only its √n segments' boundaries (``RecomputeSegments``).
     public var recompute = false
     /// `--sequence-parallel` (`train_tp`, `train_3d`): rows split over tp outside the pairs.
     public var sequenceParallel = false
@@ -76,11 +77,13 @@ public struct LayoutDescription: Sendable {
     public var command: String {
         let n = shape.ranks, chunks = shape.virtualStages > 1 ? " --virtual-stages \(shape.virtualStages)" : ""
         switch kind {
-        case .singleRank: return "train"
-        case .dataParallel: return "train_dp -np \(n)"
+        case .singleRank: return "train" + (recompute ? " --recompute" : "")
+        case .dataParallel: return "train_dp -np \(n)" + (recompute ? " --recompute" : "")
         case .fullySharded:
             return "train_fsdp -np \(n)" + (zero != 3 ? " --zero \(zero)" : "") + (replicate > 1 ? " --replicate \(replicate)" : "")
-        case .tensorParallel: return "train_tp -np \(n)" + (sequenceParallel ? " --sequence-parallel" : "")
+                + (recompute ? " --recompute" : "")
+        case .tensorParallel:
+            return "train_tp -np \(n)" + (sequenceParallel ? " --sequence-parallel" : "") + (recompute ? " --recompute" : "")
         case .pipeline: return "train_pp -np \(n) --schedule \(schedule.rawValue)" + chunks + (recompute ? " --recompute" : "")
         case .threeDimensional:
             return "train_3d -np \(n) --tp \(shape.size(.tp)) --dp \(shape.size(.dp)) --pp \(shape.size(.pp))"
@@ -289,7 +292,15 @@ extension MemoryPlan {
                 }
                 if pp > 1 { memory.largestMessage = max(memory.largestMessage, checked.times(chainRows, max(widths[0], widths.last!))) }
             }
-            let perChain = zip(activationRows, widths).reduce(0) { checked.plus($0, checked.times(8, max(1, checked.times($1.0, $1.1)))) }
+            var perChain = zip(activationRows, widths).reduce(0) { checked.plus($0, checked.times(8, max(1, checked.times($1.0, $1.1)))) }
+        if layout.recompute && shape.microBatches == nil {
+            // √n checkpointing of the one chain (``RecomputeSegments``): the kept boundaries, and
+            // the interior slots shared by the segments.
+            let segments = RecomputeSegments(blocks: local.count)
+            let sizes = zip(activationRows, widths).map { checked.times($0, $1) }
+            perChain = sizes.indices.filter { segments.scratchSlot($0) == nil }.reduce(0) { checked.plus($0, checked.times(8, max(1, sizes[$1]))) }
+            perChain = segments.scratchCapacities(sizes).reduce(perChain) { checked.plus($0, checked.times(8, max(1, $1))) }
+        }
             memory[.activations] = checked.plus(memory[.activations], checked.times(chains, perChain))
             memory.staging = checked.plus(memory.staging, checked.times(chains, checked.times(4, max(1, activationRows.last!))))
         }
