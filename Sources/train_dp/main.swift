@@ -4,7 +4,7 @@ import Training
 struct TrainDP: TrainingCommand {
     static let configuration = CommandConfiguration(
         commandName: "train_dp",
-        abstract: "Data-parallel training: every rank holds the model, trains on 1/N of the global batch, and the gradients are summed with one bucketed, overlapped allreduce.")
+        abstract: "Data-parallel training: every rank holds the model, trains on 1/N of the global batch, and the gradients are summed with bucketed allreduces, each started as backward completes its bucket.")
 
     @OptionGroup var options: TrainingOptions
 
