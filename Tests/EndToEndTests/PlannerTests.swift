@@ -34,7 +34,7 @@ final class PlannerTests: XCTestCase {
     func testCommunicationPlanEqualsLedger() throws {
         let config = ["--seq-len", "8", "--emb", "5", "--hidden", "12", "--layers", "3", "--batch-size", "24"]
         // (executable, ranks, flags, the plan's command for it, extra plan flags)
-        let layouts: [(String, Int, [String], String, [String])] = [
+        let cases: [(String, Int, [String], String, [String])] = [
             ("train_dp", 3, ["--bucket-kb", "1"], "train_dp -np 3 --bucket-kb 1", ["--bucket-kb", "1"]),
             ("train_dp", 2, ["--accumulate", "2"], "train_dp -np 2", ["--accumulate", "2"]),
             ("train_fsdp", 3, [], "train_fsdp -np 3", []),
@@ -55,7 +55,7 @@ final class PlannerTests: XCTestCase {
              "train_3d -np 4 --tp 1 --dp 2 --pp 2 --micro-batches 4", []),
         ]
         let steps = 3
-        for (executable, np, flags, command, planFlags) in layouts {
+        for (executable, np, flags, command, planFlags) in cases {
             let label = "\(executable) -np \(np) \(flags.joined(separator: " "))"
             let metrics = try Launch.temporaryDirectory().appendingPathComponent("m.jsonl").path
             let run = try Launch.run(executable, np: np, ["--data", Self.data, "--steps", "\(steps)", "--samples", "0", "--val-batches", "1",
@@ -68,6 +68,7 @@ final class PlannerTests: XCTestCase {
                                       "\(label): the plan has no '\(command)': \(layouts(json).map { $0["command"] ?? "" })")
             let planned = perStep(try XCTUnwrap(entry["comm_per_rank"] as? [[String: [String: Any]]], label), steps: 1)
             XCTAssertEqual(planned.count, np, label)
+            XCTAssertEqual(ledger.count, np, label)
             for rank in 0..<min(np, ledger.count, planned.count) {
                 XCTAssertEqual(planned[rank], ledger[rank], "\(label), rank \(rank)")
             }
@@ -117,6 +118,8 @@ final class PlannerTests: XCTestCase {
 
     /// Bad flags: one `error:` line, a non-zero exit, no trace.
     func testBadFlagsGetOneLine() throws {
+        let broken = try Launch.temporaryDirectory().appendingPathComponent("calibration.json")
+        try Data("{\"cores\": 2".utf8).write(to: broken)
         let cases: [([String], String)] = [
             (["--ranks", "0", "--flops", "1"], "--ranks must be a positive integer"),
             (["--flops", "1"], "--ranks"),
@@ -124,7 +127,9 @@ final class PlannerTests: XCTestCase {
             (["--ranks", "2", "--flops", "1", "--bogus"], "--bogus"),
             (["--ranks", "2", "--calibration", "/nonexistent/c.json"], "no calibration at /nonexistent/c.json"),
             (["--ranks", "2", "--flops", "1", "--data", "/nonexistent/data.txt"], "/nonexistent/data.txt"),
-            (["--ranks", "2", "--flops", "1", "--emb", "1000000", "--hidden", "100000", "--seq-len", "16"], "below 2^24"),
+            (["--ranks", "2", "--flops", "1", "--emb", "2000000", "--seq-len", "16"], "below 2^24"),
+            (["--ranks", "2", "--flops", "1", "--emb", "100000", "--hidden", "10000000", "--layers", "100000000"], "too large to count"),
+            (["--ranks", "2", "--flops", "1", "--calibration", broken.path], "is not valid"),
             (["--ranks", "2", "--flops", "1", "--link-bandwidth", "0"], "--link-bandwidth must be a positive finite number"),
             (["--ranks", "5", "--flops", "1", "--hidden", "7", "--batch-size", "7", "--layers", "1"], "no layout can run"),
         ]

@@ -21,7 +21,8 @@ import Foundation
 /// at p = 2, so `α = α₂ / steps(2)` and `bw = bw₂ · wire(2)`: exact at p = 2 and the ring's
 /// scaling beyond. A group whose ranks all sit on one host (its span, `stride · p`, at most
 /// `--ranks-per-host`) runs at the measured shared-memory rates; any other at `--link-latency`
-/// and `--link-bandwidth` (the measured rates when those are not given). A pipeline's message
+/// and `--link-bandwidth` (the measured rates when those are not given; without a calibration the
+/// link's rates serve every group). A pipeline's message
 /// is charged on the receiving side only (sends are non-blocking); the stop vote overlaps a
 /// whole step and is free.
 ///
@@ -77,12 +78,13 @@ public struct CostModel: Sendable {
         let perHost = ranksPerHost ?? worldSize
         let onOneHost = transfer.stride * transfer.groupSize <= perHost
         var alpha: Double, bandwidth: Double
-        if !onOneHost, let linkLatency, let linkBandwidth {
+        let name = transfer.kind == .receive ? "send" : transfer.kind.name
+        let fit = calibration?.collectives[name]
+        if let linkLatency, let linkBandwidth, !onOneHost || fit == nil {
             (alpha, bandwidth) = (linkLatency, linkBandwidth)
         } else {
-            let name = transfer.kind == .receive ? "send" : transfer.kind.name
-            guard let calibration, let fit = calibration.collectives[name] else {
-                throw UsageError("no measured rate for \(name): run scripts/plan-check.sh, or give --link-latency and --link-bandwidth with --ranks-per-host 1")
+            guard let fit else {
+                throw UsageError("no measured rate for \(name) (no calibration): run scripts/plan-check.sh, or give --link-latency and --link-bandwidth")
             }
             let (steps2, wire2) = Self.ring(transfer.kind, 2)
             alpha = fit.alphaMicroseconds * 1e-6 / steps2
