@@ -2,9 +2,9 @@
 # The planner's check (run by scripts/plan-check.sh; Debian's python3, standard library only).
 #
 # 1. Calibrates the cost model on this machine and writes .build/plan-calibration.json:
-#    - compute: `peak --model --steps-only` for the check's configuration at batch B, B/2, …, B/32
-#      (one rank alone; the median of its repetitions, as busy as the machine is now), as
-#      (FLOPs per step, FLOP/s) points;
+#    - compute: `train` (one rank) for the check's configuration at batch B, B/2, …, B/32, its
+#      µs/step the slope of training_seconds between S1 and S2 steps (so as busy as the machine
+#      is while the check runs), as (FLOPs per step from `peak --model`, FLOP/s) points;
 #    - collectives: the α–β fit of `mpirun -np 2 collectives` per kind (reduce-scatter: the ring,
 #      which Distributed runs from 16 KB; send: the one-way ping-pong).
 # 2. Runs every layout of LAYOUTS as two runs of S1 and S2 steps; the measured µs/step is the slope
@@ -57,7 +57,7 @@ def option(flags, name):
     return int(flags[flags.index(name) + 1])
 
 
-def calibrate():
+def calibrate(data):
     text = run(MPIRUN + ["-np", "2", os.path.join(BIN, "collectives"), "--max-bytes", str(4 << 20), "--seconds", "0.1"])
     collectives = {}
     for line in text.splitlines():
@@ -71,10 +71,11 @@ def calibrate():
     while batch >= 2:
         flags = [f for f in MODEL]
         flags[flags.index("--batch-size") + 1] = str(batch)
-        out = run([os.path.join(BIN, "peak"), "--model", "--steps-only", "--no-peak", "--repeats", "15"] + flags)
+        out = run([os.path.join(BIN, "peak"), "--model", "--steps-only", "--no-peak", "--repeats", "1"] + flags)
         flops = float(out.split("flops_per_step:")[1].split("MFLOP")[0]) * 1e6
-        median = float(out.split("median")[1].split(")")[0]) * 1e-6
-        compute.append({"flops_per_step": flops, "flops_per_second": flops / median})
+        s1, s2 = STEPS
+        seconds = (measure("train", 1, flags, s2, data) - measure("train", 1, flags, s1, data)) / (s2 - s1)
+        compute.append({"flops_per_step": flops, "flops_per_second": flops / seconds})
         batch //= 2
     calibration = {"cores": os.cpu_count(), "ranks": 2, "compute": compute, "collectives": collectives}
     with open(CALIBRATION, "w") as f:
@@ -94,7 +95,7 @@ def measure(exe, ranks, flags, steps, data):
 
 def main():
     data, repeats = sys.argv[1], int(sys.argv[2])
-    calibration = calibrate()
+    calibration = calibrate(data)
     print(f"calibration ({CALIBRATION}): {calibration['cores']} cores; compute "
           + ", ".join(f"{p['flops_per_step'] / 1e6:.1f} MFLOP at {p['flops_per_second'] / 1e9:.1f} GFLOP/s" for p in calibration["compute"])
           + "; " + ", ".join(f"{k} α {v['alpha_us']:.1f} µs {v['gb_per_s']:.2f} GB/s" for k, v in calibration["collectives"].items()))

@@ -98,7 +98,8 @@ public struct CostModel: Sendable {
     }
 
     /// FLOPs per step of world rank `rank`, and per chain run.
-    static func flops(rank: Int, _ plan: BlockPlan, _ layout: LayoutDescription, _ settings: PlanSettings) -> (step: Double, run: Double) {
+    static func flops(rank: Int, _ plan: BlockPlan, _ layout: LayoutDescription, _ settings: PlanSettings,
+                      cut: [Range<Int>]) -> (step: Double, run: Double) {
         let shape = layout.shape, k = settings.accumulation, m = shape.microBatches ?? 1
         var rest = rank, coordinate: [MeshAxis: Int] = [:]
         for (axis, size) in shape.axes {
@@ -106,7 +107,7 @@ public struct CostModel: Sendable {
             rest /= size
         }
         let tp = shape.size(.tp), pp = shape.size(.pp), stage = coordinate[.pp] ?? 0
-        let range = pp > 1 ? PipelinePartition.stages(plan, stages: pp, override: shape.partition)[stage] : 0..<plan.count
+        let range = cut[stage]
         let local = MemoryPlan.localBlocks(plan, range, tpSize: tp)
         let rows = Double(settings.batchSize / shape.dataParallelDegree / k / m)
         let linear = zip(range, local).reduce(0.0) { sum, pair in
@@ -123,8 +124,10 @@ public struct CostModel: Sendable {
         let n = layout.shape.ranks
         let perHost = min(n, ranksPerHost ?? n)
         var worst = Prediction(seconds: 0, computeSeconds: 0, communicationSeconds: 0, bubble: 0)
+        let pp = layout.shape.size(.pp)
+        let cut = pp > 1 ? PipelinePartition.stages(plan, stages: pp, override: layout.shape.partition) : [0..<plan.count]
         for (rank, comm) in communication.enumerated() {
-            let work = Self.flops(rank: rank, plan, layout, settings)
+            let work = Self.flops(rank: rank, plan, layout, settings, cut: cut)
             var rate: Double
             if let flops {
                 rate = flops
