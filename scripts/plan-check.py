@@ -3,13 +3,13 @@
 #
 # 1. Calibrates the cost model on this machine and writes .build/plan-calibration.json:
 #    - compute: `train` (one rank) for the check's configuration at batch B, B/2, …, B/32, its
-#      µs/step the slope of training_seconds between S1 and S2 steps (so as busy as the machine
-#      is while the check runs), as (FLOPs per step from `peak --model`, FLOP/s) points;
+#      µs/step the slope of training_seconds between S1 and S2 steps (the quickest of --repeats
+#      runs of each), as (FLOPs per step from `peak --model`, FLOP/s) points;
 #    - collectives: the α–β fit of `mpirun -np 2 collectives` per kind (reduce-scatter: the ring,
 #      which Distributed runs from 16 KB; send: the one-way ping-pong).
 # 2. Runs every layout of LAYOUTS as two runs of S1 and S2 steps; the measured µs/step is the slope
 #    of `training_seconds` between them (start-up, validation and the end of the run cancel out),
-#    as scripts/bench-scaling.sh measures it; the median over --repeats.
+#    as scripts/bench-scaling.sh measures it, from the quickest of --repeats runs of each length.
 # 3. Prints the planner's prediction for the same layout (`plan --json`) against the measurement.
 import json
 import os
@@ -23,7 +23,7 @@ BIN = os.path.join(ROOT, ".build", "release")
 CALIBRATION = os.path.join(ROOT, ".build", "plan-calibration.json")
 MPIRUN = ["mpirun", "--oversubscribe", "--bind-to", "none"]
 MODEL = ["--emb", "32", "--hidden", "512", "--layers", "3", "--batch-size", "64"]
-STEPS = (20, 60)
+STEPS = (50, 300)
 # executable, ranks, flags, the planner's command for it
 LAYOUTS = [
     ("train_dp", 2, [], "train_dp -np 2"),
@@ -57,7 +57,7 @@ def option(flags, name):
     return int(flags[flags.index(name) + 1])
 
 
-def calibrate(data):
+def calibrate(data, repeats):
     text = run(MPIRUN + ["-np", "2", os.path.join(BIN, "collectives"), "--max-bytes", str(4 << 20), "--seconds", "0.1"])
     collectives = {}
     for line in text.splitlines():
@@ -73,8 +73,7 @@ def calibrate(data):
         flags[flags.index("--batch-size") + 1] = str(batch)
         out = run([os.path.join(BIN, "peak"), "--model", "--steps-only", "--no-peak", "--repeats", "1"] + flags)
         flops = float(out.split("flops_per_step:")[1].split("MFLOP")[0]) * 1e6
-        s1, s2 = STEPS
-        seconds = (measure("train", 1, flags, s2, data) - measure("train", 1, flags, s1, data)) / (s2 - s1)
+        seconds = slope("train", 1, flags, data, repeats)
         compute.append({"flops_per_step": flops, "flops_per_second": flops / seconds})
         batch //= 2
     calibration = {"cores": os.cpu_count(), "ranks": 2, "compute": compute, "collectives": collectives}
@@ -93,9 +92,20 @@ def measure(exe, ranks, flags, steps, data):
             return json.loads(f.read().splitlines()[-1])["training_seconds"]
 
 
+def slope(exe, ranks, flags, data, repeats):
+    """Seconds per step: the quickest run of S2 steps less the quickest of S1 steps, over the steps between.
+
+    The machine is shared: a run that another process slowed down is only ever slower, so the quickest
+    of the repeats is the estimate least disturbed (for the calibration and the check alike)."""
+    s1, s2 = STEPS
+    a = min(measure(exe, ranks, flags, s1, data) for _ in range(repeats))
+    b = min(measure(exe, ranks, flags, s2, data) for _ in range(repeats))
+    return (b - a) / (s2 - s1)
+
+
 def main():
     data, repeats = sys.argv[1], int(sys.argv[2])
-    calibration = calibrate(data)
+    calibration = calibrate(data, repeats)
     print(f"calibration ({CALIBRATION}): {calibration['cores']} cores; compute "
           + ", ".join(f"{p['flops_per_step'] / 1e6:.1f} MFLOP at {p['flops_per_second'] / 1e9:.1f} GFLOP/s" for p in calibration["compute"])
           + "; " + ", ".join(f"{k} α {v['alpha_us']:.1f} µs {v['gb_per_s']:.2f} GB/s" for k, v in calibration["collectives"].items()))
@@ -104,17 +114,12 @@ def main():
         out = run([os.path.join(BIN, "plan"), "--data", data, "--ranks", str(ranks), "--json", "--metrics"] + MODEL)
         plans.update({entry["command"]: entry for entry in json.loads(out)["layouts"]})
     s1, s2 = STEPS
-    print(f"\nplan-check: {' '.join(MODEL)}; measured µs/step = slope of training_seconds between {s1} and {s2} steps, "
-          f"median of {repeats}")
+    print(f"\nplan-check: {' '.join(MODEL)}; measured µs/step = (quickest run of {s2} steps − quickest of {s1}) / {s2 - s1}, "
+          f"{repeats} runs each")
     print("| layout | predicted µs/step (compute + comm, bubble) | measured µs/step | predicted / measured |")
     print("|---|---|---|---|")
     for exe, ranks, flags, command in LAYOUTS:
-        steps = []
-        for _ in range(repeats):
-            a = measure(exe, ranks, MODEL + flags, s1, data)
-            b = measure(exe, ranks, MODEL + flags, s2, data)
-            steps.append((b - a) / (s2 - s1))
-        measured = statistics.median(steps)
+        measured = slope(exe, ranks, MODEL + flags, data, repeats)
         entry = plans[command]
         predicted = entry["predicted_us"]
         print(f"| `{command}` | {predicted:.0f} ({entry['compute_us']:.0f} + {entry['communication_us']:.0f}, "

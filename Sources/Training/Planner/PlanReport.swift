@@ -34,14 +34,16 @@ public enum PlanReport {
                         + ", \(planner.settings.optimizer.rawValue), \(planner.plan.parameterCount) parameters, \(planner.ranks) rank(s); "
                         + "\(result.entries.count) layouts, fastest first (memory: the busiest rank, fits ≤ \(gib(planner.memoryPerRank)) GiB; "
                         + "bytes per step: payload as the ledger counts it, on the rank that moves the most)"]
-        let header = [pad("#", 4), pad("layout", 56), pad("GiB/rank", 13, right: true)]
+        let shown = result.entries.prefix(top ?? result.entries.count)
+        let width = (shown.map { $0.layout.planCommand.count }.max() ?? 0) + 2
+        let header = [pad("#", 4), pad("layout", width), pad("GiB/rank", 13, right: true)]
             + kinds.map { pad($0.name == "send" ? "send(=recv)" : $0.name, 15, right: true) }
             + [pad("compute µs", 12, right: true), pad("comm µs", 11, right: true), pad("bubble", 8, right: true),
                pad("µs/step", 11, right: true)]
         lines.append(header.joined())
-        for (i, entry) in result.entries.prefix(top ?? result.entries.count).enumerated() {
+        for (i, entry) in shown.enumerated() {
             let p = entry.prediction
-            let row = [pad("\(i + 1)", 4), pad(entry.layout.planCommand, 56),
+            let row = [pad("\(i + 1)", 4), pad(entry.layout.planCommand, width),
                        pad(gib(entry.memory) + (entry.fits ? "   " : " ✗ "), 13, right: true)]
                 + kinds.map { pad(size(entry.bytes[$0] ?? 0), 15, right: true) }
                 + [pad(micros(p.computeSeconds), 12, right: true), pad(micros(p.communicationSeconds), 11, right: true),
