@@ -16,6 +16,10 @@ public struct Transfer: Sendable, Equatable {
     public var stride: Int
     public var calls: Int
     public var bytes: Int
+
+    public init(kind: CommunicationKind, axis: MeshAxis?, groupSize: Int, stride: Int, calls: Int, bytes: Int) {
+        (self.kind, self.axis, self.groupSize, self.stride, self.calls, self.bytes) = (kind, axis, groupSize, stride, calls, bytes)
+    }
 }
 
 /// What one rank communicates per training step, computed from the configuration and the
