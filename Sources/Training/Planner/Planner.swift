@@ -45,19 +45,17 @@ public struct Planner: Sendable {
         public var reason: String
     }
 
-    /// Micro-batch counts tried for a pipeline of `stages`: M = 1, P, 2P, 4P, 8P (those that divide
-    /// the rows of a micro-step).
+    /// Micro-batch counts tried for a pipeline of `stages`: M = 1, P, 2P, 4P, 8P and the powers of
+    /// two up to 8P, those that divide the rows of a micro-step, in increasing order.
     func microBatchCounts(stages: Int, rows: Int) -> [Int] {
-        var counts: [Int] = []
-        for m in [1, stages, 2 * stages, 4 * stages, 8 * stages] where m <= rows && rows % m == 0 && !counts.contains(m) {
-            counts.append(m)
-        }
-        return counts.isEmpty ? [1] : counts
+        let powers = (0...20).map { 1 << $0 }.filter { $0 <= 8 * stages }
+        let counts = Set([1, stages, 2 * stages, 4 * stages, 8 * stages] + powers).filter { $0 <= rows && rows % $0 == 0 }
+        return counts.sorted()
     }
 
     /// Every layout of the suite on ``ranks`` ranks: `train` (one rank); DP; FSDP with ZeRO 1, 2
     /// and 3 and each HSDP replica count; TP with and without sequence parallelism; PP with each
-    /// schedule, micro-batch count (and `--recompute` at the most micro-batches); every 3D
+    /// schedule and micro-batch count (``microBatchCounts(stages:rows:)``; `--recompute` at the most); every 3D
     /// factorisation T·D·P = N with T, D, P > 1 in at least two axes, with 1F1B at each M (and,
     /// at the most micro-batches that allow it, sequence parallelism without and with `--recompute`).
     public func candidates() -> [LayoutDescription] {
