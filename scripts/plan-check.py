@@ -3,13 +3,13 @@
 #
 # 1. Calibrates the cost model on this machine and writes .build/plan-calibration.json:
 #    - compute: `train` (one rank) for the check's configuration at batch B, B/2, …, B/32, its
-#      µs/step the slope of training_seconds between S1 and S2 steps (the quickest of --repeats
-#      runs of each), as (FLOPs per step from `peak --model`, FLOP/s) points;
+#      µs/step measured as the layouts' are (below), as (FLOPs per step from `peak --model`, FLOP/s)
+#      points;
 #    - collectives: the α–β fit of `mpirun -np 2 collectives` per kind (reduce-scatter: the ring,
 #      which Distributed runs from 16 KB; send: the one-way ping-pong).
-# 2. Runs every layout of LAYOUTS as two runs of S1 and S2 steps; the measured µs/step is the slope
-#    of `training_seconds` between them (start-up, validation and the end of the run cancel out),
-#    as scripts/bench-scaling.sh measures it, from the quickest of --repeats runs of each length.
+# 2. Runs every layout of LAYOUTS --repeats times for S2 steps, logging every S1: the measured µs/step
+#    is the median of the progress lines' µs/step over the windows after the first (which holds the
+#    start-up: on a busy machine the ranks reach their first collective seconds apart).
 # 3. Prints the planner's prediction for the same layout (`plan --json`) against the measurement.
 import json
 import os
@@ -73,7 +73,7 @@ def calibrate(data, repeats):
         flags[flags.index("--batch-size") + 1] = str(batch)
         out = run([os.path.join(BIN, "peak"), "--model", "--steps-only", "--no-peak", "--repeats", "1"] + flags)
         flops = float(out.split("flops_per_step:")[1].split("MFLOP")[0]) * 1e6
-        seconds = slope("train", 1, flags, data, repeats)
+        seconds = step_time("train", 1, flags, data, repeats)
         compute.append({"flops_per_step": flops, "flops_per_second": flops / seconds})
         batch //= 2
     calibration = {"cores": os.cpu_count(), "ranks": 2, "compute": compute, "collectives": collectives}
@@ -82,25 +82,26 @@ def calibrate(data, repeats):
     return calibration
 
 
-def measure(exe, ranks, flags, steps, data):
-    with tempfile.TemporaryDirectory() as tmp:
-        metrics = os.path.join(tmp, "m.jsonl")
-        cmd = [os.path.join(BIN, exe), "--data", data, "--steps", str(steps), "--log-every", str(steps),
-               "--val-batches", "1", "--samples", "0", "--metrics", metrics] + flags
-        run(cmd if ranks == 1 else MPIRUN + ["-np", str(ranks)] + cmd)
-        with open(metrics) as f:
-            return json.loads(f.read().splitlines()[-1])["training_seconds"]
+def windows(exe, ranks, flags, data):
+    """µs/step of each --log-every window of one run of STEPS[1] steps, but the first (which holds the
+    start-up: the ranks reach their first collective at different times on a busy machine)."""
+    steps, every = STEPS[1], STEPS[0]
+    cmd = [os.path.join(BIN, exe), "--data", data, "--steps", str(steps), "--log-every", str(every),
+           "--val-batches", "1", "--samples", "0"] + flags
+    out = run(cmd if ranks == 1 else MPIRUN + ["-np", str(ranks)] + cmd)
+    times = [float(line.split("µs/step")[0].split()[-1]) * 1e-6 for line in out.splitlines() if "µs/step" in line]
+    return times[1:]
 
 
-def slope(exe, ranks, flags, data, repeats):
-    """Seconds per step: the quickest run of S2 steps less the quickest of S1 steps, over the steps between.
+def step_time(exe, ranks, flags, data, repeats):
+    """Seconds per step: the median over --repeats runs of every window after the first.
 
-    The machine is shared: a run that another process slowed down is only ever slower, so the quickest
-    of the repeats is the estimate least disturbed (for the calibration and the check alike)."""
-    s1, s2 = STEPS
-    a = min(measure(exe, ranks, flags, s1, data) for _ in range(repeats))
-    b = min(measure(exe, ranks, flags, s2, data) for _ in range(repeats))
-    return (b - a) / (s2 - s1)
+    The machine is shared: the median of many short windows is the step as the machine runs it now,
+    and start-up (the first window) is left out."""
+    times = []
+    for _ in range(repeats):
+        times += windows(exe, ranks, flags, data)
+    return statistics.median(times)
 
 
 def main():
@@ -114,12 +115,12 @@ def main():
         out = run([os.path.join(BIN, "plan"), "--data", data, "--ranks", str(ranks), "--json", "--metrics"] + MODEL)
         plans.update({entry["command"]: entry for entry in json.loads(out)["layouts"]})
     s1, s2 = STEPS
-    print(f"\nplan-check: {' '.join(MODEL)}; measured µs/step = (quickest run of {s2} steps − quickest of {s1}) / {s2 - s1}, "
-          f"{repeats} runs each")
+    print(f"\nplan-check: {' '.join(MODEL)}; measured µs/step = median of the {s1}-step windows after the first, "
+          f"{repeats} runs of {s2} steps each")
     print("| layout | predicted µs/step (compute + comm, bubble) | measured µs/step | predicted / measured |")
     print("|---|---|---|---|")
     for exe, ranks, flags, command in LAYOUTS:
-        measured = slope(exe, ranks, MODEL + flags, data, repeats)
+        measured = step_time(exe, ranks, MODEL + flags, data, repeats)
         entry = plans[command]
         predicted = entry["predicted_us"]
         print(f"| `{command}` | {predicted:.0f} ({entry['compute_us']:.0f} + {entry['communication_us']:.0f}, "
