@@ -9,11 +9,17 @@ struct Train: TrainingCommand {
 
     @OptionGroup var options: TrainingOptions
 
+    @OptionGroup var recomputation: RecomputeOption
+
     func makeLayout(_ context: TrainingContext) throws(UsageError) -> TrainingLayout {
-        try SingleRank(context)
+        try SingleRank(context, recompute: recomputation.enabled)
     }
 
-    func layoutDescription(ranks: Int) -> LayoutDescription { .singleRank }
+    func layoutDescription(ranks: Int) -> LayoutDescription {
+        var layout = LayoutDescription.singleRank
+        layout.recompute = recomputation.enabled
+        return layout
+    }
 }
 
 Train.launch()

@@ -8,6 +8,8 @@ struct TrainFSDP: TrainingCommand {
 
     @OptionGroup var options: TrainingOptions
 
+    @OptionGroup var recomputation: RecomputeOption
+
     @Option(parsing: .unconditional,
             help: "ZeRO stage: 1 shards the optimizer state, 2 also the gradients, 3 also the parameters.")
     var zero: Int = 3
@@ -22,10 +24,14 @@ struct TrainFSDP: TrainingCommand {
     }
 
     func makeLayout(_ context: TrainingContext) throws(UsageError) -> TrainingLayout {
-        try FullyShardedDataParallel(context, zero: zero, replicate: replicate)
+        try FullyShardedDataParallel(context, zero: zero, replicate: replicate, recompute: recomputation.enabled)
     }
 
-    func layoutDescription(ranks: Int) -> LayoutDescription { .fullySharded(ranks: ranks, zero: zero, replicate: replicate) }
+    func layoutDescription(ranks: Int) -> LayoutDescription {
+        var layout = LayoutDescription.fullySharded(ranks: ranks, zero: zero, replicate: replicate)
+        layout.recompute = recomputation.enabled
+        return layout
+    }
 }
 
 TrainFSDP.launch()

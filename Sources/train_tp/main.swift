@@ -10,15 +10,18 @@ struct TrainTP: TrainingCommand {
 
     @OptionGroup var options: TrainingOptions
 
+    @OptionGroup var recomputation: RecomputeOption
+
     @OptionGroup var sequenceParallel: SequenceParallelOption
 
     func makeLayout(_ context: TrainingContext) throws(UsageError) -> TrainingLayout {
-        try TensorParallel(context, sequenceParallel: sequenceParallel.enabled)
+        try TensorParallel(context, sequenceParallel: sequenceParallel.enabled, recompute: recomputation.enabled)
     }
 
     func layoutDescription(ranks: Int) -> LayoutDescription {
         var layout = LayoutDescription.tensorParallel(ranks: ranks)
         layout.sequenceParallel = sequenceParallel.enabled
+        layout.recompute = recomputation.enabled
         return layout
     }
 }

@@ -61,7 +61,10 @@ final class AllocationTests: XCTestCase {
         }
     }
 
-    func testTrainStepDoesNotAllocate() throws { try check("train", np: nil, extra: ["--optimizer", "adam"]) }
+    func testTrainStepDoesNotAllocate() throws {
+        try check("train", np: nil, extra: ["--optimizer", "adam"])
+        try check("train", np: nil, extra: ["--layers", "4", "--recompute"])
+    }
     func testDataParallelStepDoesNotAllocate() throws { try check("train_dp", np: 2, extra: ["--bucket-kb", "8"]) }
     func testFullyShardedStepDoesNotAllocate() throws {
         try check("train_fsdp", np: 2, extra: ["--optimizer", "adam", "--clip-grad-norm", "0.5"])
@@ -76,8 +79,11 @@ final class AllocationTests: XCTestCase {
         try check("train_pp", np: 2, extra: ["--micro-batches", "4", "--schedule", "1f1b"])
         try check("train_pp", np: 3, extra: ["--micro-batches", "4", "--schedule", "zb1p"])
         try check("train_pp", np: 2, extra: ["--micro-batches", "4", "--schedule", "gpipe", "--recompute"])
+        try check("train_pp", np: 2, extra: ["--micro-batches", "4", "--schedule", "interleaved", "--virtual-stages", "2", "--layers", "2"])
     }
     func testThreeDimensionalStepDoesNotAllocate() throws {
         try check("train_3d", np: 4, extra: ["--tp", "2", "--dp", "1", "--pp", "2", "--micro-batches", "2", "--optimizer", "adam"])
+        try check("train_3d", np: 4, extra: ["--tp", "1", "--dp", "2", "--pp", "2", "--micro-batches", "2", "--schedule", "interleaved",
+                                             "--virtual-stages", "2", "--layers", "2", "--recompute"])
     }
 }

@@ -65,6 +65,9 @@ final class MemoryPlanTests: XCTestCase {
                        ["--hidden", "64", "--layers", "2", "--batch-size", "36", "--optimizer", "adam", "--lr", "0.01"]]
         let layouts: [(String, Int?, [String])] = [
             ("train", nil, []),
+            ("train", nil, ["--recompute"]),
+            ("train_fsdp", 2, ["--zero", "2", "--recompute"]),
+            ("train_tp", 2, ["--sequence-parallel", "--recompute"]),
             ("train_dp", 2, ["--bucket-kb", "1"]),
             ("train_dp", 2, ["--accumulate", "2"]),
             ("train_fsdp", 3, []),
@@ -81,6 +84,10 @@ final class MemoryPlanTests: XCTestCase {
             ("train_3d", 6, ["--tp", "2", "--dp", "1", "--pp", "3", "--micro-batches", "2", "--schedule", "gpipe"]),
             ("train_3d", 8, ["--tp", "2", "--dp", "2", "--pp", "2", "--micro-batches", "3", "--sequence-parallel"]),
             ("train_3d", 6, ["--tp", "2", "--dp", "1", "--pp", "3", "--micro-batches", "2", "--sequence-parallel", "--recompute"]),
+            ("train_pp", 2, ["--micro-batches", "4", "--schedule", "interleaved", "--virtual-stages", "2"]),
+            ("train_pp", 2, ["--micro-batches", "4", "--schedule", "interleaved", "--virtual-stages", "2", "--recompute"]),
+            ("train_3d", 8, ["--tp", "2", "--dp", "2", "--pp", "2", "--micro-batches", "2", "--schedule", "interleaved",
+                             "--virtual-stages", "2", "--recompute"]),
         ]
         let categories = ["parameters", "gradients", "optimizer", "activations", "buffers"]
         for config in configs {

@@ -94,6 +94,6 @@ final class PipelineParallelTests: XCTestCase {
         try Equivalence.expectError("train_pp", np: 4, base + ["--layers", "1"], "4 pipeline stages but the model has only 3 blocks")
         try Equivalence.expectError("train_pp", np: 2, base + ["--micro-batches", "5"], "--batch-size 32 is not divisible by --micro-batches 5")
         try Equivalence.expectError("train_pp", np: 2, base + ["--micro-batches", "0"], "--micro-batches must be a positive integer")
-        try Equivalence.expectError("train_pp", np: 3, base + ["--schedule", "interleaved"], "The value 'interleaved' is invalid for '--schedule <schedule>'")
+        try Equivalence.expectError("train_pp", np: 3, base + ["--schedule", "interleaved"], "--schedule interleaved needs --virtual-stages")
     }
 }

@@ -55,4 +55,43 @@ final class RecomputeTests: XCTestCase {
         try Equivalence.expectError("train_pp", np: 2, ["--data", Self.data, "--schedule", "zb1p", "--recompute"],
                                     "--recompute cannot be combined with --schedule zb1p")
     }
+
+    // MARK: - One chain (train, train_dp, train_fsdp, train_tp): √n segments
+
+    /// (per-step records, rank 0's final record) of `executable` with `flags`.
+    func chainRun(_ executable: String, np: Int?, _ flags: [String]) throws -> (records: String, last: [String: Any]) {
+        let metrics = try Launch.temporaryDirectory().appendingPathComponent("m.jsonl").path
+        let run = try Launch.run(executable, np: np, ["--data", Self.data, "--steps", "30", "--samples", "0", "--val-batches", "1",
+                                                      "--metrics", metrics] + model + flags, timeout: 60)
+        XCTAssertEqual(run.status, 0, run.stderr)
+        let lines = try String(contentsOfFile: metrics, encoding: .utf8).split(separator: "\n")
+        return (lines.prefix(30).joined(separator: "\n"), try JSONSerialization.jsonObject(with: Data(lines.last!.utf8)) as! [String: Any])
+    }
+
+    /// The model's 4 blocks (embedding, fc1, fc2, head) make segments {0, 1} and {2, 3}: the chain
+    /// keeps its input (8 token ids), fc1's output (9) and the logits (vocab); the embedding's
+    /// output (40) and fc2's (9) share one scratch slot of 40. Bit-identical records in every
+    /// executable, activations as that formula says, and FSDP gathers the rerun block (the
+    /// embedding) once more per step.
+    func testOneChainRecomputesSegments() throws {
+        let b = 24, vocab = Self.vocab
+        let plain = try chainRun("train", np: nil, []), recomputed = try chainRun("train", np: nil, ["--recompute"])
+        XCTAssertEqual(plain.records, recomputed.records)
+        let activations = { (r: [String: Any]) in (r["memory"] as! [String: Int])["activations"]! }
+        XCTAssertEqual(activations(plain.last), 8 * b * (8 + 40 + 9 + 9 + vocab))
+        XCTAssertEqual(activations(recomputed.last), 8 * b * (8 + 9 + vocab) + 8 * b * 40)
+        for (executable, flags) in [("train_dp", [String]()), ("train_fsdp", []), ("train_fsdp", ["--zero", "2"]), ("train_tp", ["--hidden", "10"]),
+                                    ("train_tp", ["--hidden", "10", "--sequence-parallel"])] {
+            let a = try chainRun(executable, np: 2, flags), r = try chainRun(executable, np: 2, flags + ["--recompute"])
+            XCTAssertEqual(a.records, r.records, "\(executable) \(flags)")
+            XCTAssertLessThan(activations(r.last), activations(a.last), "\(executable) \(flags)")
+            if executable == "train_fsdp" && flags.isEmpty {
+                let gathers = { (x: [String: Any]) in ((x["comm"] as! [String: [String: Any]])["allgather"]!["calls"] as! Int) }
+                XCTAssertEqual(gathers(r.last) - gathers(a.last), 30, "one more gather per step: the rerun embedding")
+            }
+        }
+        try Equivalence.check("train_fsdp", np: 2, model, extra: ["--recompute"], data: Self.data, steps: 100)
+        try Equivalence.check("train_tp", np: 2, model + ["--hidden", "10"], extra: ["--recompute"], data: Self.data, steps: 100)
+    }
 }
+

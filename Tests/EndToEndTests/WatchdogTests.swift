@@ -23,7 +23,7 @@ final class WatchdogTests: XCTestCase {
 
     /// Rank 0 stopped: the rank that writes the metrics and prints; the other rank reports it.
     func testStoppedFullyShardedRankEndsTheJob() throws {
-        try stopRank(executable: "train_fsdp", np: 2, victim: 0, axes: ["dp"])
+        try stopRank(executable: "train_fsdp", np: 2, victim: 0, axes: ["shard"])
     }
 
     /// The middle of three stages: both neighbours wait for it on the pipeline axis.

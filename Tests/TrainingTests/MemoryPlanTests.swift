@@ -66,7 +66,7 @@ final class MemoryPlanTests: XCTestCase {
     func testPipelineActivationsFollowTheSchedulesSlots() throws {
         let m = 4, n = 3
         let cut = PipelinePartition.stages(plan, stages: n, override: nil)
-        for schedule in PipelineScheduleKind.allCases {
+        for schedule in PipelineScheduleKind.allCases where schedule != .interleaved {  // below, with its chunks
             let plans = try MemoryPlan.perRank(plan, .pipeline(stages: n, microBatches: m, schedule: schedule), sgd)
             let accumulating = try MemoryPlan.perRank(plan, .pipeline(stages: n, microBatches: m, schedule: schedule),
                                                       PlanSettings(batchSize: 24, optimizer: .sgd, accumulation: 2))
@@ -77,10 +77,27 @@ final class MemoryPlanTests: XCTestCase {
                 case .oneForwardOneBackward: min(m, n - s)
                 // Zero-bubble's slots come from its action list (the ledger test checks them end to end).
                 case .zeroBubble: PipelineSchedule(schedule, stage: s, stages: n, microBatches: m).slots
+                case .interleaved: 0
                 }
                 XCTAssertEqual(plans[s][.activations], slots * activations(rows: 24 / m, widths: plan.widths(range)), "\(schedule) stage \(s)")
             }
         }
+    }
+
+    /// Interleaved, a stage holds chunks s, s + N, … of the N·V-chunk cut, each with the slots its
+    /// actions need (``PipelineSchedule/chunkSlots``), and the activations add up over the chunks.
+    func testInterleavedActivationsAddUpOverTheChunks() throws {
+        let n = 2, v = 2, m = 4
+        let cut = PipelinePartition.stages(plan, stages: n * v, override: nil)
+        var layout = LayoutDescription.pipeline(stages: n, microBatches: m, schedule: .interleaved)
+        layout.shape.virtualStages = v
+        let plans = try MemoryPlan.perRank(plan, layout, sgd)
+        for s in 0..<n {
+            let slots = PipelineSchedule(.interleaved, stage: s, stages: n, microBatches: m, virtualStages: v).chunkSlots
+            let expected = (0..<v).reduce(0) { $0 + slots[$1] * activations(rows: 24 / m, widths: plan.widths(cut[$1 * n + s])) }
+            XCTAssertEqual(plans[s][.activations], expected, "stage \(s)")
+        }
+        XCTAssertEqual(layout.command, "train_pp -np 2 --schedule interleaved --virtual-stages 2")
     }
 
     /// TP's per-rank floats are those of ``TensorParallelPlan`` (which builds the maps).

@@ -45,13 +45,21 @@ public final class LayerChain {
     public var hooks: LayerChainHooks?
     /// Rows of the chain's output: the rows the loss and ``targets`` cover.
     public let rows: Int
+    /// With recomputation, the blocks in segments (``RecomputeSegments``); nil without.
+    public let segments: RecomputeSegments?
+    /// The shared storage of the segments' interior activations (kept alive here).
+    let scratch: [Activation]
 
     /// - Parameters:
     ///   - widths: the input's width, then each layer's output width (`layers.count + 1`).
     ///   - rows: rows of the batch the chain runs on.
     ///   - loss: the loss after the last layer, or nil for a chain that ends before the head.
-    public convenience init(layers: [Layer], widths: [Int], rows: Int, loss: SoftmaxCrossEntropy?, hooks: LayerChainHooks? = nil) {
-        self.init(layers: layers, widths: widths, activationRows: Array(repeating: rows, count: widths.count), loss: loss, hooks: hooks)
+    ///   - recompute: keep only the segments' boundary activations and rerun each segment's forward
+    ///     inside the backward (``RecomputeSegments``).
+    public convenience init(layers: [Layer], widths: [Int], rows: Int, loss: SoftmaxCrossEntropy?, hooks: LayerChainHooks? = nil,
+                            recompute: Bool = false) {
+        self.init(layers: layers, widths: widths, activationRows: Array(repeating: rows, count: widths.count), loss: loss, hooks: hooks,
+                  recompute: recompute)
     }
 
     /// A chain whose activations need not all have the same rows: under sequence parallelism a
@@ -59,14 +67,25 @@ public final class LayerChain {
     /// `SequenceSplit` in `Training`), and the layers between them gather and scatter rows.
     ///
     /// - Parameter activationRows: the rows of each activation (`widths.count` of them).
-    public init(layers: [Layer], widths: [Int], activationRows: [Int], loss: SoftmaxCrossEntropy?, hooks: LayerChainHooks? = nil) {
+    public init(layers: [Layer], widths: [Int], activationRows: [Int], loss: SoftmaxCrossEntropy?, hooks: LayerChainHooks? = nil,
+                recompute: Bool = false) {
         precondition(widths.count == layers.count + 1 && activationRows.count == widths.count)
         self.layers = layers
         let rows = activationRows[activationRows.count - 1]
         self.rows = rows
         self.loss = loss
         self.hooks = hooks
-        activations = zip(activationRows, widths).map { Activation(rows: $0, cols: $1) }
+        let sizes = zip(activationRows, widths).map { $0 * $1 }
+        let segments = recompute ? RecomputeSegments(blocks: layers.count) : nil
+        self.segments = segments
+        // Kept activations own their memory; interior ones borrow the scratch slot of their
+        // position in the segment (the same slot for every segment).
+        let scratch = segments?.scratchCapacities(sizes).map { Activation(rows: 1, cols: $0) } ?? []
+        self.scratch = scratch
+        activations = (0..<widths.count).map { i in
+            guard let segments, let slot = segments.scratchSlot(i) else { return Activation(rows: activationRows[i], cols: widths[i]) }
+            return Activation(rows: activationRows[i], cols: widths[i], borrowing: scratch[slot].value, grad: scratch[slot].grad)
+        }
         targets = .allocate(capacity: max(1, rows))
         targets.initialize(repeating: 0, count: max(1, rows))
     }
@@ -96,17 +115,35 @@ public final class LayerChain {
     /// loss, `output.grad` must hold the gradient of the chain's output.
     public func backward() {
         loss?.backward(output, targets)
-        for i in stride(from: layers.count - 1, through: 0, by: -1) {
-            hooks?.willRunBackward(i)
-            layers[i].backward(activations[i], activations[i + 1])
-            hooks?.didRunBackward(i)
+        guard let segments else {
+            for i in stride(from: layers.count - 1, through: 0, by: -1) { backwardBlock(i) }
+            return
         }
+        // Segments last to first. The last one's interior is still the forward's; every earlier
+        // one first reruns its forward from its kept input (hooks included: FSDP gathers again).
+        for (k, segment) in segments.ranges.enumerated().reversed() {
+            if k < segments.ranges.count - 1 {
+                for i in segment.lowerBound ..< segment.upperBound - 1 {
+                    hooks?.willRunForward(i)
+                    layers[i].forward(activations[i], activations[i + 1])
+                }
+            }
+            for i in segment.reversed() { backwardBlock(i) }
+        }
+    }
+
+    @inline(__always)
+    func backwardBlock(_ i: Int) {
+        hooks?.willRunBackward(i)
+        layers[i].backward(activations[i], activations[i + 1])
+        hooks?.didRunBackward(i)
     }
 
     /// The first half of a split backward: the loss's and every layer's input gradient, so that
     /// `input.grad` is ready as early as possible. Layers that do not split run their whole
     /// backward here (hooks as in ``backward()``).
     public func backwardInput() {
+        precondition(segments == nil, "a split backward needs every activation: no recomputation")
         loss?.backward(output, targets)
         for i in stride(from: layers.count - 1, through: 0, by: -1) {
             hooks?.willRunBackward(i)
@@ -128,5 +165,44 @@ public final class LayerChain {
             layers[i].backwardWeights(activations[i], activations[i + 1])
             hooks?.didRunBackward(i)
         }
+    }
+}
+
+/// Activation recomputation for one chain (`--recompute` outside pipelines), the √n checkpointing
+/// of Chen et al. (2016): the `n` blocks are cut into segments of `s = ⌈√n⌉` blocks; the chain
+/// keeps the activations at segment boundaries (its input and every segment's output), and the
+/// `s − 1` activations inside a segment live in scratch slots that all segments share. Backward
+/// walks the segments last to first, reruns each one's forward from its kept input (the last
+/// segment's interior is still the forward's), then backpropagates through it.
+///
+/// Every activation here is a block boundary (a block's output is the next block's input), so
+/// there is nothing to drop within a block: the saving is the interior of the segments, from
+/// `Σ_i` over all activations to `Σ_kept + Σ_slots max over segments`, for about one more forward.
+public struct RecomputeSegments: Sendable, Equatable {
+    /// The blocks of each segment, in order.
+    public let ranges: [Range<Int>]
+
+    public init(blocks n: Int) {
+        var s = 1
+        while s * s < n { s += 1 }
+        ranges = stride(from: 0, to: n, by: s).map { $0 ..< Swift.min(n, $0 + s) }
+    }
+
+    /// The scratch slot of activation `i` (nil when the chain keeps it: its input and the segments'
+    /// outputs). Interior activation `i` of a segment starting at block `b` is slot `i − b − 1`.
+    public func scratchSlot(_ i: Int) -> Int? {
+        guard let segment = ranges.first(where: { $0.lowerBound < i && i < $0.upperBound }) else { return nil }
+        return i - segment.lowerBound - 1
+    }
+
+    /// Floats per scratch slot for activations of `sizes[i]` floats: the largest it ever holds.
+    public func scratchCapacities(_ sizes: [Int]) -> [Int] {
+        var capacities: [Int] = []
+        for i in sizes.indices {
+            guard let slot = scratchSlot(i) else { continue }
+            while capacities.count <= slot { capacities.append(0) }
+            capacities[slot] = Swift.max(capacities[slot], sizes[i])
+        }
+        return capacities
     }
 }

@@ -11,7 +11,7 @@ public final class Model {
 
     /// - Parameters:
     ///   - lossScale: the gradient scale of the loss, normally `1 / global batch`.
-    public init(config: ModelConfig, batchSize: Int, lossScale: Float? = nil) {
+    public init(config: ModelConfig, batchSize: Int, lossScale: Float? = nil, recompute: Bool = false) {
         self.config = config
         self.batchSize = batchSize
         let plan = config.plan
@@ -20,7 +20,7 @@ public final class Model {
         self.parameters = parameters
         let layers = plan.blocks.map { $0.makeLayer(parameters: parameters.view(offset: $0.parameterOffset, count: $0.parameterCount)) }
         chain = LayerChain(layers: layers, widths: plan.widths(0..<plan.count), rows: batchSize,
-                           loss: SoftmaxCrossEntropy(gradientScale: lossScale ?? 1 / Float(batchSize)))
+                           loss: SoftmaxCrossEntropy(gradientScale: lossScale ?? 1 / Float(batchSize)), recompute: recompute)
     }
 
     /// The token input, `[batchSize × seqLen]`.

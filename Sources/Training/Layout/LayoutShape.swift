@@ -23,6 +23,8 @@ public struct LayoutShape: Sendable {
     public let microBatches: Int?
     /// Blocks per pipeline stage given by `--partition` (nil: balanced by cost).
     public var partition: [Int]? = nil
+    /// Model chunks per pipeline stage (`--virtual-stages`, interleaved schedule; 1 otherwise).
+    public var virtualStages = 1
     /// `--sequence-parallel`: each micro-batch's rows are split over the tensor-parallel group
     /// outside the pairs (``SequenceSplit``), so they must divide by its size.
     public var sequenceParallel = false
@@ -51,13 +53,16 @@ public struct LayoutShape: Sendable {
     }
 
     /// One pipeline stage per rank.
-    public static func pipeline(stages: Int, microBatches: Int, partition: [Int]?) -> LayoutShape {
-        LayoutShape(executable: .oneAxis, axes: [(.pp, stages)], microBatches: microBatches, partition: partition)
+    public static func pipeline(stages: Int, microBatches: Int, partition: [Int]?, virtualStages: Int = 1) -> LayoutShape {
+        LayoutShape(executable: .oneAxis, axes: [(.pp, stages)], microBatches: microBatches, partition: partition,
+                    virtualStages: virtualStages)
     }
 
     /// `tp × dp × pp`, tensor-parallel ranks neighbours in rank order, then data, then pipeline.
-    public static func threeDimensional(tp: Int, dp: Int, pp: Int, microBatches: Int, partition: [Int]?) -> LayoutShape {
-        LayoutShape(executable: .flags, axes: [(.tp, tp), (.dp, dp), (.pp, pp)], microBatches: microBatches, partition: partition)
+    public static func threeDimensional(tp: Int, dp: Int, pp: Int, microBatches: Int, partition: [Int]?,
+                                        virtualStages: Int = 1) -> LayoutShape {
+        LayoutShape(executable: .flags, axes: [(.tp, tp), (.dp, dp), (.pp, pp)], microBatches: microBatches, partition: partition,
+                    virtualStages: virtualStages)
     }
 
     /// The degree along `axis` (1 when the layout does not use it).
@@ -86,9 +91,13 @@ public struct LayoutShape: Sendable {
             let fix = executable == .flags ? "use --pp ≤ \(plan.count)" : "use at most \(plan.count) ranks"
             throw UsageError("\(pp) pipeline stages but the model has only \(plan.count) blocks (embedding, \(plan.config.layers) hidden, head); \(fix) or more --layers")
         }
+        try checkInterleaving(plan: plan)
         if let partition {
             let text = partition.map(String.init).joined(separator: ",")
-            if partition.count != pp {
+            if virtualStages > 1 && partition.count != pp * virtualStages {
+                throw UsageError("--partition \(text) has \(partition.count) chunk(s) but \(pp) stages × --virtual-stages \(virtualStages) make \(pp * virtualStages)")
+            }
+            if virtualStages == 1 && partition.count != pp {
                 throw UsageError("--partition \(text) has \(partition.count) stage(s) but the pipeline has \(pp)")
             }
             if partition.reduce(0, +) != plan.count {
@@ -118,6 +127,22 @@ public struct LayoutShape: Sendable {
             }
             let group = executable == .flags ? "--tp \(tp)" : "the \(tp) tensor-parallel ranks"
             throw UsageError("--sequence-parallel splits each micro-batch's rows over \(group), but \(cut) is not divisible by \(tp)")
+        }
+    }
+
+    /// The interleaved schedule's rules: two stages or more, `M` a multiple of them (Megatron's),
+    /// and a block for each of the `N·V` chunks.
+    func checkInterleaving(plan: BlockPlan) throws(UsageError) {
+        guard virtualStages > 1 else { return }
+        let pp = size(.pp), m = microBatches ?? 1, chunks = pp * virtualStages
+        if pp < 2 {
+            throw UsageError("--schedule interleaved needs at least 2 pipeline stages (got \(pp))")
+        }
+        if m % pp != 0 {
+            throw UsageError("--micro-batches \(m) is not a multiple of the \(pp) pipeline stages, as --schedule interleaved needs")
+        }
+        if chunks > plan.count {
+            throw UsageError("\(pp) stages × --virtual-stages \(virtualStages) = \(chunks) chunks but the model has only \(plan.count) blocks (embedding, \(plan.config.layers) hidden, head); use fewer --virtual-stages or more --layers")
         }
     }
 

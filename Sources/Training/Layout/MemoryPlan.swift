@@ -18,7 +18,8 @@ public struct LayoutDescription: Sendable {
     /// `train_fsdp --zero` (1, 2 or 3) and `--replicate R` (HSDP).
     public var zero = 3
     public var replicate = 1
-    /// `--recompute`: a pipeline stage keeps only each micro-batch's boundary.
+    /// `--recompute`: a pipeline stage keeps only each micro-batch's boundary; one chain keeps
+    /// only its √n segments' boundaries (``RecomputeSegments``).
     public var recompute = false
     /// `--sequence-parallel` (`train_tp`, `train_3d`): rows split over tp outside the pairs.
     public var sequenceParallel = false
@@ -59,6 +60,7 @@ public struct LayoutDescription: Sendable {
         var layout = LayoutDescription.pipeline(stages: stages, microBatches: options.microBatches, schedule: options.schedule,
                                                 partition: options.partition)
         layout.recompute = options.recompute
+        layout.shape.virtualStages = options.virtualStages
         return layout
     }
 
@@ -67,21 +69,25 @@ public struct LayoutDescription: Sendable {
         var layout = LayoutDescription.threeDimensional(tp: tp, dp: dp, pp: pp, microBatches: options.microBatches,
                                                         schedule: options.schedule, partition: options.partition)
         layout.recompute = options.recompute
+        layout.shape.virtualStages = options.virtualStages
         return layout
     }
 
     /// How to run it, for messages: `train_fsdp -np 4`, `train_3d -np 12 --tp 2 --dp 2 --pp 3`.
     public var command: String {
-        let n = shape.ranks
+        let n = shape.ranks, chunks = shape.virtualStages > 1 ? " --virtual-stages \(shape.virtualStages)" : ""
         switch kind {
-        case .singleRank: return "train"
-        case .dataParallel: return "train_dp -np \(n)"
+        case .singleRank: return "train" + (recompute ? " --recompute" : "")
+        case .dataParallel: return "train_dp -np \(n)" + (recompute ? " --recompute" : "")
         case .fullySharded:
             return "train_fsdp -np \(n)" + (zero != 3 ? " --zero \(zero)" : "") + (replicate > 1 ? " --replicate \(replicate)" : "")
-        case .tensorParallel: return "train_tp -np \(n)" + (sequenceParallel ? " --sequence-parallel" : "")
-        case .pipeline: return "train_pp -np \(n) --schedule \(schedule.rawValue)" + (recompute ? " --recompute" : "")
+                + (recompute ? " --recompute" : "")
+        case .tensorParallel:
+            return "train_tp -np \(n)" + (sequenceParallel ? " --sequence-parallel" : "") + (recompute ? " --recompute" : "")
+        case .pipeline: return "train_pp -np \(n) --schedule \(schedule.rawValue)" + chunks + (recompute ? " --recompute" : "")
         case .threeDimensional:
             return "train_3d -np \(n) --tp \(shape.size(.tp)) --dp \(shape.size(.dp)) --pp \(shape.size(.pp))"
+                + (schedule == .interleaved ? " --schedule interleaved" + chunks : "")
                 + (recompute ? " --recompute" : "") + (sequenceParallel ? " --sequence-parallel" : "")
         }
     }
@@ -192,14 +198,15 @@ extension MemoryPlan {
         let ranks = layout.shape.ranks
         try layout.shape.check(worldSize: ranks, plan: plan, batchSize: settings.batchSize, accumulation: settings.accumulation)
         let pp = layout.shape.size(.pp)
-        let cut = pp > 1 ? PipelinePartition.stages(plan, stages: pp, override: layout.shape.partition) : nil
+        let cut = pp > 1 ? PipelinePartition.stages(plan, stages: pp * layout.shape.virtualStages, override: layout.shape.partition) : nil
         return try (0..<ranks).map { r throws(UsageError) in try forRank(r, plan, layout, settings, cut: cut) }
     }
 
     /// The plan of world rank `rank` (no MPI: the mesh coordinates are computed as ``ProcessMesh``
     /// lays them out, first axis fastest). Call ``LayoutShape/check`` first.
     ///
-    /// - Parameter cut: the pipeline's stages, if already computed (``PipelinePartition/stages``).
+    /// - Parameter cut: the pipeline's stages (interleaved: its `P·V` chunks), if already computed
+    ///   (``PipelinePartition/stages``).
     public static func forRank(_ rank: Int, _ plan: BlockPlan, _ layout: LayoutDescription, _ settings: PlanSettings,
                                cut: [Range<Int>]? = nil) throws(UsageError) -> MemoryPlan {
         let shape = layout.shape, c = plan.config, batch = settings.batchSize
@@ -214,11 +221,13 @@ extension MemoryPlan {
         var checked = Checked()
         var memory = MemoryPlan()
 
-        // The blocks this rank runs, with their local float counts and activation widths.
-        let range = pp > 1 ? (cut ?? PipelinePartition.stages(plan, stages: pp, override: shape.partition))[stage] : 0..<plan.count
-        let local = localBlocks(plan, range, tpSize: tp)
+        // The blocks this rank runs, chunk by chunk (one chunk unless interleaved: chunks s, s + P, …),
+        // with their local float counts.
+        let v = shape.virtualStages
+        let stageCut = pp > 1 ? cut ?? PipelinePartition.stages(plan, stages: pp * v, override: shape.partition) : nil
+        let ranges = stageCut.map { cut in (0..<v).map { cut[$0 * pp + stage] } } ?? [0..<plan.count]
+        let local = ranges.flatMap { localBlocks(plan, $0, tpSize: tp) }
         let counts = local.map(\.count)
-        let widths = [local.first?.input ?? 0] + local.map(\.output)
         let rows = batch / shape.dataParallelDegree / settings.accumulation  // one micro-step's rows (``MicroSteps``)
         // The group the model is sharded over: `train_3d`'s dp axis, `train_fsdp`'s shard axis.
         let group = layout.kind == .threeDimensional ? dp : shape.size(.shard)
@@ -255,33 +264,50 @@ extension MemoryPlan {
         if layout.replicate > 1 { memory.largestMessage = max(memory.largestMessage, held) }  // HSDP's allreduce
         memory[.optimizer] = settings.optimizer == .adam ? checked.times(8, held) : 0
 
-        // Activations: one chain of `rows` rows, or one per pipeline slot of `rows / M` rows; under
-        // sequence parallelism the activations outside the pairs hold 1/T of them (``SequenceSplit``).
-        var chains: Int
+        // Activations: one chain of `rows` rows, or one per pipeline slot of `rows / M` rows (each
+        // chunk its own slots); under sequence parallelism the activations outside the pairs hold
+        // 1/T of them (``SequenceSplit``).
         let chainRows = shape.microBatches == nil ? rows : rows / m
         let sequenceParallel = layout.sequenceParallel && tp > 1 && !local.isEmpty
-        let activationRows: [Int] = sequenceParallel
-            ? ([local[0].sharding != .row] + local.map { $0.sharding != .column }).map { $0 ? chainRows / tp : chainRows }
-            : widths.map { _ in chainRows }
-        if let micro = shape.microBatches {
-            chains = PipelineSchedule(layout.schedule, stage: stage, stages: pp, microBatches: micro).slots
-            if layout.recompute && chains > 1 {
-                // One working chain, and per slot the stage's boundary: its input and input
-                // gradient (not on the first stage) and its output (not on the last).
-                let input = range.lowerBound == 0 ? 0 : checked.times(activationRows[0], widths[0])
-                let output = range.upperBound == plan.count ? 0 : checked.times(activationRows.last!, widths.last!)
-                memory[.activations] = checked.times(checked.times(4, chains), checked.plus(2 * input, output))
-                chains = 1
-            }
-            if pp > 1 { memory.largestMessage = max(memory.largestMessage, checked.times(chainRows, max(widths[0], widths.last!))) }
-            let ends = range.lowerBound == 0 || range.upperBound == plan.count
-            memory.staging = ends ? checked.times(4, checked.plus(checked.times(rows, c.seqLen), rows)) : 8
-        } else {
-            chains = 1
+        let schedule = shape.microBatches.map {
+            PipelineSchedule(layout.schedule, stage: stage, stages: pp, microBatches: $0, virtualStages: v)
         }
-        let perChain = zip(activationRows, widths).reduce(0) { checked.plus($0, checked.times(8, max(1, checked.times($1.0, $1.1)))) }
-        memory[.activations] = checked.plus(memory[.activations], checked.times(chains, perChain))
-        memory.staging = checked.plus(memory.staging, checked.times(chains, checked.times(4, max(1, activationRows.last!))))
+        for (c, range) in ranges.enumerated() {
+            let chunk = localBlocks(plan, range, tpSize: tp)
+            let widths = [chunk.first?.input ?? 0] + chunk.map(\.output)
+            let activationRows: [Int] = sequenceParallel
+                ? ([chunk[0].sharding != .row] + chunk.map { $0.sharding != .column }).map { $0 ? chainRows / tp : chainRows }
+                : widths.map { _ in chainRows }
+            var chains = 1
+            if let schedule {
+                chains = schedule.chunkSlots[c]
+                if layout.recompute && chains > 1 {
+                    // One working chain, and per slot the chunk's boundary: its input and input
+                    // gradient (not on the model's first chunk) and its output (not on the last).
+                    let input = range.lowerBound == 0 ? 0 : checked.times(activationRows[0], widths[0])
+                    let output = range.upperBound == plan.count ? 0 : checked.times(activationRows.last!, widths.last!)
+                    memory[.activations] = checked.plus(memory[.activations],
+                                                        checked.times(checked.times(4, chains), checked.plus(2 * input, output)))
+                    chains = 1
+                }
+                if pp > 1 { memory.largestMessage = max(memory.largestMessage, checked.times(chainRows, max(widths[0], widths.last!))) }
+            }
+            var perChain = zip(activationRows, widths).reduce(0) { checked.plus($0, checked.times(8, max(1, checked.times($1.0, $1.1)))) }
+        if layout.recompute && shape.microBatches == nil {
+            // √n checkpointing of the one chain (``RecomputeSegments``): the kept boundaries, and
+            // the interior slots shared by the segments.
+            let segments = RecomputeSegments(blocks: local.count)
+            let sizes = zip(activationRows, widths).map { checked.times($0, $1) }
+            perChain = sizes.indices.filter { segments.scratchSlot($0) == nil }.reduce(0) { checked.plus($0, checked.times(8, max(1, sizes[$1]))) }
+            perChain = segments.scratchCapacities(sizes).reduce(perChain) { checked.plus($0, checked.times(8, max(1, $1))) }
+        }
+            memory[.activations] = checked.plus(memory[.activations], checked.times(chains, perChain))
+            memory.staging = checked.plus(memory.staging, checked.times(chains, checked.times(4, max(1, activationRows.last!))))
+        }
+        if shape.microBatches != nil {
+            let ends = ranges.contains { $0.lowerBound == 0 || $0.upperBound == plan.count }
+            memory.staging = checked.plus(memory.staging, ends ? checked.times(4, checked.plus(checked.times(rows, c.seqLen), rows)) : 8)
+        }
         if sequenceParallel {
             // The shared full-rows scratch (values and gradients) and the packed partial gradients
             // summed over tp: whole replicated blocks and row-parallel biases (in 3D, the part of
@@ -300,7 +326,7 @@ extension MemoryPlan {
             }
             memory[.buffers] = checked.plus(memory[.buffers], checked.times(4, max(1, partial)))
         }
-        if range.lowerBound == 0 {
+        if ranges[0].lowerBound == 0 {
             let extra = checked.times(Kernels.scatterStreams - 1, checked.times(c.vocab, c.emb))
             if extra > 0 && extra <= 1 << 16 { memory.staging = checked.plus(memory.staging, 4 * extra) }
         }

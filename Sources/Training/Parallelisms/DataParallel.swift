@@ -27,13 +27,13 @@ public final class DataParallel: TrainingLayout {
     let steps: MicroSteps
     let globalBatch: Int
 
-    public init(_ context: TrainingContext, bucketBytes: Int) throws(UsageError) {
+    public init(_ context: TrainingContext, bucketBytes: Int, recompute: Bool = false) throws(UsageError) {
         mesh = try LayoutShape.dataParallel(ranks: context.world.size).makeMesh(context)
         steps = mesh.microSteps(batch: context.batchSize, accumulation: context.options.accumulate)
         let plan = context.plan
         dp = mesh[.dp]
         globalBatch = context.batchSize
-        model = Model(config: context.config, batchSize: steps.rowsPerStep, lossScale: 1 / Float(globalBatch))
+        model = Model(config: context.config, batchSize: steps.rowsPerStep, lossScale: 1 / Float(globalBatch), recompute: recompute)
         model.load(context.initialParameters)
         buckets = GradientBuckets(plan: plan, gradients: model.parameters.grad, bucketBytes: bucketBytes, group: dp)
         // Every rank holds the same full model; when gathering, rank 0's copy is the answer.

@@ -40,7 +40,7 @@ public final class FullyShardedDataParallel: TrainingLayout {
     /// - Parameters:
     ///   - zero: the ZeRO stage, 1, 2 or 3 (checked when the flags are parsed).
     ///   - replicate: R, the number of replicas of the shard group (HSDP when > 1).
-    public init(_ context: TrainingContext, zero: Int = 3, replicate: Int = 1) throws(UsageError) {
+    public init(_ context: TrainingContext, zero: Int = 3, replicate: Int = 1, recompute: Bool = false) throws(UsageError) {
         precondition((1...3).contains(zero), "ZeRO stage \(zero)")
         mesh = try LayoutShape.fullySharded(ranks: context.world.size, replicate: replicate).makeMesh(context)
         steps = mesh.microSteps(batch: context.batchSize, accumulation: context.options.accumulate)
@@ -62,7 +62,8 @@ public final class FullyShardedDataParallel: TrainingLayout {
                 group: shardGroup, initialParameters: context.initialParameters)
         }
         chain = LayerChain(layers: stage.layers, widths: plan.widths(0..<plan.count), rows: steps.rowsPerStep,
-                           loss: SoftmaxCrossEntropy(gradientScale: 1 / Float(globalBatch)), hooks: stage.hooks)
+                           loss: SoftmaxCrossEntropy(gradientScale: 1 / Float(globalBatch)), hooks: stage.hooks,
+                           recompute: recompute)
         // Replicas hold the same shards: only the first reports them when gathering.
         local = stage.makeLocal(optimizer: context.optimizer, reports: replicas.rank == 0)
     }

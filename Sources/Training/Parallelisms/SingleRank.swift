@@ -7,11 +7,11 @@ public final class SingleRank: TrainingLayout {
     let steps: MicroSteps
     public let local: LocalParameters
 
-    public init(_ context: TrainingContext) throws(UsageError) {
+    public init(_ context: TrainingContext, recompute: Bool = false) throws(UsageError) {
         try LayoutShape.singleRank.check(worldSize: context.world.size, plan: context.plan, batchSize: context.batchSize,
                                          accumulation: context.options.accumulate)
         steps = MicroSteps(rows: 0..<context.batchSize, count: context.options.accumulate)
-        model = Model(config: context.config, batchSize: steps.rowsPerStep, lossScale: 1 / Float(context.batchSize))
+        model = Model(config: context.config, batchSize: steps.rowsPerStep, lossScale: 1 / Float(context.batchSize), recompute: recompute)
         model.load(context.initialParameters)
         local = LocalParameters(map: .contiguous(0, model.parameters.count), values: model.parameters.value,
                                 gradients: model.parameters.grad,

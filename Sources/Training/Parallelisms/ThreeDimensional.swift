@@ -10,7 +10,9 @@ import Distributed
 /// 3. shards each of those (tensor-parallel) blocks over its dp group (``ShardedParameters``,
 ///    ZeRO-3: hooks that allgather before forward and backward and reduce-scatter the gradients);
 /// 4. runs the resulting layers and hooks as a ``PipelineStage`` over its dp group's rows of the
-///    global batch, in `M` micro-batches with the GPipe or 1F1B schedule.
+///    global batch, in `M` micro-batches with the GPipe, 1F1B, ZB-H1 or interleaved schedule
+///    (interleaved: steps 1–3 for each of the stage's `V` chunks `s, s + P, …`, FSDP sharding
+///    all their blocks together).
 ///
 /// So every rank of a tp group holds a slice of each hidden Linear of its stage, of which its
 /// dp rank holds 1/D; the optimizer (and Adam's moments) covers exactly those floats. The loss
@@ -30,7 +32,8 @@ public final class ThreeDimensional: TrainingLayout {
     public let mesh: ProcessMesh
     /// The data-parallel group, over which the pipelines' losses are summed.
     let dp: Communicator
-    public let plan: TensorParallelPlan
+    /// The tensor-parallel layout of each of this stage's chunks (one unless interleaved).
+    public let plans: [TensorParallelPlan]
     let sharded: ShardedParameters
     let stage: PipelineStage
     public let local: LocalParameters
@@ -47,41 +50,54 @@ public final class ThreeDimensional: TrainingLayout {
 
     public init(_ context: TrainingContext, tp: Int, dp: Int, pp: Int, pipeline: PipelineOptions,
                 sequenceParallel: Bool = false) throws(UsageError) {
+        let v = pipeline.virtualStages
         var shape = LayoutShape.threeDimensional(tp: tp, dp: dp, pp: pp, microBatches: pipeline.microBatches,
-                                                 partition: pipeline.partition)
+                                                 partition: pipeline.partition, virtualStages: v)
         shape.sequenceParallel = sequenceParallel
         let mesh = try shape.makeMesh(context)
         self.mesh = mesh
         self.dp = mesh[.dp]
         globalBatch = context.batchSize
-        cut = PipelinePartition.stages(context.plan, stages: pp, override: pipeline.partition)
+        let cut = PipelinePartition.stages(context.plan, stages: pp * v, override: pipeline.partition)
+        self.cut = cut
         modelPlan = context.plan
-        let blockRange = cut[mesh[.pp].rank]
-        let plan = try TensorParallelPlan(context.plan, blocks: blockRange, tpSize: tp, tpRank: mesh[.tp].rank,
-                                          sequenceParallel: sequenceParallel)
-        self.plan = plan
+        // This stage's chunks (one unless interleaved: chunks s, s + P, …), each laid out tensor-parallel;
+        // FSDP shards all their blocks, chunk after chunk, and its hooks address them in that order.
+        let chunkPlans = try (0..<v).map { c throws(UsageError) in
+            try TensorParallelPlan(context.plan, blocks: cut[c * pp + mesh[.pp].rank], tpSize: tp, tpRank: mesh[.tp].rank,
+                                   sequenceParallel: sequenceParallel)
+        }
+        plans = chunkPlans
         let steps = mesh.microSteps(batch: globalBatch, accumulation: context.options.accumulate)
         self.steps = steps
-        let split = plan.sequenceSplit, microRows = steps.rowsPerStep / pipeline.microBatches
-        let scratch = split.map { _ in SequenceParallelScratch(capacity: plan.scratchCapacity(rows: microRows)) }
+        let splits = chunkPlans.map(\.sequenceSplit), microRows = steps.rowsPerStep / pipeline.microBatches
+        // One scratch for every chunk's layers (they run one at a time).
+        let scratch = splits[0].map { _ in
+            SequenceParallelScratch(capacity: chunkPlans.map { $0.scratchCapacity(rows: microRows) }.max()!)
+        }
         self.scratch = scratch
         let sharded = ShardedParameters(
-            blocks: plan.blocks.map { block in
-                ShardedParameters.Block(count: block.parameterCount, map: block.map,
-                                        make: { plan.makeLayer(block, tp: mesh[.tp], parameters: $0, rows: microRows, scratch: scratch) })
+            blocks: chunkPlans.flatMap { plan in
+                plan.blocks.map { block in
+                    ShardedParameters.Block(count: block.parameterCount, map: block.map,
+                                            make: { plan.makeLayer(block, tp: mesh[.tp], parameters: $0, rows: microRows, scratch: scratch) })
+                }
             },
             group: mesh[.dp], initialParameters: context.initialParameters)
         self.sharded = sharded
-        sequenceGroup = split.map { _ in mesh[.tp] }
-        partials = split.map { _ in
-            PartialGradientSum(ranges: Self.shardRanges(plan, dp: mesh[.dp]), gradients: sharded.shards.grad, tp: mesh[.tp])
+        sequenceGroup = splits[0].map { _ in mesh[.tp] }
+        partials = splits[0].map { _ in
+            PartialGradientSum(ranges: Self.shardRanges(chunkPlans, dp: mesh[.dp]), gradients: sharded.shards.grad, tp: mesh[.tp])
         }
-        stage = PipelineStage(layers: sharded.layers, widths: plan.widths, hooks: sharded,
-                              rows: steps.rows(0),
+        var firstLayer = 0
+        let chunks = zip(chunkPlans, splits).map { plan, split in
+            defer { firstLayer += plan.blocks.count }
+            return (layers: Array(sharded.layers[firstLayer ..< firstLayer + plan.blocks.count]), widths: plan.widths, split: split)
+        }
+        stage = PipelineStage(chunks: chunks, hooks: sharded, rows: steps.rows(0),
                               schedule: PipelineSchedule(pipeline.schedule, stage: mesh[.pp].rank, stages: pp,
-                                                         microBatches: pipeline.microBatches),
-                              pp: mesh[.pp], seqLen: context.config.seqLen, lossScale: 1 / Float(globalBatch),
-                              recompute: pipeline.recompute, split: split)
+                                                         microBatches: pipeline.microBatches, virtualStages: v),
+                              pp: mesh[.pp], seqLen: context.config.seqLen, lossScale: 1 / Float(globalBatch), recompute: pipeline.recompute)
         local = LocalParameters(map: sharded.map, values: sharded.shards.value, gradients: sharded.shards.grad,
                                 optimizer: Optimizer(config: context.optimizer, count: sharded.shards.count))
     }
@@ -103,22 +119,25 @@ public final class ThreeDimensional: TrainingLayout {
     /// dp rank `d` holds the block's floats `d·s ..< (d+1)·s`. Every tp rank of a (dp, pp)
     /// position holds the same replicated blocks and row-parallel biases at the same places, so
     /// the ranges agree over the tp group, as the allreduce needs.
-    static func shardRanges(_ plan: TensorParallelPlan, dp: Communicator) -> [Range<Int>] {
+    /// Interleaved, the stage's chunks' blocks lie back to back in the same way, chunk after chunk.
+    static func shardRanges(_ plans: [TensorParallelPlan], dp: Communicator) -> [Range<Int>] {
         var offset = 0, ranges: [Range<Int>] = []
-        for block in plan.blocks {
-            let s = (block.parameterCount + dp.size - 1) / dp.size, first = dp.rank * s
-            if let r = plan.partialGradients(block) {
-                let lower = max(r.lowerBound, first), upper = min(r.upperBound, first + s)
-                if lower < upper { ranges.append(offset + lower - first ..< offset + upper - first) }
+        for plan in plans {
+            for block in plan.blocks {
+                let s = (block.parameterCount + dp.size - 1) / dp.size, first = dp.rank * s
+                if let r = plan.partialGradients(block) {
+                    let lower = max(r.lowerBound, first), upper = min(r.upperBound, first + s)
+                    if lower < upper { ranges.append(offset + lower - first ..< offset + upper - first) }
+                }
+                offset += s
             }
-            offset += s
         }
         return ranges
     }
 
     public func trainingFinished() -> String? { stage.waitingReport(world: mesh.world) }
 
-    public var summary: String? { PipelinePartition.describe(modelPlan, cut) }
+    public var summary: String? { PipelinePartition.describe(modelPlan, cut, stages: mesh[.pp].size) }
 
     public func evaluate(batch index: Int, from sampler: BatchSampler) -> Float {
         var lossSum: Float = 0

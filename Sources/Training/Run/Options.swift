@@ -171,7 +171,7 @@ public struct PipelineOptions: ParsableArguments, Sendable {
             help: "Micro-batches per step; each data-parallel rank's rows must divide evenly into them.")
     public var microBatches: Int = 1
 
-    @Option(help: "Pipeline schedule: gpipe (all forwards, then all backwards), 1f1b (one forward, one backward) or zb1p (zero bubble ZB-H1: 1f1b with weight gradients deferred into the bubble).")
+    @Option(help: "Pipeline schedule: gpipe (all forwards, then all backwards), 1f1b (one forward, one backward), zb1p (zero bubble ZB-H1: 1f1b with weight gradients deferred into the bubble) or interleaved (Megatron's interleaved 1f1b over --virtual-stages chunks per stage).")
     public var schedule: PipelineScheduleKind = .oneForwardOneBackward
 
     @Option(name: .customLong("partition"),
@@ -181,7 +181,14 @@ public struct PipelineOptions: ParsableArguments, Sendable {
     @Flag(help: "Activation recomputation: keep only each micro-batch's stage input and output, and rerun its forward inside the backward (less memory, one more forward).")
     public var recompute = false
 
+    @Option(name: .customLong("virtual-stages"), parsing: .unconditional,
+            help: "With --schedule interleaved: model chunks per pipeline stage (V ≥ 2; stage s holds chunks s, s+N, …; --micro-batches a multiple of the stages).")
+    public var virtualStagesFlag: Int?
+
     public init() {}
+
+    /// Chunks per pipeline stage: `--virtual-stages` (interleaved), else 1.
+    public var virtualStages: Int { virtualStagesFlag ?? 1 }
 
     /// `--partition` as blocks per stage (nil: balance by cost).
     public var partition: [Int]? {
@@ -193,6 +200,7 @@ public struct PipelineOptions: ParsableArguments, Sendable {
         if recompute && schedule == .zeroBubble {
             throw UsageError("--recompute cannot be combined with --schedule zb1p: its deferred weight passes need the activations that recomputation drops")
         }
+        try validateInterleaving()
         if let text = partitionText, let counts = partition, counts.contains(where: { $0 <= 0 }) {
             throw UsageError("--partition must be positive block counts separated by commas, e.g. 3,2 (got '\(text)')")
         }
@@ -200,3 +208,22 @@ public struct PipelineOptions: ParsableArguments, Sendable {
 }
 
 extension PipelineScheduleKind: ExpressibleByArgument {}
+
+extension PipelineOptions {
+    /// `--virtual-stages V` belongs to `--schedule interleaved`, which needs it with V ≥ 2;
+    /// ZB-H1 stays a one-chunk schedule.
+    func validateInterleaving() throws(UsageError) {
+        switch (schedule, virtualStagesFlag) {
+        case (.interleaved, nil):
+            throw UsageError("--schedule interleaved needs --virtual-stages V (model chunks per stage, V ≥ 2)")
+        case (.interleaved, let v?) where v < 2:
+            throw UsageError("--virtual-stages must be at least 2 for --schedule interleaved (got \(v))")
+        case (.zeroBubble, _?):
+            throw UsageError("--virtual-stages cannot be combined with --schedule zb1p: the zero-bubble schedule is not interleaved; use --schedule interleaved")
+        case (_, let v?) where schedule != .interleaved:
+            throw UsageError("--virtual-stages \(v) needs --schedule interleaved (got --schedule \(schedule.rawValue))")
+        default:
+            break
+        }
+    }
+}

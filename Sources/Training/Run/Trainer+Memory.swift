@@ -104,7 +104,7 @@ extension LayoutDescription {
         if n == 1 { return [.singleRank] }
         var result: [LayoutDescription] = [.dataParallel(ranks: n, bucketBytes: 1 << 20), .fullySharded(ranks: n),
                                            .tensorParallel(ranks: n)]
-        for schedule in PipelineScheduleKind.allCases {
+        for schedule in PipelineScheduleKind.allCases where schedule != .interleaved {  // interleaving needs --virtual-stages
             result.append(.pipeline(stages: n, microBatches: m, schedule: schedule))
         }
         for tp in 1...n where n % tp == 0 {
@@ -125,7 +125,7 @@ extension MemoryPlan {
     /// copies, so one rank per stage is planned.
     public static func largestNeed(_ plan: BlockPlan, _ layout: LayoutDescription, _ settings: PlanSettings) throws(UsageError) -> Int {
         let shape = layout.shape, pp = shape.size(.pp), perStage = shape.size(.tp) * shape.size(.dp)
-        let cut = pp > 1 ? PipelinePartition.stages(plan, stages: pp, override: shape.partition) : nil
+        let cut = pp > 1 ? PipelinePartition.stages(plan, stages: pp * shape.virtualStages, override: shape.partition) : nil
         var largest = 0
         for stage in 0..<pp {
             let memory = try forRank(stage * perStage, plan, layout, settings, cut: cut)

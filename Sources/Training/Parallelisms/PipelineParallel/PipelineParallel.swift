@@ -5,6 +5,8 @@ import Distributed
 /// by FLOPs unless `--partition` says), one
 /// per rank, each stage running the same reference layers on its blocks through a
 /// ``PipelineStage`` with the chosen ``PipelineScheduleKind`` and `M` micro-batches.
+/// Interleaved (`--virtual-stages V`), the cut has `N·V` chunks and rank `r` holds chunks
+/// `r, r + N, …, r + (V − 1)N`, its parameters back to back in one buffer.
 ///
 /// Gradients accumulate over the micro-batches (each is scaled by `1/B` already, so the sum is
 /// exactly the full-batch gradient), and each rank updates only its own blocks. With
@@ -22,27 +24,38 @@ public final class PipelineParallel: TrainingLayout {
     /// - Parameter pipeline: `M ≥ 1` micro-batches dividing the global batch, the schedule (GPipe
     ///   or 1F1B), and the cut (``PipelinePartition``: by cost unless `--partition` says).
     public init(_ context: TrainingContext, pipeline: PipelineOptions) throws(UsageError) {
-        let n = context.world.size, plan = context.plan, microBatches = pipeline.microBatches
-        mesh = try LayoutShape.pipeline(stages: n, microBatches: microBatches, partition: pipeline.partition).makeMesh(context)
+        let n = context.world.size, plan = context.plan, microBatches = pipeline.microBatches, v = pipeline.virtualStages
+        let mesh = try LayoutShape.pipeline(stages: n, microBatches: microBatches, partition: pipeline.partition,
+                                            virtualStages: v).makeMesh(context)
+        self.mesh = mesh
         let pp = mesh[.pp]
         self.plan = plan
-        cut = PipelinePartition.stages(plan, stages: n, override: pipeline.partition)
-        let blocks = plan.blocks[cut[pp.rank]]
-        // The stage's blocks are contiguous in the canonical vector: its parameters are one run.
-        let first = blocks.first!.parameterOffset
-        let count = blocks.reduce(0) { $0 + $1.parameterCount }
-        let parameters = ParameterBuffer(count: count)
+        let cut = PipelinePartition.stages(plan, stages: n * v, override: pipeline.partition)
+        self.cut = cut
+        // This rank's chunks r, r + N, …; each chunk's blocks are one run of the canonical vector.
+        let chunkBlocks = (0..<v).map { plan.blocks[cut[$0 * n + pp.rank]] }
+        var map = ParameterMap()
+        for blocks in chunkBlocks {
+            map.append(start: blocks.first!.parameterOffset, count: blocks.reduce(0) { $0 + $1.parameterCount })
+        }
+        let parameters = ParameterBuffer(count: map.count)
         self.parameters = parameters
-        let map = ParameterMap.contiguous(first, count)
         map.extract(from: context.initialParameters, into: parameters.value)
         steps = MicroSteps(rows: 0..<context.batchSize, count: context.options.accumulate)
+        var offset = 0
+        let chunks = chunkBlocks.map { blocks in
+            let layers = blocks.map { block in
+                defer { offset += block.parameterCount }
+                return block.makeLayer(parameters: parameters.view(offset: offset, count: block.parameterCount))
+            }
+            return (layers: layers, widths: plan.widths(blocks.indices), split: SequenceSplit?.none)
+        }
         stage = PipelineStage(
-            layers: blocks.map { $0.makeLayer(parameters: parameters.view(offset: $0.parameterOffset - first, count: $0.parameterCount)) },
-            widths: plan.widths(blocks.indices), rows: steps.rows(0),
-            schedule: PipelineSchedule(pipeline.schedule, stage: pp.rank, stages: n, microBatches: microBatches),
+            chunks: chunks, rows: steps.rows(0),
+            schedule: PipelineSchedule(pipeline.schedule, stage: pp.rank, stages: n, microBatches: microBatches, virtualStages: v),
             pp: pp, seqLen: context.config.seqLen, lossScale: 1 / Float(context.batchSize), recompute: pipeline.recompute)
         local = LocalParameters(map: map, values: parameters.value, gradients: parameters.grad,
-                                optimizer: Optimizer(config: context.optimizer, count: count))
+                                optimizer: Optimizer(config: context.optimizer, count: map.count))
     }
 
     public func forwardBackward(batch index: Int, from sampler: BatchSampler) -> Float {
@@ -57,7 +70,7 @@ public final class PipelineParallel: TrainingLayout {
 
     public func trainingFinished() -> String? { stage.waitingReport(world: mesh.world) }
 
-    public var summary: String? { PipelinePartition.describe(plan, cut) }
+    public var summary: String? { PipelinePartition.describe(plan, cut, stages: mesh[.pp].size) }
 
     public func evaluate(batch index: Int, from sampler: BatchSampler) -> Float {
         var lossSum: Float = 0

@@ -61,13 +61,15 @@ public enum PipelinePartition {
         }
     }
 
-    /// One line for the start of a run: the blocks of each stage and their cost.
-    public static func describe(_ plan: BlockPlan, _ ranges: [Range<Int>]) -> String {
-        let stages = ranges.enumerated().map { s, range in
+    /// One line for the start of a run: the blocks of each stage and their cost; interleaved
+    /// (more ranges than `stages`), of each chunk and the stage that holds it.
+    public static func describe(_ plan: BlockPlan, _ ranges: [Range<Int>], stages: Int? = nil) -> String {
+        let parts = ranges.enumerated().map { g, range in
             let flops = plan.blocks[range].reduce(0) { $0 + cost($1) }
-            return "stage \(s): " + plan.blocks[range].map(\.name).joined(separator: " ") + " (\(Int(flops)) FLOP/row)"
+            let name = stages.map { $0 < ranges.count ? "chunk \(g) (stage \(g % $0))" : "stage \(g)" } ?? "stage \(g)"
+            return "\(name): " + plan.blocks[range].map(\.name).joined(separator: " ") + " (\(Int(flops)) FLOP/row)"
         }
-        return "pipeline cut: " + stages.joined(separator: "; ")
+        return "pipeline cut: " + parts.joined(separator: "; ")
     }
 }
 
@@ -86,6 +88,13 @@ public enum PipelineScheduleKind: String, CaseIterable, Sendable {
     /// drops to a third of 1F1B's. Every stage holds up to `min(M, N)` micro-batches (a deferred
     /// weight pass needs its micro-batch's activations).
     case zeroBubble = "zb1p"
+    /// Interleaved 1F1B (Megatron-LM, Narayanan et al., 2021): the blocks are cut into `N·V`
+    /// chunks and stage `s` holds chunks `s, s + N, …, s + (V − 1)N` (`--virtual-stages V`), so a
+    /// micro-batch passes every stage `V` times. Warm-up, steady 1F1B and cool-down run over
+    /// (micro-batch, chunk) pairs in groups of `N` micro-batches; each unit of work is a `V`-th of
+    /// a stage's, so the fill and drain shrink by `V`: the bubble is `(N − 1)/(V·M + N − 1)`.
+    /// `M` must be a multiple of `N` (Megatron's rule).
+    case interleaved
 }
 
 /// One unit of work on a stage: the forward or the backward of one micro-batch, or one half of
@@ -101,13 +110,20 @@ public struct PipelineAction: Equatable, Hashable, Sendable, CustomStringConvert
     }
     public var direction: Direction
     public var microBatch: Int
+    /// Which of the stage's chunks runs it: 0 unless the schedule is interleaved, where chunk `c`
+    /// of stage `s` is the model's chunk `c·N + s`.
+    public var chunk: Int = 0
 
-    public static func forward(_ m: Int) -> PipelineAction { PipelineAction(direction: .forward, microBatch: m) }
-    public static func backward(_ m: Int) -> PipelineAction { PipelineAction(direction: .backward, microBatch: m) }
+    public static func forward(_ m: Int, chunk: Int = 0) -> PipelineAction {
+        PipelineAction(direction: .forward, microBatch: m, chunk: chunk)
+    }
+    public static func backward(_ m: Int, chunk: Int = 0) -> PipelineAction {
+        PipelineAction(direction: .backward, microBatch: m, chunk: chunk)
+    }
     public static func inputGradient(_ m: Int) -> PipelineAction { PipelineAction(direction: .inputGradient, microBatch: m) }
     public static func weightGradient(_ m: Int) -> PipelineAction { PipelineAction(direction: .weightGradient, microBatch: m) }
 
-    /// `F3`, `B3`; split: `I3` (input gradient), `W3` (weights).
+    /// `F3`, `B3`; split: `I3` (input gradient), `W3` (weights); a later chunk: `F3.1`.
     public var description: String {
         let letter = switch direction {
         case .forward: "F"
@@ -115,7 +131,7 @@ public struct PipelineAction: Equatable, Hashable, Sendable, CustomStringConvert
         case .inputGradient: "I"
         case .weightGradient: "W"
         }
-        return "\(letter)\(microBatch)"
+        return "\(letter)\(microBatch)" + (chunk == 0 ? "" : ".\(chunk)")
     }
 
     /// Whether the action ends the micro-batch's use of its activations on this stage.
@@ -127,34 +143,52 @@ public struct PipelineAction: Equatable, Hashable, Sendable, CustomStringConvert
 ///
 /// Dependencies between stages are data: the forward of `m` on stage `s` needs the activation
 /// that stage `s − 1` sends after its forward of `m`; the backward of `m` on `s` needs the
-/// gradient that `s + 1` sends after its backward of `m`. Both schedules take micro-batches in
-/// ascending order in each direction, so messages between two neighbours arrive in the order
-/// they are received and a micro-batch `m` can live in buffer slot `m % slots`.
+/// gradient that `s + 1` sends after its backward of `m`. Every schedule takes micro-batches in
+/// ascending order in each direction and chunk, so messages between two neighbours arrive in the
+/// order they are received and micro-batch `m` of chunk `c` can live in that chunk's buffer slot
+/// `m % chunkSlots[c]`.
+///
+/// Interleaved, the model's chunk `g = c·N + s` runs as chunk `c` of stage `s`: its forward needs
+/// chunk `g − 1`'s (stage `s − 1`, or for `s = 0` stage `N − 1`'s chunk `c − 1`), its backward
+/// chunk `g + 1`'s. Every stage walks the same sequence of (micro-batch, chunk) pairs forward,
+/// virtual index `k = 0, 1, …, V·M − 1` with micro-batch `⌊k / NV⌋·N + k mod N` and chunk
+/// `⌊(k mod NV)/N⌋`, and the same sequence backward with the chunks reversed (Megatron's
+/// `get_model_chunk_id`); stage `s` warms up with `min(2(N − s − 1) + (V − 1)N, V·M)` forwards.
 ///
 /// With equal stage times `t_f`, `t_b`, GPipe and 1F1B take `(M + N − 1)(t_f + t_b)`, of which
 /// each stage is idle `(N − 1)(t_f + t_b)`: the bubble fraction `(N − 1)/(M + N − 1)`. ZB-H1 with
 /// the backward split into input and weight passes of `t_b = t_w = t_f` each is idle
 /// `(N − 1) · t_f` of `3M·t_f + (N − 1)·t_f` once `M ≥ N`: the fraction `(N − 1)/(3M + N − 1)`.
+/// Interleaved with equal chunk times `t_f/V`, `t_b/V` the fill and drain are `N − 1` chunk
+/// times each way: idle `(N − 1)(t_f + t_b)/V` of `(V·M + N − 1)(t_f + t_b)/V`, the fraction
+/// `(N − 1)/(V·M + N − 1)`, about `1/V` of 1F1B's.
 public struct PipelineSchedule: Sendable {
     public let kind: PipelineScheduleKind
     public let stage: Int
     public let stages: Int
     public let microBatches: Int
+    /// Chunks per stage: `V` interleaved, else 1.
+    public let virtualStages: Int
     /// The training step's actions, in order.
     public let actions: [PipelineAction]
-    /// Forward only (evaluation): every micro-batch in order; buffers are reused as soon as the
-    /// activation has been sent on.
+    /// Forward only (evaluation): every micro-batch in order (interleaved: in the forward
+    /// sequence of (micro-batch, chunk) pairs); buffers are reused as soon as the activation has
+    /// been sent on.
     public let forwardOnly: [PipelineAction]
 
-    public init(_ kind: PipelineScheduleKind, stage: Int, stages: Int, microBatches: Int) {
+    /// - Parameter virtualStages: `V ≥ 2` chunks per stage for `.interleaved` (then `microBatches`
+    ///   must be a multiple of `stages`), 1 for the others.
+    public init(_ kind: PipelineScheduleKind, stage: Int, stages: Int, microBatches: Int, virtualStages: Int = 1) {
         precondition(stages >= 1 && stage >= 0 && stage < stages && microBatches >= 1)
+        precondition(kind == .interleaved ? virtualStages >= 2 && microBatches % stages == 0 : virtualStages == 1)
         self.kind = kind
         self.stage = stage
         self.stages = stages
         self.microBatches = microBatches
+        self.virtualStages = virtualStages
         let m = microBatches
         var actions: [PipelineAction] = []
-        actions.reserveCapacity(2 * m)
+        actions.reserveCapacity(2 * m * virtualStages)
         switch kind {
         case .gpipe:
             actions += (0..<m).map { .forward($0) }
@@ -169,17 +203,48 @@ public struct PipelineSchedule: Sendable {
             actions += ((m - warmUp)..<m).map { .backward($0) }
         case .zeroBubble:
             actions = Self.zeroBubbleActions(stage: stage, stages: stages, microBatches: m)
+        case .interleaved:
+            actions = Self.interleavedActions(stage: stage, stages: stages, microBatches: m, virtualStages: virtualStages)
         }
         self.actions = actions
-        forwardOnly = (0..<m).map { .forward($0) }
-        // Forwards and slot releases both run in ascending micro-batch order, so the micro-batches
-        // in flight are always consecutive and `m % slots` never hands out a slot still in use.
-        var inFlight = 0, most = 0
-        for action in actions {
-            if action.direction == .forward { inFlight += 1; most = Swift.max(most, inFlight) }
-            if action.releasesSlot { inFlight -= 1 }
+        forwardOnly = (0..<(m * virtualStages)).map {
+            Self.virtual($0, stages: stages, virtualStages: virtualStages, forward: true)
         }
-        slots = most
+        // Forwards and slot releases both run in ascending micro-batch order per chunk, so a chunk's
+        // micro-batches in flight are always consecutive and `m % slots` never hands out a slot in use.
+        var inFlight = [Int](repeating: 0, count: virtualStages), most = inFlight
+        for action in actions {
+            if action.direction == .forward {
+                inFlight[action.chunk] += 1
+                most[action.chunk] = Swift.max(most[action.chunk], inFlight[action.chunk])
+            }
+            if action.releasesSlot { inFlight[action.chunk] -= 1 }
+        }
+        chunkSlots = most
+    }
+
+    /// The `k`-th forward (or backward) of an interleaved stage: micro-batch `⌊k/NV⌋·N + k mod N`
+    /// of chunk `⌊(k mod NV)/N⌋`, the chunks in reverse order backward (Megatron's
+    /// `get_model_chunk_id`). With `V = 1` simply micro-batch `k`.
+    static func virtual(_ k: Int, stages n: Int, virtualStages v: Int, forward: Bool) -> PipelineAction {
+        let group = k / (n * v), inGroup = k % (n * v)
+        let chunk = forward ? inGroup / n : v - 1 - inGroup / n
+        return PipelineAction(direction: forward ? .forward : .backward, microBatch: group * n + k % n, chunk: chunk)
+    }
+
+    /// Megatron's interleaved 1F1B on stage `s`: `min(2(N − s − 1) + (V − 1)N, V·M)` warm-up
+    /// forwards, then one forward and one backward at a time, then the remaining backwards, over
+    /// the virtual sequence of ``virtual(_:stages:virtualStages:forward:)``.
+    static func interleavedActions(stage: Int, stages n: Int, microBatches m: Int, virtualStages v: Int) -> [PipelineAction] {
+        let total = m * v
+        let warmUp = Swift.min(2 * (n - stage - 1) + (v - 1) * n, total)
+        var actions = (0..<warmUp).map { virtual($0, stages: n, virtualStages: v, forward: true) }
+        for i in 0..<(total - warmUp) {
+            actions.append(virtual(warmUp + i, stages: n, virtualStages: v, forward: true))
+            actions.append(virtual(i, stages: n, virtualStages: v, forward: false))
+        }
+        actions += ((total - warmUp)..<total).map { virtual($0, stages: n, virtualStages: v, forward: false) }
+        return actions
     }
 
     /// ZB-H1 on stage `s`: 1F1B's warm-up of `N − s − 1` forwards; then one forward and one input
@@ -204,19 +269,36 @@ public struct PipelineSchedule: Sendable {
         return actions
     }
 
-    /// Micro-batches a stage holds at once (forwarded, their activations still needed): the
-    /// number of activation buffers to preallocate. GPipe: `M`; 1F1B: `min(M, N − s)`; ZB-H1:
-    /// `min(M, N)`.
-    public let slots: Int
+    /// Micro-batches each chunk holds at once (forwarded, their activations still needed): the
+    /// number of activation buffers to preallocate per chunk. GPipe: `M`; 1F1B: `min(M, N − s)`;
+    /// ZB-H1: `min(M, N)`. Interleaved, counted from the actions: chunk 0 holds up to `min(M, 2N)`,
+    /// later chunks fewer (N = 4, V = 3, M ≥ 8, stage 0: 8, 7, 4); the stage as a whole never holds
+    /// more than `min(w + 1, V·M)` (micro-batch, chunk) pairs, `w` its warm-up
+    /// `2(N − s − 1) + (V − 1)N`, each a `V`-th of a stage's activations.
+    public let chunkSlots: [Int]
+
+    /// Micro-batches the one chunk of a non-interleaved stage holds at once.
+    public var slots: Int { chunkSlots[0] }
 
     /// The ideal idle fraction for equal stage times and free messages: `(N − 1)/(M + N − 1)`,
     /// and `(N − 1)/(3M + N − 1)` for ZB-H1 (backward = input + weight pass, each as long as F;
     /// `M ≥ N`, below which the tail has too few weight passes to fill it).
+    /// Interleaved (equal chunk times, `M` a multiple of `N`): `(N − 1)/(V·M + N − 1)`.
     public var idealBubble: Double {
         let n = Double(stages - 1), m = Double(microBatches)
-        return kind == .zeroBubble ? n / (3 * m + n) : n / (m + n)
+        switch kind {
+        case .zeroBubble: return n / (3 * m + n)
+        case .interleaved: return n / (Double(virtualStages) * m + n)
+        case .gpipe, .oneForwardOneBackward: return n / (m + n)
+        }
     }
 
     /// The bubble formula, as the end-of-run report prints it.
-    public var idealBubbleFormula: String { kind == .zeroBubble ? "(N−1)/(3M+N−1)" : "(N−1)/(M+N−1)" }
+    public var idealBubbleFormula: String {
+        switch kind {
+        case .zeroBubble: "(N−1)/(3M+N−1)"
+        case .interleaved: "(N−1)/(V·M+N−1)"
+        case .gpipe, .oneForwardOneBackward: "(N−1)/(M+N−1)"
+        }
+    }
 }

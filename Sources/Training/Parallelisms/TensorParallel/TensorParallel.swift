@@ -32,7 +32,7 @@ public final class TensorParallel: TrainingLayout {
     let scratch: SequenceParallelScratch?
     let partials: PartialGradientSum?
 
-    public init(_ context: TrainingContext, sequenceParallel: Bool = false) throws(UsageError) {
+    public init(_ context: TrainingContext, sequenceParallel: Bool = false, recompute: Bool = false) throws(UsageError) {
         var shape = LayoutShape.tensorParallel(ranks: context.world.size)
         shape.sequenceParallel = sequenceParallel
         mesh = try shape.makeMesh(context)
@@ -50,7 +50,7 @@ public final class TensorParallel: TrainingLayout {
         self.scratch = scratch
         chain = LayerChain(layers: plan.makeLayers(tp: tp, buffer: parameters, rows: rows, scratch: scratch), widths: plan.widths,
                            activationRows: split?.activationRows(rows) ?? plan.widths.map { _ in rows },
-                           loss: SoftmaxCrossEntropy(gradientScale: 1 / Float(context.batchSize)))
+                           loss: SoftmaxCrossEntropy(gradientScale: 1 / Float(context.batchSize)), recompute: recompute)
         partials = split.map { _ in PartialGradientSum(ranges: plan.partialGradientRanges, gradients: parameters.grad, tp: tp) }
         local = LocalParameters(map: plan.map, values: parameters.value, gradients: parameters.grad,
                                 optimizer: Optimizer(config: context.optimizer, count: parameters.count))
