@@ -27,9 +27,10 @@ final class PlannerTests: XCTestCase {
         }
     }
 
-    /// CommunicationPlan = ledger: for 14 layouts (DP with buckets and accumulation, FSDP ZeRO
-    /// 1/2/3 and HSDP, TP with and without sequence parallelism, PP with every schedule and
-    /// recomputation, 3D with sequence parallelism and recomputation), every rank's calls and
+    /// CommunicationPlan = ledger: for 18 layouts (DP with buckets and accumulation, FSDP ZeRO
+    /// 1/2/3, HSDP and recomputation, TP with and without sequence parallelism and recomputation,
+    /// PP with every schedule (interleaved too) and recomputation, 3D with sequence parallelism
+    /// and recomputation), every rank's calls and
     /// bytes per step of every kind, gradient norm and stop vote included, equal the ledger's.
     func testCommunicationPlanEqualsLedger() throws {
         let config = ["--seq-len", "8", "--emb", "5", "--hidden", "12", "--layers", "3", "--batch-size", "24"]
@@ -48,6 +49,11 @@ final class PlannerTests: XCTestCase {
             ("train_pp", 3, ["--micro-batches", "6", "--schedule", "zb1p"], "train_pp -np 3 --schedule zb1p --micro-batches 6", []),
             ("train_pp", 3, ["--micro-batches", "12", "--recompute", "--accumulate", "2"],
              "train_pp -np 3 --schedule 1f1b --recompute --micro-batches 12", ["--accumulate", "2"]),
+            ("train_pp", 2, ["--schedule", "interleaved", "--virtual-stages", "2", "--micro-batches", "4"],
+             "train_pp -np 2 --schedule interleaved --virtual-stages 2 --micro-batches 4", []),
+            ("train_tp", 2, ["--recompute"], "train_tp -np 2 --recompute", []),
+            ("train_tp", 2, ["--sequence-parallel", "--recompute"], "train_tp -np 2 --sequence-parallel --recompute", []),
+            ("train_fsdp", 3, ["--recompute"], "train_fsdp -np 3 --recompute", []),
             ("train_3d", 4, ["--tp", "2", "--dp", "2", "--pp", "1"], "train_3d -np 4 --tp 2 --dp 2 --pp 1 --micro-batches 1", []),
             ("train_3d", 4, ["--tp", "2", "--dp", "1", "--pp", "2", "--micro-batches", "4", "--sequence-parallel", "--recompute"],
              "train_3d -np 4 --tp 2 --dp 1 --pp 2 --recompute --sequence-parallel --micro-batches 4", []),

@@ -43,14 +43,16 @@ public struct Transfer: Sendable, Equatable {
 ///   another and a reduce-scatter backward (column), a reduce-scatter forward and an allgather
 ///   backward of `b × outputs` (row); plus, per step, one allreduce of the partial gradients
 ///   (``PartialGradientSum``) and the 4-byte loss over tp.
-/// - **PP** (``PipelineStage``): per micro-batch, a boundary's activation forward and its
-///   gradient back (one send and one receive each side), and per schedule run (K of them) the
-///   4-byte loss broadcast from the last stage.
+/// - **PP** (``PipelineStage``): per micro-batch and chunk (V of them per stage when interleaved),
+///   a boundary's activation forward and its gradient back (one send and one receive each side),
+///   and per schedule run (K of them) the 4-byte loss broadcast from the last stage.
 /// - **3D** (``ThreeDimensional``): TP on its stage's blocks over `b` rows, ZeRO-3 of those blocks
 ///   over dp per micro-batch, PP at its boundaries (1/T of the rows outside the pairs under
-///   sequence parallelism), the loss over dp. With `--recompute` a stage holding more than one
-///   micro-batch reruns each forward in backward: its forward collectives (TP's and the
-///   allgathers) run twice.
+///   sequence parallelism), the loss over dp.
+///
+/// With `--recompute` the forwards rerun in backward (``reruns(_:recompute:slots:)``) repeat their
+/// forward collectives: TP's row allreduce (or SP's allgather and reduce-scatter) and ZeRO-3's
+/// allgather.
 ///
 /// The training loop adds, on more than one rank: the stop vote (`stop_vote`, 4 bytes, every
 /// step) and, with `--metrics` or `--clip-grad-norm`, the gradient norm (an 8-byte allreduce over
@@ -78,6 +80,19 @@ public struct CommunicationPlan: Sendable, Equatable {
 }
 
 extension CommunicationPlan {
+    /// Per block of a chain of `blocks`, how many more times its forward runs in backward under
+    /// `--recompute`: once for every block of a pipeline chunk holding more than one micro-batch
+    /// (`slots`); outside pipelines, once for the blocks inside every segment but the last
+    /// (``RecomputeSegments``: each earlier segment reruns all its blocks but the last).
+    public static func reruns(_ blocks: Int, recompute: Bool, slots: Int?) -> [Int] {
+        guard recompute else { return Array(repeating: 0, count: blocks) }
+        if let slots { return Array(repeating: slots > 1 ? 1 : 0, count: blocks) }
+        var result = Array(repeating: 0, count: blocks)
+        let segments = RecomputeSegments(blocks: blocks).ranges
+        for segment in segments.dropLast() { for i in segment.dropLast() { result[i] = 1 } }
+        return result
+    }
+
     /// Every rank's plan, in world rank order. `gradientNorm`: the run computes the gradient norm
     /// (`--metrics` or `--clip-grad-norm`). Throws as ``MemoryPlan/perRank(_:_:_:)`` does when the
     /// layout cannot run the model or batch.
@@ -87,12 +102,12 @@ extension CommunicationPlan {
         shape.sequenceParallel = layout.sequenceParallel
         try shape.check(worldSize: shape.ranks, plan: plan, batchSize: settings.batchSize, accumulation: settings.accumulation)
         let pp = shape.size(.pp)
-        let cut = pp > 1 ? PipelinePartition.stages(plan, stages: pp, override: shape.partition) : [0..<plan.count]
+        let cut = pp > 1 ? PipelinePartition.stages(plan, stages: pp * shape.virtualStages, override: shape.partition) : [0..<plan.count]
         return (0..<shape.ranks).map { forRank($0, plan, layout, settings, cut: cut, gradientNorm: gradientNorm) }
     }
 
     /// The plan of world rank `rank` (call ``LayoutShape/check`` first); `cut` is the pipeline's
-    /// stages (one stage of every block without a pipeline).
+    /// chunks, `P·V` of them (one of every block without a pipeline).
     static func forRank(_ rank: Int, _ plan: BlockPlan, _ layout: LayoutDescription, _ settings: PlanSettings,
                         cut: [Range<Int>], gradientNorm: Bool) -> CommunicationPlan {
         let shape = layout.shape, n = shape.ranks, k = settings.accumulation
@@ -134,69 +149,76 @@ extension CommunicationPlan {
                 result.add(.allgather, .shard, size: s, stride: 1, bytesPerCall: 4 * s * shard)
             default:
                 let shards = counts.map { ($0 + s - 1) / s }
+                let reruns = Self.reruns(plan.count, recompute: layout.recompute, slots: nil)
                 held = shards.reduce(0, +)
-                for shard in shards {
-                    result.add(.allgather, .shard, size: s, stride: 1, calls: 2 * k, bytesPerCall: 4 * s * shard)
+                for (i, shard) in shards.enumerated() {
+                    result.add(.allgather, .shard, size: s, stride: 1, calls: (2 + reruns[i]) * k, bytesPerCall: 4 * s * shard)
                     result.add(.reduceScatter, .shard, size: s, stride: 1, calls: k, bytesPerCall: 4 * s * shard)
                 }
             }
             result.add(.allreduce, .replicate, size: r, stride: s, bytesPerCall: 4 * held)
             result.add(.allreduce, nil, size: n, stride: 1, bytesPerCall: 4)
         case .tensorParallel, .pipeline, .threeDimensional:
-            let stage = coordinate[.pp] ?? 0, range = cut[stage]
-            let local = MemoryPlan.localBlocks(plan, range, tpSize: tp)
+            let stage = coordinate[.pp] ?? 0, v = shape.virtualStages
+            let ranges = pp > 1 ? (0..<v).map { cut[$0 * pp + stage] } : [0..<plan.count]
+            let schedule = shape.microBatches.map {
+                PipelineSchedule(layout.schedule, stage: stage, stages: pp, microBatches: $0, virtualStages: v)
+            }
             let sequenceParallel = layout.sequenceParallel && tp > 1
-            // A stage holding more than one micro-batch reruns each forward in backward (--recompute).
-            let slots = shape.microBatches.map { PipelineSchedule(layout.schedule, stage: stage, stages: pp, microBatches: $0).slots } ?? 1
-            let forwards = layout.recompute && slots > 1 ? 2 : 1
-            let runs = k * m  // chain runs per step: micro-steps × micro-batches
-            for block in local where tp > 1 && block.sharding != .replicated {
-                let width = block.sharding == .column ? block.input : block.output
-                let bytes = 4 * chainRows * width
-                switch (block.sharding, sequenceParallel) {
-                case (.column, false): result.add(.allreduce, .tp, size: tp, stride: 1, calls: runs, bytesPerCall: bytes)
-                case (.row, false): result.add(.allreduce, .tp, size: tp, stride: 1, calls: runs * forwards, bytesPerCall: bytes)
-                case (.column, true):
-                    result.add(.allgather, .tp, size: tp, stride: 1, calls: runs * (forwards + 1), bytesPerCall: bytes)
-                    result.add(.reduceScatter, .tp, size: tp, stride: 1, calls: runs, bytesPerCall: bytes)
-                default:
-                    result.add(.reduceScatter, .tp, size: tp, stride: 1, calls: runs * forwards, bytesPerCall: bytes)
-                    result.add(.allgather, .tp, size: tp, stride: 1, calls: runs, bytesPerCall: bytes)
-                }
-            }
-            if layout.kind == .threeDimensional {  // ZeRO-3 of the local blocks over dp, per chain run
-                for block in local {
-                    let bytes = 4 * dp * ((block.count + dp - 1) / dp)
-                    result.add(.allgather, .dp, size: dp, stride: tp, calls: runs * (forwards + 1), bytesPerCall: bytes)
-                    result.add(.reduceScatter, .dp, size: dp, stride: tp, calls: runs, bytesPerCall: bytes)
-                }
-            }
-            if pp > 1 {  // the stage boundaries: activation forward, its gradient back
-                let activationRows: [Int] = sequenceParallel
-                    ? ([local[0].sharding != .row] + local.map { $0.sharding != .column }).map { $0 ? chainRows / tp : chainRows }
-                    : Array(repeating: chainRows, count: local.count + 1)
-                let input = 4 * activationRows[0] * local[0].input, output = 4 * activationRows[local.count] * local[local.count - 1].output
-                if stage > 0 {
-                    result.add(.receive, .pp, size: pp, stride: ppStride, calls: runs, bytesPerCall: input)
-                    result.add(.send, .pp, size: pp, stride: ppStride, calls: runs, bytesPerCall: input)
-                }
-                if stage < pp - 1 {
-                    result.add(.send, .pp, size: pp, stride: ppStride, calls: runs, bytesPerCall: output)
-                    result.add(.receive, .pp, size: pp, stride: ppStride, calls: runs, bytesPerCall: output)
-                }
-                result.add(.broadcast, .pp, size: pp, stride: ppStride, calls: k, bytesPerCall: 4)
-            }
-            if sequenceParallel {  // the partial gradients of what is used outside the pairs, and the loss
-                var partial = 0
-                for block in local where block.sharding != .column {
-                    let r = block.sharding == .replicated ? 0..<block.count : block.count - block.output ..< block.count
-                    if layout.kind == .threeDimensional {
-                        let s = (block.count + dp - 1) / dp, d = coordinate[.dp] ?? 0
-                        partial += max(0, min(r.upperBound, (d + 1) * s) - max(r.lowerBound, d * s))
-                    } else {
-                        partial += r.count
+            let runs = k * m  // chain runs per step and chunk: micro-steps × micro-batches
+            var partial = 0  // sequence parallelism's partial gradients
+            for (c, range) in ranges.enumerated() {
+                let local = MemoryPlan.localBlocks(plan, range, tpSize: tp)
+                let reruns = Self.reruns(local.count, recompute: layout.recompute, slots: schedule?.chunkSlots[c])
+                for (i, block) in local.enumerated() where tp > 1 && block.sharding != .replicated {
+                    let bytes = 4 * chainRows * (block.sharding == .column ? block.input : block.output)
+                    let forwards = runs * (1 + reruns[i])
+                    switch (block.sharding, sequenceParallel) {
+                    case (.column, false): result.add(.allreduce, .tp, size: tp, stride: 1, calls: runs, bytesPerCall: bytes)
+                    case (.row, false): result.add(.allreduce, .tp, size: tp, stride: 1, calls: forwards, bytesPerCall: bytes)
+                    case (.column, true):
+                        result.add(.allgather, .tp, size: tp, stride: 1, calls: forwards + runs, bytesPerCall: bytes)
+                        result.add(.reduceScatter, .tp, size: tp, stride: 1, calls: runs, bytesPerCall: bytes)
+                    default:
+                        result.add(.reduceScatter, .tp, size: tp, stride: 1, calls: forwards, bytesPerCall: bytes)
+                        result.add(.allgather, .tp, size: tp, stride: 1, calls: runs, bytesPerCall: bytes)
                     }
                 }
+                if layout.kind == .threeDimensional {  // ZeRO-3 of the local blocks over dp, per chain run
+                    for (i, block) in local.enumerated() {
+                        let bytes = 4 * dp * ((block.count + dp - 1) / dp)
+                        result.add(.allgather, .dp, size: dp, stride: tp, calls: runs * (2 + reruns[i]), bytesPerCall: bytes)
+                        result.add(.reduceScatter, .dp, size: dp, stride: tp, calls: runs, bytesPerCall: bytes)
+                    }
+                }
+                if pp > 1 {  // the chunk's boundaries: activation forward, its gradient back
+                    let activationRows: [Int] = sequenceParallel
+                        ? ([local[0].sharding != .row] + local.map { $0.sharding != .column }).map { $0 ? chainRows / tp : chainRows }
+                        : Array(repeating: chainRows, count: local.count + 1)
+                    let input = 4 * activationRows[0] * local[0].input, output = 4 * activationRows[local.count] * local[local.count - 1].output
+                    if range.lowerBound > 0 {
+                        result.add(.receive, .pp, size: pp, stride: ppStride, calls: runs, bytesPerCall: input)
+                        result.add(.send, .pp, size: pp, stride: ppStride, calls: runs, bytesPerCall: input)
+                    }
+                    if range.upperBound < plan.count {
+                        result.add(.send, .pp, size: pp, stride: ppStride, calls: runs, bytesPerCall: output)
+                        result.add(.receive, .pp, size: pp, stride: ppStride, calls: runs, bytesPerCall: output)
+                    }
+                }
+                if sequenceParallel {
+                    for block in local where block.sharding != .column {
+                        let r = block.sharding == .replicated ? 0..<block.count : block.count - block.output ..< block.count
+                        if layout.kind == .threeDimensional {
+                            let s = (block.count + dp - 1) / dp, d = coordinate[.dp] ?? 0
+                            partial += max(0, min(r.upperBound, (d + 1) * s) - max(r.lowerBound, d * s))
+                        } else {
+                            partial += r.count
+                        }
+                    }
+                }
+            }
+            if pp > 1 { result.add(.broadcast, .pp, size: pp, stride: ppStride, calls: k, bytesPerCall: 4) }
+            if sequenceParallel {  // the partial gradients of what is used outside the pairs, and the loss
                 if partial > 0 { result.add(.allreduce, .tp, size: tp, stride: 1, bytesPerCall: 4 * partial) }
                 result.add(.allreduce, .tp, size: tp, stride: 1, bytesPerCall: 4)
             }

@@ -31,7 +31,7 @@ import Foundation
 /// (then the model is an upper bound). So a rank's time is its compute plus its communication.
 ///
 /// **Pipeline bubble.** The schedule's ideal bubble `f` (``PipelineSchedule/idealBubble``:
-/// (P−1)/(M+P−1), or (P−1)/(3M+P−1) for ZB-H1) stretches the slowest rank's time by 1/(1−f).
+/// (P−1)/(M+P−1); (P−1)/(3M+P−1) for ZB-H1; (P−1)/(V·M+P−1) interleaved) stretches the slowest rank's time by 1/(1−f).
 /// The step is the slowest rank's time, stretched.
 public struct CostModel: Sendable {
     public var calibration: Calibration?
@@ -97,7 +97,9 @@ public struct CostModel: Sendable {
         return Double(transfer.calls) * steps * alpha + Double(transfer.bytes) * wire / bandwidth
     }
 
-    /// FLOPs per step of world rank `rank`, and per chain run.
+    /// FLOPs per step of world rank `rank`, and per chain run: `6·in·out` per row for each Linear
+    /// it holds, `2·in·out` more for each forward rerun under `--recompute`
+    /// (``CommunicationPlan/reruns(_:recompute:slots:)``). `cut`: the pipeline's `P·V` chunks.
     static func flops(rank: Int, _ plan: BlockPlan, _ layout: LayoutDescription, _ settings: PlanSettings,
                       cut: [Range<Int>]) -> (step: Double, run: Double) {
         let shape = layout.shape, k = settings.accumulation, m = shape.microBatches ?? 1
@@ -106,15 +108,18 @@ public struct CostModel: Sendable {
             coordinate[axis] = rest % size
             rest /= size
         }
-        let tp = shape.size(.tp), pp = shape.size(.pp), stage = coordinate[.pp] ?? 0
-        let range = cut[stage]
-        let local = MemoryPlan.localBlocks(plan, range, tpSize: tp)
+        let tp = shape.size(.tp), pp = shape.size(.pp), stage = coordinate[.pp] ?? 0, v = shape.virtualStages
+        let ranges = pp > 1 ? (0..<v).map { cut[$0 * pp + stage] } : [0..<plan.count]
+        let schedule = shape.microBatches.map { PipelineSchedule(layout.schedule, stage: stage, stages: pp, microBatches: $0, virtualStages: v) }
         let rows = Double(settings.batchSize / shape.dataParallelDegree / k / m)
-        let linear = zip(range, local).reduce(0.0) { sum, pair in
-            plan[pair.0].kind.isLinear ? sum + Double(pair.1.input) * Double(pair.1.output) : sum
+        var perRow = 0.0
+        for (c, range) in ranges.enumerated() {
+            let local = MemoryPlan.localBlocks(plan, range, tpSize: tp)
+            let reruns = CommunicationPlan.reruns(local.count, recompute: layout.recompute, slots: schedule?.chunkSlots[c])
+            for (i, block) in zip(range, local).enumerated() where plan[block.0].kind.isLinear {
+                perRow += Double(6 + 2 * reruns[i]) * Double(block.1.input) * Double(block.1.output)
+            }
         }
-        let slots = shape.microBatches.map { PipelineSchedule(layout.schedule, stage: stage, stages: pp, microBatches: $0).slots } ?? 1
-        let perRow = (layout.recompute && slots > 1 ? 8 : 6) * linear
         return (perRow * rows * Double(k * m), perRow * rows)
     }
 
@@ -125,7 +130,8 @@ public struct CostModel: Sendable {
         let perHost = min(n, ranksPerHost ?? n)
         var worst = Prediction(seconds: 0, computeSeconds: 0, communicationSeconds: 0, bubble: 0)
         let pp = layout.shape.size(.pp)
-        let cut = pp > 1 ? PipelinePartition.stages(plan, stages: pp, override: layout.shape.partition) : [0..<plan.count]
+        let cut = pp > 1 ? PipelinePartition.stages(plan, stages: pp * layout.shape.virtualStages, override: layout.shape.partition)
+            : [0..<plan.count]
         for (rank, comm) in communication.enumerated() {
             let work = Self.flops(rank: rank, plan, layout, settings, cut: cut)
             var rate: Double
@@ -144,7 +150,8 @@ public struct CostModel: Sendable {
             }
         }
         if let m = layout.shape.microBatches, layout.shape.size(.pp) > 1 {
-            worst.bubble = PipelineSchedule(layout.schedule, stage: 0, stages: layout.shape.size(.pp), microBatches: m).idealBubble
+            worst.bubble = PipelineSchedule(layout.schedule, stage: 0, stages: layout.shape.size(.pp), microBatches: m,
+                                            virtualStages: layout.shape.virtualStages).idealBubble
         }
         worst.seconds = (worst.computeSeconds + worst.communicationSeconds) / (1 - worst.bubble)
         return worst

@@ -54,31 +54,43 @@ public struct Planner: Sendable {
     }
 
     /// Every layout of the suite on ``ranks`` ranks: `train` (one rank); DP; FSDP with ZeRO 1, 2
-    /// and 3 and each HSDP replica count; TP with and without sequence parallelism; PP with each
-    /// schedule and micro-batch count (``microBatchCounts(stages:rows:)``; `--recompute` at the most); every 3D
+    /// and 3 and each HSDP replica count; TP with and without sequence parallelism (each of these
+    /// with and without `--recompute`); PP with each
+    /// schedule and micro-batch count (``microBatchCounts(stages:rows:)``; `--recompute` at the most;
+    /// interleaved with two chunks per stage where M is a multiple of P); every 3D
     /// factorisation T·D·P = N with T, D, P > 1 in at least two axes, with 1F1B at each M (and,
     /// at the most micro-batches that allow it, sequence parallelism without and with `--recompute`).
     public func candidates() -> [LayoutDescription] {
         let n = ranks
         if n == 1 { return [.singleRank] }
-        var result: [LayoutDescription] = [.dataParallel(ranks: n, bucketBytes: bucketBytes)]
         let divisors = (1...n).filter { n % $0 == 0 }
+        var result: [LayoutDescription] = []
+        var flat: [LayoutDescription] = [.dataParallel(ranks: n, bucketBytes: bucketBytes)]
         for zero in 1...3 {
-            for r in divisors where r < n { result.append(.fullySharded(ranks: n, zero: zero, replicate: r)) }
+            for r in divisors where r < n { flat.append(.fullySharded(ranks: n, zero: zero, replicate: r)) }
         }
-        result.append(.tensorParallel(ranks: n))
         var sp = LayoutDescription.tensorParallel(ranks: n)
         sp.sequenceParallel = true
-        result.append(sp)
+        flat += [.tensorParallel(ranks: n), sp]
+        for layout in flat {  // each with and without --recompute (√n segments of the one chain)
+            var recompute = layout
+            recompute.recompute = true
+            result += [layout, recompute]
+        }
         let rows = max(1, settings.batchSize / settings.accumulation)
-        for kind in PipelineScheduleKind.allCases {
-            let counts = microBatchCounts(stages: n, rows: rows)
+        let counts = microBatchCounts(stages: n, rows: rows)
+        for kind in PipelineScheduleKind.allCases where kind != .interleaved {
             for m in counts { result.append(.pipeline(stages: n, microBatches: m, schedule: kind)) }
             if kind != .zeroBubble, let m = counts.last {
                 var recompute = LayoutDescription.pipeline(stages: n, microBatches: m, schedule: kind)
                 recompute.recompute = true
                 result.append(recompute)
             }
+        }
+        for m in counts where m % n == 0 {  // interleaved, two chunks per stage
+            var interleaved = LayoutDescription.pipeline(stages: n, microBatches: m, schedule: .interleaved)
+            interleaved.shape.virtualStages = 2
+            result.append(interleaved)
         }
         for t in divisors {
             for d in divisors where (n / t) % d == 0 {
