@@ -19,7 +19,7 @@ struct Plan: ParsableCommand {
 
     @Option(parsing: .unconditional, help: "Ranks to plan for.")
     var ranks: Int
-    @Option(help: "Text file with one example per line: the vocabulary (and the dataset's memory) come from it.")
+    @Option(help: "Text file with one example per line: the vocabulary comes from it.")
     var data: String?
     @Option(parsing: .unconditional, help: "Vocabulary size when no --data is given.")
     var vocab: Int = 27
