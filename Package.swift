@@ -51,6 +51,7 @@ let package = Package(
         .executable(name: "train_3d", targets: ["train_3d"]),
         .executable(name: "peak", targets: ["peak"]),
         .executable(name: "collectives", targets: ["collectives"]),
+        .executable(name: "plan", targets: ["plan"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -80,6 +81,12 @@ let package = Package(
         .executableTarget(name: "train_3d", dependencies: ["Training"], swiftSettings: native),
         .executableTarget(name: "peak", dependencies: ["Core"], swiftSettings: hot),
         .executableTarget(name: "collectives", dependencies: ["Distributed"], swiftSettings: native),
+        // The planner: no MPI run, only the memory and communication plans and the cost model.
+        .executableTarget(
+            name: "plan",
+            dependencies: ["Training", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: native
+        ),
         .testTarget(name: "CoreTests", dependencies: ["Core"], swiftSettings: hot),
         .testTarget(name: "TrainingTests", dependencies: ["Training"]),
         .testTarget(name: "EndToEndTests"),

@@ -6,7 +6,7 @@ import Foundation
 extension Trainer {
     /// Bytes kept back for what no plan counts: the Swift and MPI runtimes' own growth, stacks,
     /// the allocator's slack.
-    static var reserve: Int { 32 << 20 }
+    static var reserve: Int { memoryReserve }
 
     /// Plans this rank's memory for `config` in this executable's layout and refuses, with one
     /// line, a run that does not fit ``MemoryBudget/current(environment:)``: need against have in
@@ -90,6 +90,9 @@ extension Trainer {
             + fitting.prefix(4).map { "\($0.0) needs \(gib($0.1)) GiB per rank" }.joined(separator: ", ")
     }
 }
+
+/// Bytes kept back per rank for what no plan counts (``Trainer/reserve``; the planner adds it too).
+let memoryReserve = 32 << 20
 
 /// Bytes in GiB with two decimals.
 func gib(_ bytes: Int) -> String { String(format: "%.2f", Double(bytes) / Double(1 << 30)) }

@@ -1,0 +1,159 @@
+import Core
+import Distributed
+import Foundation
+
+/// Predicts the time of one training step of a layout from what each rank computes and
+/// communicates.
+///
+/// **Compute.** A rank's FLOPs per step are `6 · rows · in · out` over the Linears it holds (its
+/// tensor-parallel slices, its pipeline stage's blocks), for the rows it runs (B/D, in K·M chain
+/// runs), plus `2 · rows · in · out` per rerun forward under `--recompute`. They run at the
+/// calibrated rate for chain runs of that size (``Calibration/rate(forFlops:)``) or at `--flops`;
+/// when more ranks than cores share a host, each gets `cores / ranks` of that rate.
+///
+/// **Communication.** Every call of a ``Transfer`` costs, over a group of `p` ranks,
+///
+///     steps(p) · α  +  bytes · wire(p) / bw
+///
+/// with the ring's `steps` and `wire` (the fraction of the ledger's payload a rank sends):
+/// allreduce 2(p−1) and 2(p−1)/p, allgather and reduce-scatter p−1 and (p−1)/p, broadcast
+/// ⌈log₂ p⌉ and 1, a point-to-point message 1 and 1. The calibration measured `α₂ + bytes/bw₂`
+/// at p = 2, so `α = α₂ / steps(2)` and `bw = bw₂ · wire(2)`: exact at p = 2 and the ring's
+/// scaling beyond. A group whose ranks all sit on one host (its span, `stride · p`, at most
+/// `--ranks-per-host`) runs at the measured shared-memory rates; any other at `--link-latency`
+/// and `--link-bandwidth` (the measured rates when those are not given; without a calibration the
+/// link's rates serve every group). A pipeline's message
+/// is charged on the receiving side only (sends are non-blocking); the stop vote overlaps a
+/// whole step and is free.
+///
+/// **No overlap.** Every collective the layouts run is blocking — they sit between the layers
+/// that produce and consume their data — except DP's gradient buckets when there are several
+/// (then the model is an upper bound). So a rank's time is its compute plus its communication.
+///
+/// **Pipeline bubble.** The schedule's ideal bubble `f` (``PipelineSchedule/idealBubble``:
+/// (P−1)/(M+P−1); (P−1)/(3M+P−1) for ZB-H1; (P−1)/(V·M+P−1) interleaved) stretches the slowest rank's time by 1/(1−f).
+/// The step is the slowest rank's time, stretched.
+public struct CostModel: Sendable {
+    public var calibration: Calibration?
+    /// `--flops`: FLOP/s of one rank, instead of the calibrated rates.
+    public var flops: Double?
+    /// `--link-latency` (seconds per message step) and `--link-bandwidth` (bytes/s) between hosts.
+    public var linkLatency: Double?
+    public var linkBandwidth: Double?
+    /// `--ranks-per-host` (nil: every rank on one host).
+    public var ranksPerHost: Int?
+
+    public init(calibration: Calibration?, flops: Double? = nil, linkLatency: Double? = nil, linkBandwidth: Double? = nil,
+                ranksPerHost: Int? = nil) {
+        self.calibration = calibration
+        self.flops = flops
+        self.linkLatency = linkLatency
+        self.linkBandwidth = linkBandwidth
+        self.ranksPerHost = ranksPerHost
+    }
+
+    /// The prediction for one layout: seconds per step, and its parts on the slowest rank.
+    public struct Prediction: Sendable, Equatable {
+        public var seconds: Double
+        public var computeSeconds: Double
+        public var communicationSeconds: Double
+        public var bubble: Double
+    }
+
+    /// Ring steps and the wire fraction of the payload, per call over `p` ranks.
+    static func ring(_ kind: CommunicationKind, _ p: Int) -> (steps: Double, wire: Double) {
+        let q = Double(p)
+        switch kind {
+        case .allreduce: return (2 * (q - 1), 2 * (q - 1) / q)
+        case .allgather, .reduceScatter: return (q - 1, (q - 1) / q)
+        case .broadcast: return ((q > 1 ? log2(q) : 0).rounded(.up), 1)
+        case .send, .receive, .stopVote: return (1, 1)
+        }
+    }
+
+    /// Seconds for `transfer` on a world of `worldSize` ranks.
+    public func seconds(_ transfer: Transfer, worldSize: Int) throws(UsageError) -> Double {
+        if transfer.kind == .stopVote || transfer.kind == .send { return 0 }
+        let (steps, wire) = Self.ring(transfer.kind, transfer.groupSize)
+        let perHost = ranksPerHost ?? worldSize
+        let onOneHost = transfer.stride * transfer.groupSize <= perHost
+        var alpha: Double, bandwidth: Double
+        let name = transfer.kind == .receive ? "send" : transfer.kind.name
+        let fit = calibration?.collectives[name]
+        if let linkLatency, let linkBandwidth, !onOneHost || fit == nil {
+            (alpha, bandwidth) = (linkLatency, linkBandwidth)
+        } else {
+            guard let fit else {
+                throw UsageError("no measured rate for \(name) (no calibration): run scripts/plan-check.sh, or give --link-latency and --link-bandwidth")
+            }
+            let (steps2, wire2) = Self.ring(transfer.kind, 2)
+            alpha = fit.alphaMicroseconds * 1e-6 / steps2
+            bandwidth = fit.gigabytesPerSecond * 1e9 * wire2
+            if !onOneHost {
+                alpha = linkLatency ?? alpha
+                bandwidth = linkBandwidth ?? bandwidth
+            }
+        }
+        return Double(transfer.calls) * steps * alpha + Double(transfer.bytes) * wire / bandwidth
+    }
+
+    /// FLOPs per step of world rank `rank`, and per chain run: `6·in·out` per row for each Linear
+    /// it holds, `2·in·out` more for each forward rerun under `--recompute`
+    /// (``CommunicationPlan/reruns(_:recompute:slots:)``). `cut`: the pipeline's `P·V` chunks.
+    static func flops(rank: Int, _ plan: BlockPlan, _ layout: LayoutDescription, _ settings: PlanSettings,
+                      cut: [Range<Int>]) -> (step: Double, run: Double) {
+        let shape = layout.shape, k = settings.accumulation, m = shape.microBatches ?? 1
+        var rest = rank, coordinate: [MeshAxis: Int] = [:]
+        for (axis, size) in shape.axes {
+            coordinate[axis] = rest % size
+            rest /= size
+        }
+        let tp = shape.size(.tp), pp = shape.size(.pp), stage = coordinate[.pp] ?? 0, v = shape.virtualStages
+        let ranges = pp > 1 ? (0..<v).map { cut[$0 * pp + stage] } : [0..<plan.count]
+        let schedule = shape.microBatches.map { PipelineSchedule(layout.schedule, stage: stage, stages: pp, microBatches: $0, virtualStages: v) }
+        let rows = Double(settings.batchSize / shape.dataParallelDegree / k / m)
+        var perRow = 0.0
+        for (c, range) in ranges.enumerated() {
+            let local = MemoryPlan.localBlocks(plan, range, tpSize: tp)
+            let reruns = CommunicationPlan.reruns(local.count, recompute: layout.recompute, slots: schedule?.chunkSlots[c])
+            for (i, block) in zip(range, local).enumerated() where plan[block.0].kind.isLinear {
+                perRow += Double(6 + 2 * reruns[i]) * Double(block.1.input) * Double(block.1.output)
+            }
+        }
+        return (perRow * rows * Double(k * m), perRow * rows)
+    }
+
+    /// Predicts one step of `layout` from the ranks' communication plans.
+    public func predict(_ plan: BlockPlan, _ layout: LayoutDescription, _ settings: PlanSettings,
+                        communication: [CommunicationPlan]) throws(UsageError) -> Prediction {
+        let n = layout.shape.ranks
+        let perHost = min(n, ranksPerHost ?? n)
+        var worst = Prediction(seconds: 0, computeSeconds: 0, communicationSeconds: 0, bubble: 0)
+        let pp = layout.shape.size(.pp)
+        let cut = pp > 1 ? PipelinePartition.stages(plan, stages: pp * layout.shape.virtualStages, override: layout.shape.partition)
+            : [0..<plan.count]
+        for (rank, comm) in communication.enumerated() {
+            let work = Self.flops(rank: rank, plan, layout, settings, cut: cut)
+            var rate: Double
+            if let flops {
+                rate = flops
+            } else if let calibration {
+                rate = calibration.rate(forFlops: max(1, work.run)) * min(1, Double(calibration.cores) / Double(perHost))
+            } else {
+                throw UsageError("no calibration: run scripts/plan-check.sh (it writes .build/plan-calibration.json), or pass --flops")
+            }
+            let compute = work.step / rate
+            var communication = 0.0
+            for transfer in comm.transfers { communication += try seconds(transfer, worldSize: n) }
+            if compute + communication > worst.computeSeconds + worst.communicationSeconds {
+                (worst.computeSeconds, worst.communicationSeconds) = (compute, communication)
+            }
+        }
+        if let m = layout.shape.microBatches, layout.shape.size(.pp) > 1 {
+            worst.bubble = PipelineSchedule(layout.schedule, stage: 0, stages: layout.shape.size(.pp), microBatches: m,
+                                            virtualStages: layout.shape.virtualStages).idealBubble
+        }
+        worst.seconds = (worst.computeSeconds + worst.communicationSeconds) / (1 - worst.bubble)
+        return worst
+    }
+}

@@ -1,0 +1,60 @@
+import Core
+import Distributed
+import Training
+import XCTest
+
+/// The planner's cost model in isolation: exact at the calibration's two ranks, the ring's
+/// scaling beyond, link rates across hosts, the rate read off the compute points, the bubble.
+final class CostModelTests: XCTestCase {
+    let calibration = Calibration(
+        cores: 2, ranks: 2,
+        compute: [.init(flopsPerStep: 1e6, flopsPerSecond: 1e9), .init(flopsPerStep: 1e8, flopsPerSecond: 3e9)],
+        collectives: ["allreduce": .init(alphaMicroseconds: 10, gigabytesPerSecond: 1),
+                      "allgather": .init(alphaMicroseconds: 4, gigabytesPerSecond: 2),
+                      "send": .init(alphaMicroseconds: 2, gigabytesPerSecond: 4)])
+
+    func transfer(_ kind: CommunicationKind, p: Int, stride: Int = 1, calls: Int = 1, bytes: Int) -> Transfer {
+        Transfer(kind: kind, axis: nil, groupSize: p, stride: stride, calls: calls, bytes: bytes)
+    }
+
+    func testTwoRanksReproduceTheFitAndRingsScale() throws {
+        let model = CostModel(calibration: calibration)
+        // p = 2: α + bytes / bw, as measured.
+        XCTAssertEqual(try model.seconds(transfer(.allreduce, p: 2, calls: 3, bytes: 3_000_000), worldSize: 2), 3 * 10e-6 + 3e-3, accuracy: 1e-12)
+        XCTAssertEqual(try model.seconds(transfer(.allgather, p: 2, bytes: 2_000_000), worldSize: 2), 4e-6 + 1e-3, accuracy: 1e-12)
+        XCTAssertEqual(try model.seconds(transfer(.receive, p: 2, bytes: 4_000_000), worldSize: 2), 2e-6 + 1e-3, accuracy: 1e-12)
+        XCTAssertEqual(try model.seconds(transfer(.send, p: 2, bytes: 4_000_000), worldSize: 2), 0, "charged on the receiver")
+        // p = 4 on one host: allreduce 2(p−1) = 6 latency steps of α/2, 2(p−1)/p = 1.5 of the bytes at bw.
+        XCTAssertEqual(try model.seconds(transfer(.allreduce, p: 4, bytes: 1_000_000), worldSize: 4), 6 * 5e-6 + 1.5e-3, accuracy: 1e-12)
+        // Across hosts (span 4 > 2 ranks per host): the link's rates.
+        let cluster = CostModel(calibration: calibration, linkLatency: 1e-6, linkBandwidth: 1e10, ranksPerHost: 2)
+        XCTAssertEqual(try cluster.seconds(transfer(.allgather, p: 4, bytes: 4_000_000), worldSize: 8), 3e-6 + 3e-4, accuracy: 1e-12)
+        XCTAssertEqual(try cluster.seconds(transfer(.allgather, p: 2, bytes: 2_000_000), worldSize: 8), 4e-6 + 1e-3, accuracy: 1e-12,
+                       "a pair inside a host keeps the measured rate")
+        XCTAssertThrowsError(try model.seconds(transfer(.broadcast, p: 2, bytes: 4), worldSize: 2), "no broadcast fit, no link rates")
+    }
+
+    func testRateIsInterpolatedInLogFlops() {
+        XCTAssertEqual(calibration.rate(forFlops: 1e3), 1e9)
+        XCTAssertEqual(calibration.rate(forFlops: 1e7), 2e9, accuracy: 1)
+        XCTAssertEqual(calibration.rate(forFlops: 1e12), 3e9)
+    }
+
+    /// DP over 2 ranks: the compute is each rank's half batch at the interpolated rate; a
+    /// pipeline is stretched by its ideal bubble.
+    func testPredictionIsComputePlusCommunicationStretchedByTheBubble() throws {
+        let config = ModelConfig(vocab: 27, seqLen: 16, emb: 16, hidden: 64, layers: 1)
+        let plan = config.plan, settings = PlanSettings(batchSize: 32, optimizer: .sgd)
+        let model = CostModel(calibration: nil, flops: 1e9, linkLatency: 0, linkBandwidth: 1e9)  // the link's rates everywhere
+        let dp = LayoutDescription.dataParallel(ranks: 2, bucketBytes: 1 << 20)
+        let comm = try CommunicationPlan.perRank(plan, dp, settings)
+        let predicted = try model.predict(plan, dp, settings, communication: comm)
+        XCTAssertEqual(predicted.computeSeconds, plan.trainingFlops(batchSize: 16) / 1e9, accuracy: 1e-12)
+        XCTAssertEqual(predicted.communicationSeconds, Double(4 * plan.parameterCount + 4) / 1e9, accuracy: 1e-12)
+        XCTAssertEqual(predicted.bubble, 0)
+        let pp = LayoutDescription.pipeline(stages: 3, microBatches: 4, schedule: .gpipe)
+        let piped = try model.predict(plan, pp, settings, communication: try CommunicationPlan.perRank(plan, pp, settings))
+        XCTAssertEqual(piped.bubble, 2.0 / 6.0, accuracy: 1e-12)
+        XCTAssertEqual(piped.seconds, (piped.computeSeconds + piped.communicationSeconds) * 1.5, accuracy: 1e-12)
+    }
+}

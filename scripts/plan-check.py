@@ -1,0 +1,131 @@
+#!/usr/bin/python3
+# The planner's check (run by scripts/plan-check.sh; Debian's python3, standard library only).
+#
+# 1. Calibrates the cost model on this machine and writes .build/plan-calibration.json:
+#    - compute: `train` (one rank) for the check's configuration at batch B, B/2, …, B/32, its
+#      µs/step measured as the layouts' are (below), as (FLOPs per step from `peak --model`, FLOP/s)
+#      points;
+#    - collectives: the α–β fit of `mpirun -np 2 collectives` per kind (reduce-scatter: the ring,
+#      which Distributed runs from 16 KB; send: the one-way ping-pong).
+# 2. Runs every layout of LAYOUTS --repeats times for S2 steps, logging every S1: the measured µs/step
+#    is the median of the progress lines' µs/step over the windows after the first (which holds the
+#    start-up: on a busy machine the ranks reach their first collective seconds apart).
+# 3. Prints the planner's prediction for the same layout (`plan --json`) against the measurement.
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, ".build", "release")
+CALIBRATION = os.path.join(ROOT, ".build", "plan-calibration.json")
+MPIRUN = ["mpirun", "--oversubscribe", "--bind-to", "none"]
+MODEL = ["--emb", "32", "--hidden", "512", "--layers", "3", "--batch-size", "64"]
+STEPS = (50, 300)
+# executable, ranks, flags, the planner's command for it
+LAYOUTS = [
+    ("train_dp", 2, [], "train_dp -np 2"),
+    ("train_fsdp", 2, [], "train_fsdp -np 2"),
+    ("train_fsdp", 2, ["--zero", "1"], "train_fsdp -np 2 --zero 1"),
+    ("train_tp", 2, [], "train_tp -np 2"),
+    ("train_tp", 2, ["--sequence-parallel"], "train_tp -np 2 --sequence-parallel"),
+    ("train_pp", 2, ["--micro-batches", "8"], "train_pp -np 2 --schedule 1f1b --micro-batches 8"),
+    ("train_pp", 2, ["--micro-batches", "4", "--schedule", "gpipe"], "train_pp -np 2 --schedule gpipe --micro-batches 4"),
+    ("train_pp", 2, ["--micro-batches", "8", "--schedule", "zb1p"], "train_pp -np 2 --schedule zb1p --micro-batches 8"),
+    ("train_dp", 4, [], "train_dp -np 4"),
+    ("train_3d", 4, ["--tp", "2", "--dp", "2"], "train_3d -np 4 --tp 2 --dp 2 --pp 1 --micro-batches 1"),
+]
+FITS = {  # the collectives benchmark's series → the calibration's key
+    "allreduce (mpi)": "allreduce",
+    "allgather (mpi)": "allgather",
+    "reduce-scatter (ring)": "reduce_scatter",
+    "broadcast (mpi)": "broadcast",
+    "send/recv (mpi, one way)": "send",
+}
+
+
+def run(cmd):
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"plan-check: {' '.join(cmd)} failed:\n{out.stderr}")
+    return out.stdout
+
+
+def option(flags, name):
+    return int(flags[flags.index(name) + 1])
+
+
+def calibrate(data, repeats):
+    text = run(MPIRUN + ["-np", "2", os.path.join(BIN, "collectives"), "--max-bytes", str(4 << 20), "--seconds", "0.1"])
+    collectives = {}
+    for line in text.splitlines():
+        if "α =" in line and "bandwidth =" in line:
+            name = line.split("α =")[0].strip()
+            if name in FITS:
+                collectives[FITS[name]] = {"alpha_us": max(0.0, float(line.split("α =")[1].split("µs")[0])),
+                                           "gb_per_s": float(line.split("bandwidth =")[1].split("GB/s")[0])}
+    compute = []
+    batch = option(MODEL, "--batch-size")
+    while batch >= 2:
+        flags = [f for f in MODEL]
+        flags[flags.index("--batch-size") + 1] = str(batch)
+        out = run([os.path.join(BIN, "peak"), "--model", "--steps-only", "--no-peak", "--repeats", "1"] + flags)
+        flops = float(out.split("flops_per_step:")[1].split("MFLOP")[0]) * 1e6
+        seconds = step_time("train", 1, flags, data, repeats)
+        compute.append({"flops_per_step": flops, "flops_per_second": flops / seconds})
+        batch //= 2
+    calibration = {"cores": os.cpu_count(), "ranks": 2, "compute": compute, "collectives": collectives}
+    with open(CALIBRATION, "w") as f:
+        json.dump(calibration, f, indent=1)
+    return calibration
+
+
+def windows(exe, ranks, flags, data):
+    """µs/step of each --log-every window of one run of STEPS[1] steps, but the first (which holds the
+    start-up: the ranks reach their first collective at different times on a busy machine)."""
+    steps, every = STEPS[1], STEPS[0]
+    cmd = [os.path.join(BIN, exe), "--data", data, "--steps", str(steps), "--log-every", str(every),
+           "--val-batches", "1", "--samples", "0"] + flags
+    out = run(cmd if ranks == 1 else MPIRUN + ["-np", str(ranks)] + cmd)
+    times = [float(line.split("µs/step")[0].split()[-1]) * 1e-6 for line in out.splitlines() if "µs/step" in line]
+    return times[1:]
+
+
+def step_time(exe, ranks, flags, data, repeats):
+    """Seconds per step: the median over --repeats runs of every window after the first.
+
+    The machine is shared: the median of many short windows is the step as the machine runs it now,
+    and start-up (the first window) is left out."""
+    times = []
+    for _ in range(repeats):
+        times += windows(exe, ranks, flags, data)
+    return statistics.median(times)
+
+
+def main():
+    data, repeats = sys.argv[1], int(sys.argv[2])
+    calibration = calibrate(data, repeats)
+    print(f"calibration ({CALIBRATION}): {calibration['cores']} cores; compute "
+          + ", ".join(f"{p['flops_per_step'] / 1e6:.1f} MFLOP at {p['flops_per_second'] / 1e9:.1f} GFLOP/s" for p in calibration["compute"])
+          + "; " + ", ".join(f"{k} α {v['alpha_us']:.1f} µs {v['gb_per_s']:.2f} GB/s" for k, v in calibration["collectives"].items()))
+    plans = {}
+    for ranks in sorted({r for _, r, _, _ in LAYOUTS}):
+        out = run([os.path.join(BIN, "plan"), "--data", data, "--ranks", str(ranks), "--json", "--metrics"] + MODEL)
+        plans.update({entry["command"]: entry for entry in json.loads(out)["layouts"]})
+    s1, s2 = STEPS
+    print(f"\nplan-check: {' '.join(MODEL)}; measured µs/step = median of the {s1}-step windows after the first, "
+          f"{repeats} runs of {s2} steps each")
+    print("| layout | predicted µs/step (compute + comm, bubble) | measured µs/step | predicted / measured |")
+    print("|---|---|---|---|")
+    for exe, ranks, flags, command in LAYOUTS:
+        measured = step_time(exe, ranks, MODEL + flags, data, repeats)
+        entry = plans[command]
+        predicted = entry["predicted_us"]
+        print(f"| `{command}` | {predicted:.0f} ({entry['compute_us']:.0f} + {entry['communication_us']:.0f}, "
+              f"{entry['bubble']:.0%}) | {measured * 1e6:.0f} | {predicted / (measured * 1e6):.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
