@@ -9,6 +9,8 @@ struct Train: TrainingCommand {
 
     @OptionGroup var options: TrainingOptions
 
+    static var trainsExperts: Bool { true }
+
     func makeLayout(_ context: TrainingContext) throws(UsageError) -> TrainingLayout {
         try SingleRank(context)
     }
