@@ -55,7 +55,7 @@ public final class MixtureOfExperts: Layer {
     /// grouped by expert (value and gradient).
     let packedInput: Activation
     let packedOutput: Activation
-    /// Int32 state: chosen experts `[rows × K]`, packed rows `[rows × K]` (−1: dropped), then per
+    /// Int32 state (in the ledger's activations, like the buffers above): chosen experts `[rows × K]`, packed rows `[rows × K]` (−1: dropped), then per
     /// expert the routed count, the kept count and the packed start (E + 1 of them).
     let integers: UnsafeMutablePointer<Int32>
     let integerCount: Int
@@ -82,15 +82,6 @@ public final class MixtureOfExperts: Layer {
     /// Router `in × E`, then E experts of `in × out + out`.
     public static func parameterCount(inputs: Int, outputs: Int, experts: Int) -> Int {
         inputs * experts + experts * (inputs * outputs + outputs)
-    }
-
-    /// Activation bytes the block allocates for batches of up to `rows` rows (what the
-    /// ``MemoryLedger`` records): the four float buffers (value and gradient, at least one float
-    /// each) and the Int32 routing state.
-    public static func scratchBytes(inputs: Int, outputs: Int, experts: ExpertsConfig, rows: Int) -> Int {
-        let e = experts.count, k = experts.topK
-        let floats = [rows * e, rows * k, rows * k * inputs, rows * k * outputs].reduce(0) { $0 + 2 * Swift.max(1, $1) }
-        return 4 * floats + 4 * (2 * rows * k + 3 * e + 1)
     }
 
     public init(inputs: Int, outputs: Int, experts: ExpertsConfig, rows: Int, parameters: ParameterView) {

@@ -174,7 +174,14 @@ extension MemoryPlan {
         let flat = checked.times(c.seqLen, c.emb)
         let headInputs = c.layers >= 1 ? c.hidden : flat
         var psi = checked.times(c.vocab, c.emb)
-        if c.layers >= 1 {
+        if let experts = c.experts, c.layers >= 1 {
+            // Each hidden block: the router in·E, then E experts of (in + 1)·hidden.
+            func block(_ inputs: Int) -> Int {
+                checked.plus(checked.times(inputs, experts.count), checked.times(experts.count, checked.times(inputs + 1, c.hidden)))
+            }
+            psi = checked.plus(psi, block(flat))
+            psi = checked.plus(psi, checked.times(c.layers - 1, block(c.hidden)))
+        } else if c.layers >= 1 {
             psi = checked.plus(psi, checked.times(flat + 1, c.hidden))
             psi = checked.plus(psi, checked.times(c.layers - 1, checked.times(c.hidden + 1, c.hidden)))
         }
@@ -281,6 +288,16 @@ extension MemoryPlan {
         }
         let perChain = zip(activationRows, widths).reduce(0) { checked.plus($0, checked.times(8, max(1, checked.times($1.0, $1.1)))) }
         memory[.activations] = checked.plus(memory[.activations], checked.times(chains, perChain))
+        // A mixture of experts' own buffers (``MixtureOfExperts``), for its chain's rows: router
+        // probabilities [rows × E], gates [rows × K], packed inputs [rows·K × in] and outputs
+        // [rows·K × out], values and gradients, and the Int32 routing state (2·rows·K + 3E + 1).
+        for i in range where plan[i].kind == .mixtureOfExperts {
+            let e = plan[i].experts!.count, k = plan[i].experts!.topK, assignments = checked.times(chainRows, k)
+            let floats = [checked.times(chainRows, e), assignments, checked.times(assignments, plan[i].weightRows),
+                          checked.times(assignments, plan[i].weightColumns)].reduce(0) { checked.plus($0, checked.times(8, max(1, $1))) }
+            let integers = checked.times(4, checked.plus(checked.times(2, assignments), 3 * e + 1))
+            memory[.activations] = checked.plus(memory[.activations], checked.times(chains, checked.plus(floats, integers)))
+        }
         memory.staging = checked.plus(memory.staging, checked.times(chains, checked.times(4, max(1, activationRows.last!))))
         if sequenceParallel {
             // The shared full-rows scratch (values and gradients) and the packed partial gradients

@@ -44,13 +44,16 @@ struct CheckpointState: Codable, Equatable {
 
     struct Model: Codable, Equatable {
         var vocab, seqLen, emb, hidden, layers: Int
+        /// The mixture of experts (`"experts": {"count", "top_k", "capacity_factor", "aux_loss_coef"}`),
+        /// absent for a dense model: dense checkpoints read and write as before.
+        var experts: ExpertsConfig? = nil
 
         enum CodingKeys: String, CodingKey {
-            case vocab, emb, hidden, layers
+            case vocab, emb, hidden, layers, experts
             case seqLen = "seq_len"
         }
 
-        var config: ModelConfig { ModelConfig(vocab: vocab, seqLen: seqLen, emb: emb, hidden: hidden, layers: layers) }
+        var config: ModelConfig { ModelConfig(vocab: vocab, seqLen: seqLen, emb: emb, hidden: hidden, layers: layers, experts: experts) }
     }
 
     struct Optimizer: Codable, Equatable {
@@ -99,7 +102,7 @@ struct CheckpointState: Codable, Equatable {
         format = Checkpoint.format
         version = checkpoint.data == nil ? 1 : Self.version
         step = checkpoint.step
-        model = Model(vocab: c.vocab, seqLen: c.seqLen, emb: c.emb, hidden: c.hidden, layers: c.layers)
+        model = Model(vocab: c.vocab, seqLen: c.seqLen, emb: c.emb, hidden: c.hidden, layers: c.layers, experts: c.experts)
         optimizer = Optimizer(kind: o.kind, lr: o.learningRate, beta1: o.beta1, beta2: o.beta2, eps: o.epsilon,
                               weightDecay: o.weightDecay)
         sampler = Sampler(seed: checkpoint.seed, nextBatch: checkpoint.step)
