@@ -65,6 +65,8 @@ final class MemoryPlanTests: XCTestCase {
                        ["--hidden", "64", "--layers", "2", "--batch-size", "36", "--optimizer", "adam", "--lr", "0.01"]]
         let layouts: [(String, Int?, [String])] = [
             ("train", nil, []),
+            ("train", nil, ["--experts", "4", "--top-k", "2"]),
+            ("train", nil, ["--experts", "3", "--top-k", "1", "--capacity-factor", "0.75"]),
             ("train_dp", 2, ["--bucket-kb", "1"]),
             ("train_dp", 2, ["--accumulate", "2"]),
             ("train_fsdp", 3, []),

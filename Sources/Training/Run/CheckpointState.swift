@@ -175,6 +175,17 @@ struct CheckpointState: Codable, Equatable {
         let dimensions = [("vocab", model.vocab), ("seq_len", model.seqLen), ("emb", model.emb),
                           ("hidden", model.hidden), ("layers", model.layers)]
         if let (name, value) = dimensions.first(where: { $0.1 < 1 }) { return "model.\(name) is \(value), expected at least 1" }
+        if let experts = model.experts {
+            if experts.count < 1 || experts.topK < 1 || experts.topK > experts.count {
+                return "model.experts has count \(experts.count) and top_k \(experts.topK), expected 1 ≤ top_k ≤ count"
+            }
+            if let factor = experts.capacityFactor, !(factor.isFinite && factor > 0) {
+                return "model.experts.capacity_factor is \(factor), expected a positive number"
+            }
+            if !(experts.auxiliaryLossCoefficient.isFinite && experts.auxiliaryLossCoefficient >= 0) {
+                return "model.experts.aux_loss_coef is \(experts.auxiliaryLossCoefficient), expected a number ≥ 0"
+            }
+        }
         if step < 0 { return "step is \(step), expected at least 0" }
         if sampler.nextBatch != step { return "sampler.next_batch is \(sampler.nextBatch), expected the step \(step)" }
         return nil
@@ -210,6 +221,7 @@ extension CheckpointState.Model {
         emb = try c.required(.emb)
         hidden = try c.required(.hidden)
         layers = try c.required(.layers)
+        experts = c.contains(.experts) ? try c.required(.experts) as ExpertsConfig : nil
     }
 }
 
