@@ -89,6 +89,18 @@ final class MixtureOfExpertsTrainingTests: XCTestCase {
         }
     }
 
+    /// The trained loss is cross-entropy + aux: the first step's forward does not depend on α, so
+    /// its loss at α = 1 exceeds the one at α = 0 by exactly the aux loss reported.
+    func testTheLossIsCrossEntropyPlusAux() throws {
+        let (_, none) = try train(["--steps", "1", "--experts", "4", "--aux-loss-coef", "0"])
+        let (_, one) = try train(["--steps", "1", "--experts", "4", "--aux-loss-coef", "1"])
+        let a = try XCTUnwrap(none?.records.first), b = try XCTUnwrap(one?.records.first)
+        XCTAssertEqual(a["aux_loss"] as? Double, 0)
+        let aux = try XCTUnwrap(b["aux_loss"] as? Double)
+        XCTAssertGreaterThan(aux, 0.5)
+        XCTAssertEqual((b["loss"] as! Double) - (a["loss"] as! Double), aux, accuracy: 1e-5)
+    }
+
     /// `--experts 0` is today's dense model, bit for bit (no record gains MoE fields).
     func testZeroExpertsIsTheDenseModel() throws {
         let (_, dense) = try train(["--steps", "30"])
