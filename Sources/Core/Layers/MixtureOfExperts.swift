@@ -64,17 +64,27 @@ public final class MixtureOfExperts: Layer {
     var routed: UnsafeMutablePointer<Int32> { integers + 2 * maxRows * experts.topK }
     var kept: UnsafeMutablePointer<Int32> { routed + experts.count }
     var starts: UnsafeMutablePointer<Int32> { kept + experts.count }
+    /// `2E` floats: this forward's routed counts and probability sums over its rows, as the
+    /// ``ExpertBatchExchange`` sends them (also used without one).
+    let statistics: UnsafeMutablePointer<Float>
+    /// With an exchange: every rank's statistics (`ranks · 2E` floats, in the ledger's buffers).
+    var exchange: ExpertBatchExchange?
+    var gathered: UnsafeMutablePointer<Float>?
+    /// The last forward's batch rows (global with an exchange) and capacity.
+    var batchRows = 0
+    var capacity = 0
 
     /// The last forward's load-balancing loss, α · E · Σ_e f_e · P_e.
     public private(set) var auxiliaryLoss: Float = 0
 
-    /// The last forward's load: the most assignments one expert computed (kept, after the
-    /// capacity rule) over the mean per expert.
+    /// The last forward's load over the whole batch: the most assignments one expert computed
+    /// (after the capacity rule: min(routed, capacity)) over the mean per expert.
     public var imbalance: Float {
-        var most: Int32 = 0, total: Int32 = 0
+        var most = 0, total = 0
         for x in 0..<experts.count {
-            most = Swift.max(most, kept[x])
-            total += kept[x]
+            let computed = Swift.min(Int(routed[x]), capacity)
+            most = Swift.max(most, computed)
+            total += computed
         }
         return total == 0 ? 0 : Float(most) * Float(experts.count) / Float(total)
     }
@@ -102,12 +112,30 @@ public final class MixtureOfExperts: Layer {
         integerCount = 2 * rows * experts.topK + 3 * experts.count + 1
         integers = .allocate(capacity: integerCount)
         integers.initialize(repeating: 0, count: integerCount)
-        MemoryLedger.add(.activations, bytes: 4 * integerCount)
+        statistics = .allocate(capacity: 2 * experts.count)
+        statistics.initialize(repeating: 0, count: 2 * experts.count)
+        MemoryLedger.add(.activations, bytes: 4 * (integerCount + 2 * experts.count))
     }
 
     deinit {
         integers.deallocate()
-        MemoryLedger.add(.activations, bytes: -4 * integerCount)
+        statistics.deallocate()
+        MemoryLedger.add(.activations, bytes: -4 * (integerCount + 2 * experts.count))
+        if let gathered, let exchange {
+            gathered.deallocate()
+            MemoryLedger.add(.buffers, bytes: -4 * exchange.ranks * 2 * experts.count)
+        }
+    }
+
+    /// Makes the block see the whole batch through `exchange` (data parallelism); allocates the
+    /// gathered statistics once, here.
+    public func attach(_ exchange: ExpertBatchExchange) {
+        precondition(self.exchange == nil)
+        self.exchange = exchange
+        let count = exchange.ranks * 2 * experts.count
+        gathered = .allocate(capacity: count)
+        gathered!.initialize(repeating: 0, count: count)
+        MemoryLedger.add(.buffers, bytes: 4 * count)
     }
 
     // MARK: - Forward
@@ -138,22 +166,20 @@ public final class MixtureOfExperts: Layer {
             let y = output.value + (a / k) * outputs, h = packedOutput.value + Int(positions[a]) * outputs, g = gates.value[a]
             for o in 0..<outputs { y[o] += g * h[o] }
         }
-        // aux = α · E · Σ_e f_e · P_e.
+        // aux = α · E · Σ_e f_e · P_e over the whole batch (``route(rows:)`` left its sums).
         var sum: Float = 0
         for x in 0..<e {
-            var mean: Float = 0
-            for r in 0..<rows { mean += p[r * e + x] }
-            sum += Float(routed[x]) / Float(rows * k) * (mean / Float(rows))
+            sum += Float(routed[x]) / Float(batchRows * k) * (statistics[e + x] / Float(batchRows))
         }
         auxiliaryLoss = experts.auxiliaryLossCoefficient * Float(e) * sum
     }
 
-    /// Top-K per row (ties to the lower expert), the gates, the capacity rule and the packed
-    /// position of every kept assignment.
+    /// Top-K per row (ties to the lower expert) and the gates; then, over the whole batch, the
+    /// routed counts and probability sums (exchanged when the rows are spread over ranks), the
+    /// capacity rule in row order, and the packed position of every kept assignment.
     func route(rows: Int) {
         let e = experts.count, k = experts.topK, p = routing.value
-        for x in 0..<e { routed[x] = 0; kept[x] = 0 }
-        let capacity = Int32(experts.capacity(rows: rows))
+        for x in 0..<e { routed[x] = 0; kept[x] = 0; starts[x] = 0 }
         for r in 0..<rows {
             let row = p + r * e, chosen = choices + r * k
             var total: Float = 0
@@ -166,17 +192,45 @@ public final class MixtureOfExperts: Layer {
                 total += row[best]
             }
             for slot in 0..<k {
-                let x = Int(chosen[slot]), a = r * k + slot
-                gates.value[a] = row[x] / total
-                routed[x] += 1
-                // Within capacity: the rank inside the expert for now; made global below.
-                if kept[x] < capacity {
-                    positions[a] = kept[x]
-                    kept[x] += 1
-                } else {
-                    positions[a] = -1
-                }
+                gates.value[r * k + slot] = row[Int(chosen[slot])] / total
+                routed[Int(chosen[slot])] += 1
             }
+        }
+        for x in 0..<e {
+            var sum: Float = 0
+            for r in 0..<rows { sum += p[r * e + x] }
+            statistics[x] = Float(routed[x])
+            statistics[e + x] = sum
+        }
+        // Whole batch: `starts` counts, per expert, the assignments in the rows before this
+        // rank's (the capacity count continues from there); `routed` and the sums become global.
+        batchRows = rows
+        if let exchange, let gathered {
+            exchange.allgather(statistics, count: 2 * e, into: gathered)
+            batchRows = exchange.batchRows
+            for x in 0..<e {
+                var before: Float = 0, all: Float = 0, sum: Float = 0
+                for rank in 0..<exchange.ranks {
+                    let theirs = gathered + rank * 2 * e
+                    if rank < exchange.rank { before += theirs[x] }
+                    all += theirs[x]
+                    sum += theirs[e + x]
+                }
+                starts[x] = Int32(before)
+                routed[x] = Int32(all)
+                statistics[e + x] = sum
+            }
+        }
+        capacity = experts.capacity(rows: batchRows)
+        for a in 0..<rows * k {
+            let x = Int(choices[a])
+            if Int(starts[x]) < capacity {
+                positions[a] = kept[x]  // the rank inside the expert for now; made global below
+                kept[x] += 1
+            } else {
+                positions[a] = -1
+            }
+            starts[x] += 1
         }
         starts[0] = 0
         for x in 0..<e { starts[x + 1] = starts[x] + kept[x] }
@@ -230,7 +284,7 @@ public final class MixtureOfExperts: Layer {
                          transposedB: weight, ldb: outputs, c: packedInput.grad + start * inputs, ldc: inputs)
         }
         // ∂L/∂p (gates and aux), then through the softmax.
-        let auxScale = experts.auxiliaryLossCoefficient * Float(e) / Float(rows)
+        let auxScale = experts.auxiliaryLossCoefficient * Float(e) / Float(batchRows)
         for r in 0..<rows {
             let row = p + r * e, d = dz + r * e, chosen = choices + r * k
             var total: Float = 0, weighted: Float = 0
@@ -238,7 +292,7 @@ public final class MixtureOfExperts: Layer {
                 total += row[Int(chosen[slot])]
                 weighted += gates.value[r * k + slot] * dg[r * k + slot]
             }
-            for x in 0..<e { d[x] = auxScale * Float(routed[x]) / Float(rows * k) }
+            for x in 0..<e { d[x] = auxScale * Float(routed[x]) / Float(batchRows * k) }
             for slot in 0..<k { d[Int(chosen[slot])] += (dg[r * k + slot] - weighted) / total }
             var inner: Float = 0
             for x in 0..<e { inner += row[x] * d[x] }

@@ -290,13 +290,15 @@ extension MemoryPlan {
         memory[.activations] = checked.plus(memory[.activations], checked.times(chains, perChain))
         // A mixture of experts' own buffers (``MixtureOfExperts``), for its chain's rows: router
         // probabilities [rows × E], gates [rows × K], packed inputs [rows·K × in] and outputs
-        // [rows·K × out], values and gradients, and the Int32 routing state (2·rows·K + 3E + 1).
+        // [rows·K × out], values and gradients; the Int32 routing state (2·rows·K + 3E + 1) and
+        // the 2E floats of routing statistics. Under DP, every rank's statistics (N · 2E floats).
         for i in range where plan[i].kind == .mixtureOfExperts {
             let e = plan[i].experts!.count, k = plan[i].experts!.topK, assignments = checked.times(chainRows, k)
             let floats = [checked.times(chainRows, e), assignments, checked.times(assignments, plan[i].weightRows),
                           checked.times(assignments, plan[i].weightColumns)].reduce(0) { checked.plus($0, checked.times(8, max(1, $1))) }
-            let integers = checked.times(4, checked.plus(checked.times(2, assignments), 3 * e + 1))
-            memory[.activations] = checked.plus(memory[.activations], checked.times(chains, checked.plus(floats, integers)))
+            let state = checked.times(4, checked.plus(checked.times(2, assignments), 5 * e + 1))
+            memory[.activations] = checked.plus(memory[.activations], checked.times(chains, checked.plus(floats, state)))
+            if layout.kind == .dataParallel { memory[.buffers] = checked.plus(memory[.buffers], checked.times(4, checked.times(dp, 2 * e))) }
         }
         memory.staging = checked.plus(memory.staging, checked.times(chains, checked.times(4, max(1, activationRows.last!))))
         if sequenceParallel {
