@@ -64,6 +64,7 @@ final class AllocationTests: XCTestCase {
     func testTrainStepDoesNotAllocate() throws { try check("train", np: nil, extra: ["--optimizer", "adam"]) }
     func testMixtureOfExpertsStepDoesNotAllocate() throws {
         try check("train", np: nil, extra: ["--experts", "4", "--top-k", "2", "--capacity-factor", "1.25", "--layers", "2"])
+        try check("train_dp", np: 2, extra: ["--experts", "4", "--top-k", "1", "--capacity-factor", "1"])
     }
     func testDataParallelStepDoesNotAllocate() throws { try check("train_dp", np: 2, extra: ["--bucket-kb", "8"]) }
     func testFullyShardedStepDoesNotAllocate() throws {

@@ -67,6 +67,7 @@ final class MemoryPlanTests: XCTestCase {
             ("train", nil, []),
             ("train", nil, ["--experts", "4", "--top-k", "2"]),
             ("train", nil, ["--experts", "3", "--top-k", "1", "--capacity-factor", "0.75"]),
+            ("train_dp", 3, ["--experts", "4", "--top-k", "2"]),
             ("train_dp", 2, ["--bucket-kb", "1"]),
             ("train_dp", 2, ["--accumulate", "2"]),
             ("train_fsdp", 3, []),
