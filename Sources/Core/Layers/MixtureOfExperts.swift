@@ -33,6 +33,10 @@ import Darwin
 ///
 /// The aux loss is a side output (``auxiliaryLoss``), not part of `y`: ``Model`` adds it to the
 /// cross-entropy, and backward adds its gradient here, whatever arrives in `dy`.
+///
+/// **Rows over ranks.** B is the whole batch. When a layout spreads its rows over ranks (DP), an
+/// ``ExpertBatchExchange`` (``attach(_:)``) makes the capacity count, f and P the whole batch's:
+/// one allgather of 2E floats per forward, and the block then computes exactly as on one rank.
 public final class MixtureOfExperts: Layer {
     public let inputs: Int
     public let outputs: Int
@@ -55,8 +59,10 @@ public final class MixtureOfExperts: Layer {
     /// grouped by expert (value and gradient).
     let packedInput: Activation
     let packedOutput: Activation
-    /// Int32 state (in the ledger's activations, like the buffers above): chosen experts `[rows × K]`, packed rows `[rows × K]` (−1: dropped), then per
-    /// expert the routed count, the kept count and the packed start (E + 1 of them).
+    /// Int32 state (in the ledger's activations, like the buffers above): chosen experts
+    /// `[rows × K]`, packed rows `[rows × K]` (−1: dropped), then per expert the routed count
+    /// (the whole batch's), the kept count and the packed start (E + 1 of them; during routing,
+    /// the running capacity count).
     let integers: UnsafeMutablePointer<Int32>
     let integerCount: Int
     var choices: UnsafeMutablePointer<Int32> { integers }
