@@ -19,7 +19,8 @@ final class MixtureOfExpertsTrainingTests: XCTestCase {
     func testTrainsReportsDumpsAndExportsEveryExpert() throws {
         let dir = try Launch.temporaryDirectory()
         let dump = dir.appendingPathComponent("dump").path, file = dir.appendingPathComponent("m.safetensors").path
-        let (run, metrics) = try train(["--steps", "300", "--experts", "4", "--top-k", "2", "--dump", dump, "--export", file])
+        let (run, metrics) = try train(["--steps", "300", "--experts", "4", "--top-k", "2", "--dump", dump, "--export", file,
+                                           "--samples", "3"])
         XCTAssertEqual(run.status, 0, run.stderr)
         let m = try XCTUnwrap(metrics)
         XCTAssertEqual(m.losses.count, 300)
@@ -39,6 +40,10 @@ final class MixtureOfExpertsTrainingTests: XCTestCase {
         }
         XCTAssertTrue(run.stdout.contains("experts 4, top-k 2"), run.stdout)
         XCTAssertTrue(run.stdout.contains("(aux "), "the progress line reports the aux loss: \(run.stdout)")
+        // Sampling runs the mixture one row at a time (the last flag wins over --samples 0).
+        let lines = run.stdout.split(separator: "\n")
+        let samples = try XCTUnwrap(lines.firstIndex { $0.hasPrefix("samples (temperature") }, run.stdout)
+        XCTAssertEqual(lines[(samples + 1)...].filter { $0.hasPrefix("  ") }.count, 3, run.stdout)
 
         // Every parameter: Ψ = vocab·16 + 256·4 + 4·(256·64 + 64) + 64·vocab + vocab.
         let psi = Self.vocab * 16 + 256 * 4 + 4 * (256 * 64 + 64) + 64 * Self.vocab + Self.vocab
@@ -68,7 +73,7 @@ final class MixtureOfExpertsTrainingTests: XCTestCase {
         XCTAssertTrue(dense.stderr.contains("experts 4 in the file, 0 here"), dense.stderr)
     }
 
-    func testResumeIsBitIdentical() throws {
+    func testResumeIsBitIdenticalAndReshardsIntoDataParallel() throws {
         let flags = ["--experts", "3", "--top-k", "2", "--capacity-factor", "1", "--optimizer", "adam", "--lr", "0.005", "--layers", "2"]
         let (_, whole) = try train(flags + ["--steps", "60"])
         let dir = try Launch.temporaryDirectory().path
@@ -78,6 +83,16 @@ final class MixtureOfExpertsTrainingTests: XCTestCase {
         let full = try XCTUnwrap(whole).losses
         XCTAssertEqual(try XCTUnwrap(first).losses, Array(full[0..<40]))
         XCTAssertEqual(try XCTUnwrap(rest).losses.map(\.bitPattern), full[40..<60].map(\.bitPattern))
+
+        // The checkpoint is layout-free: train_dp on 2 ranks continues it as its own run would.
+        let (_, own) = try train(flags + ["--steps", "60"], np: 2, executable: "train_dp")
+        let (resharded, continued) = try train(flags + ["--steps", "60", "--resume", dir], np: 2, executable: "train_dp")
+        XCTAssertEqual(resharded.status, 0, resharded.stderr)
+        let theirs = try XCTUnwrap(own).losses, ours = try XCTUnwrap(continued).losses
+        XCTAssertEqual(ours.count, 20)
+        for (i, (a, b)) in zip(ours, theirs[40...]).enumerated() {
+            XCTAssertLessThanOrEqual(abs(a - b) / abs(b), 1e-5, "train → train_dp -np 2 at step \(40 + i)")
+        }
 
         // Other experts cannot continue it.
         for other in [["--experts", "4"], ["--experts", "3", "--top-k", "1"], ["--experts", "3"], []] {
