@@ -159,6 +159,8 @@ final class MixtureOfExpertsTrainingTests: XCTestCase {
         XCTAssertEqual(run.status, 0, run.stderr)
         let comm = try XCTUnwrap(metrics?.final?["comm"] as? [String: [String: Any]])
         XCTAssertEqual(comm["allgather"]?["calls"] as? Int, 20 * 2)
+        // Each gathers N · 2E floats: 2 ranks × 8 floats × 4 bytes per block and step.
+        XCTAssertEqual(comm["allgather"]?["bytes"] as? Int, 20 * 2 * (2 * 8 * 4))
         let (_, reference) = try train(["--steps", "20", "--experts", "4", "--layers", "2"])
         for (a, b) in zip(try XCTUnwrap(metrics).records, try XCTUnwrap(reference).records) where a["step"] != nil && a["loss"] != nil {
             XCTAssertEqual(a["aux_loss"] as! Double, b["aux_loss"] as! Double, accuracy: 1e-6)
