@@ -11,6 +11,8 @@ struct Train: TrainingCommand {
 
     @OptionGroup var recomputation: RecomputeOption
 
+    static var trainsExperts: Bool { true }
+
     func makeLayout(_ context: TrainingContext) throws(UsageError) -> TrainingLayout {
         try SingleRank(context, recompute: recomputation.enabled)
     }

@@ -7,31 +7,37 @@ import Core
 struct DoubleModel {
     let config: ModelConfig
 
-    /// Mean cross-entropy of the batch under canonical parameters `p`.
+    /// Mean cross-entropy of the batch under canonical parameters `p`, plus the mixture-of-experts
+    /// blocks' aux losses (whose batch statistics need every row: the blocks run batch by batch).
     func loss(_ p: [Double], tokens: [[Int]], targets: [Int]) -> Double {
-        var total = 0.0
-        for (row, context) in tokens.enumerated() {
-            var x = context.map(Double.init)
-            for block in config.plan.blocks {
-                let offset = block.parameterOffset, inputs = block.weightRows, outputs = block.weightColumns
-                switch block.kind {
-                case .embedding:
-                    x = x.flatMap { t in (0..<outputs).map { p[offset + Int(t) * outputs + $0] } }
-                case .dense, .head:
-                    var y = [Double](repeating: 0, count: outputs)
-                    for o in 0..<outputs {
+        var xs = tokens.map { $0.map(Double.init) }
+        var aux = 0.0
+        for block in config.plan.blocks {
+            let offset = block.parameterOffset, inputs = block.weightRows, outputs = block.weightColumns
+            switch block.kind {
+            case .embedding:
+                xs = xs.map { x in x.flatMap { t in (0..<outputs).map { p[offset + Int(t) * outputs + $0] } } }
+            case .dense, .head:
+                xs = xs.map { x in
+                    (0..<outputs).map { o in
                         var sum = p[offset + inputs * outputs + o]
                         for k in 0..<inputs { sum += x[k] * p[offset + k * outputs + o] }
-                        y[o] = block.kind == .dense ? max(0, sum) : sum
+                        return block.kind == .dense ? max(0, sum) : sum
                     }
-                    x = y
                 }
+            case .mixtureOfExperts:
+                let result = DoubleMixture(inputs: inputs, outputs: outputs, experts: block.experts!).forward(p, offset: offset, xs)
+                xs = result.y
+                aux += result.aux
             }
+        }
+        var total = 0.0
+        for (row, x) in xs.enumerated() {
             let m = x.max()!
             let z = x.reduce(0) { $0 + exp($1 - m) }
             total += log(z) + m - x[targets[row]]
         }
-        return total / Double(tokens.count)
+        return total / Double(tokens.count) + aux
     }
 
     /// ∂loss/∂p by central differences.

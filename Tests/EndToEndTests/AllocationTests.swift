@@ -65,6 +65,10 @@ final class AllocationTests: XCTestCase {
         try check("train", np: nil, extra: ["--optimizer", "adam"])
         try check("train", np: nil, extra: ["--layers", "4", "--recompute"])
     }
+    func testMixtureOfExpertsStepDoesNotAllocate() throws {
+        try check("train", np: nil, extra: ["--experts", "4", "--top-k", "2", "--capacity-factor", "1.25", "--layers", "2"])
+        try check("train_dp", np: 2, extra: ["--experts", "4", "--top-k", "1", "--capacity-factor", "1"])
+    }
     func testDataParallelStepDoesNotAllocate() throws { try check("train_dp", np: 2, extra: ["--bucket-kb", "8"]) }
     func testFullyShardedStepDoesNotAllocate() throws {
         try check("train_fsdp", np: 2, extra: ["--optimizer", "adam", "--clip-grad-norm", "0.5"])

@@ -8,6 +8,10 @@ public enum BlockKind: String, Sendable, CaseIterable {
     case dense
     /// `x·W + b`, the logits: `[B × hidden]` → `[B × vocab]`. Parameters as ``dense``.
     case head
+    /// A mixture of experts in place of a ``dense`` block (``MixtureOfExperts``): `[B × in]` →
+    /// `[B × out]`, each row the gated sum of its top-K experts' `ReLU(x·W_e + b_e)`.
+    /// Parameters: the router `W_r [in × E]`, then per expert `W_e [in × out]` and `b_e [out]`.
+    case mixtureOfExperts
 
     /// A Linear `y = x·W + b` (with or without ReLU): what tensor parallelism can split.
     public var isLinear: Bool { self == .dense || self == .head }
@@ -39,9 +43,17 @@ public struct Block: Sendable, Equatable {
     public let weightColumns: Int
     /// Where the block's floats start in the canonical vector.
     public let parameterOffset: Int
+    /// The experts of a ``BlockKind/mixtureOfExperts`` block (nil for every other kind).
+    public var experts: ExpertsConfig? = nil
 
-    /// The weight, then (Linears) the bias.
-    public var parameterCount: Int { weightRows * weightColumns + (kind.isLinear ? weightColumns : 0) }
+    /// The weight, then (Linears) the bias; for a mixture of experts the router `in × E`, then
+    /// E experts of `in × out + out`.
+    public var parameterCount: Int {
+        if kind == .mixtureOfExperts, let experts {
+            return MixtureOfExperts.parameterCount(inputs: weightRows, outputs: weightColumns, experts: experts.count)
+        }
+        return weightRows * weightColumns + (kind.isLinear ? weightColumns : 0)
+    }
     public var parameterRange: Range<Int> { parameterOffset ..< parameterOffset + parameterCount }
 
     /// The block's tensors, with canonical offsets.
@@ -52,17 +64,36 @@ public struct Block: Sendable, Equatable {
         case .dense, .head:
             return [Tensor(name: name + ".weight", offset: parameterOffset, shape: [weightRows, weightColumns]),
                     Tensor(name: name + ".bias", offset: parameterOffset + weightRows * weightColumns, shape: [weightColumns])]
+        case .mixtureOfExperts:
+            let count = experts?.count ?? 0, router = weightRows * count, expert = weightRows * weightColumns + weightColumns
+            return [Tensor(name: name + ".router.weight", offset: parameterOffset, shape: [weightRows, count])]
+                + (0..<count).flatMap { e -> [Tensor] in
+                    let start = parameterOffset + router + e * expert
+                    return [Tensor(name: "\(name).experts.\(e).weight", offset: start, shape: [weightRows, weightColumns]),
+                            Tensor(name: "\(name).experts.\(e).bias", offset: start + weightRows * weightColumns, shape: [weightColumns])]
+                }
         }
     }
 
     /// The reference (single-rank) layer of this block over `parameters` (``parameterCount`` floats).
-    public func makeLayer(parameters: ParameterView) -> Layer {
+    /// `rows`, the most rows one forward takes, matters only to a mixture of experts, which
+    /// allocates its routing and packed buffers for them once, here.
+    public func makeLayer(parameters: ParameterView, rows: Int) -> Layer {
         switch kind {
         case .embedding:
             return Embedding(vocab: weightRows, dim: weightColumns, parameters: parameters)
         case .dense, .head:
             return Linear(inputs: weightRows, outputs: weightColumns, relu: kind.appliesReLU, parameters: parameters)
+        case .mixtureOfExperts:
+            return MixtureOfExperts(inputs: weightRows, outputs: weightColumns, experts: experts!, rows: rows, parameters: parameters)
         }
+    }
+
+    /// The layer of a block that needs no row count: any kind but a mixture of experts (which
+    /// the layouts that call this refuse before building layers).
+    public func makeLayer(parameters: ParameterView) -> Layer {
+        precondition(kind != .mixtureOfExperts, "a mixture of experts needs its rows: makeLayer(parameters:rows:)")
+        return makeLayer(parameters: parameters, rows: 0)
     }
 }
 
@@ -71,7 +102,8 @@ public struct Block: Sendable, Equatable {
 /// kind, PP takes runs of blocks), checkpoints name tensors from it, and the tests' Double
 /// reference walks it.
 ///
-/// For ``ModelConfig``: block 0 is the embedding, blocks `1 … layers` dense, the last the head.
+/// For ``ModelConfig``: block 0 is the embedding, blocks `1 … layers` dense (mixtures of experts
+/// when the configuration has ``ModelConfig/experts``), the last the head.
 /// Canonical order is the blocks in order, each block's tensors in order.
 public struct BlockPlan: Sendable, Equatable {
     public let config: ModelConfig
@@ -82,8 +114,9 @@ public struct BlockPlan: Sendable, Equatable {
         var blocks: [Block] = []
         var offset = 0
         func add(_ kind: BlockKind, _ name: String, input: Int, output: Int, rows: Int, columns: Int) {
-            let block = Block(index: blocks.count, kind: kind, name: name, inputWidth: input, outputWidth: output,
+            var block = Block(index: blocks.count, kind: kind, name: name, inputWidth: input, outputWidth: output,
                               weightRows: rows, weightColumns: columns, parameterOffset: offset)
+            if kind == .mixtureOfExperts { block.experts = config.experts }
             blocks.append(block)
             offset += block.parameterCount
         }
@@ -91,7 +124,7 @@ public struct BlockPlan: Sendable, Equatable {
         add(.embedding, "embedding", input: config.seqLen, output: flat, rows: config.vocab, columns: config.emb)
         for l in stride(from: 1, through: config.layers, by: 1) {
             let inputs = l == 1 ? flat : config.hidden
-            add(.dense, "fc\(l)", input: inputs, output: config.hidden, rows: inputs, columns: config.hidden)
+            add(config.experts == nil ? .dense : .mixtureOfExperts, "fc\(l)", input: inputs, output: config.hidden, rows: inputs, columns: config.hidden)
         }
         let inputs = config.layers >= 1 ? config.hidden : flat
         add(.head, "head", input: inputs, output: config.vocab, rows: inputs, columns: config.vocab)
@@ -117,7 +150,8 @@ public struct BlockPlan: Sendable, Equatable {
     /// Every layout calls this and then takes its own slice, so every layout starts from the same
     /// weights (ml.c's "build the whole model, then shard"). Values are drawn in canonical order
     /// from the `.initialization` stream: the embedding `U(−1, 1)`, each Linear's weight and bias
-    /// `U(−1/√in, 1/√in)` (PyTorch's default for `nn.Linear`).
+    /// `U(−1/√in, 1/√in)` (PyTorch's default for `nn.Linear`), and a mixture of experts' router
+    /// and experts the same (all read the block's input, `in` wide).
     public func initialParameters(seed: UInt64) -> [Float] {
         var rng = SplitMix64(seed: seed, stream: RandomStream.initialization.rawValue, index: 0)
         var p = [Float]()

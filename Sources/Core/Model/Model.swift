@@ -8,6 +8,8 @@ public final class Model {
     public let batchSize: Int
     public let parameters: ParameterBuffer
     public let chain: LayerChain
+    /// The chain's mixture-of-experts blocks (none in a dense model).
+    public let mixtures: [MixtureOfExperts]
 
     /// - Parameters:
     ///   - lossScale: the gradient scale of the loss, normally `1 / global batch`.
@@ -18,7 +20,10 @@ public final class Model {
         self.plan = plan
         let parameters = ParameterBuffer(count: plan.parameterCount)
         self.parameters = parameters
-        let layers = plan.blocks.map { $0.makeLayer(parameters: parameters.view(offset: $0.parameterOffset, count: $0.parameterCount)) }
+        let layers = plan.blocks.map {
+            $0.makeLayer(parameters: parameters.view(offset: $0.parameterOffset, count: $0.parameterCount), rows: batchSize)
+        }
+        mixtures = layers.compactMap { $0 as? MixtureOfExperts }
         chain = LayerChain(layers: layers, widths: plan.widths(0..<plan.count), rows: batchSize,
                            loss: SoftmaxCrossEntropy(gradientScale: lossScale ?? 1 / Float(batchSize)), recompute: recompute)
     }
@@ -36,7 +41,15 @@ public final class Model {
         values.withUnsafeBufferPointer { parameters.value.update(from: $0.baseAddress!, count: values.count) }
     }
 
-    /// Runs the chain forward; returns the summed loss over the batch.
+    /// The last forward's load-balancing loss, summed over the mixture-of-experts blocks (0 for a
+    /// dense model). Not part of ``forward()``'s sum: the trained loss is that mean plus this.
+    public var auxiliaryLoss: Float { mixtures.reduce(0) { $0 + $1.auxiliaryLoss } }
+
+    /// The last forward's worst load imbalance over the mixture-of-experts blocks: the most
+    /// assignments one expert computed over the mean per expert (1 is perfectly even; 0 when dense).
+    public var expertImbalance: Float { mixtures.reduce(0) { Swift.max($0, $1.imbalance) } }
+
+    /// Runs the chain forward; returns the summed loss over the batch (cross-entropy only).
     public func forward() -> Float { chain.forward() }
 
     /// Backpropagates the last forward, adding into `parameters.grad`.

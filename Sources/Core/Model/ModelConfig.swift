@@ -12,17 +12,22 @@ public struct ModelConfig: Equatable, Hashable, Sendable, Codable, CustomStringC
     public var emb: Int
     public var hidden: Int
     public var layers: Int
+    /// The mixture of experts that replaces every hidden block, or nil for the dense model
+    /// (`--experts 0`). Encoded only when present, so dense configurations read and write as before.
+    public var experts: ExpertsConfig?
 
-    public init(vocab: Int, seqLen: Int, emb: Int, hidden: Int, layers: Int) {
+    public init(vocab: Int, seqLen: Int, emb: Int, hidden: Int, layers: Int, experts: ExpertsConfig? = nil) {
         self.vocab = vocab
         self.seqLen = seqLen
         self.emb = emb
         self.hidden = hidden
         self.layers = layers
+        self.experts = experts
     }
 
     public var description: String {
         "vocab \(vocab), seq-len \(seqLen), emb \(emb), hidden \(hidden), layers \(layers)"
+            + (experts.map { ", \($0)" } ?? "")
     }
 
     /// The chain of blocks this configuration describes.

@@ -180,7 +180,14 @@ extension MemoryPlan {
         let flat = checked.times(c.seqLen, c.emb)
         let headInputs = c.layers >= 1 ? c.hidden : flat
         var psi = checked.times(c.vocab, c.emb)
-        if c.layers >= 1 {
+        if let experts = c.experts, c.layers >= 1 {
+            // Each hidden block: the router in·E, then E experts of (in + 1)·hidden.
+            func block(_ inputs: Int) -> Int {
+                checked.plus(checked.times(inputs, experts.count), checked.times(experts.count, checked.times(inputs + 1, c.hidden)))
+            }
+            psi = checked.plus(psi, block(flat))
+            psi = checked.plus(psi, checked.times(c.layers - 1, block(c.hidden)))
+        } else if c.layers >= 1 {
             psi = checked.plus(psi, checked.times(flat + 1, c.hidden))
             psi = checked.plus(psi, checked.times(c.layers - 1, checked.times(c.hidden + 1, c.hidden)))
         }
@@ -307,6 +314,21 @@ extension MemoryPlan {
         if shape.microBatches != nil {
             let ends = ranges.contains { $0.lowerBound == 0 || $0.upperBound == plan.count }
             memory.staging = checked.plus(memory.staging, ends ? checked.times(4, checked.plus(checked.times(rows, c.seqLen), rows)) : 8)
+        }
+        // A mixture of experts' own buffers (``MixtureOfExperts``; only `train` and `train_dp` run
+        // them, one chain), for its chain's rows: router probabilities [rows × E], gates
+        // [rows × K], packed inputs [rows·K × in] and outputs [rows·K × out], values and gradients;
+        // the Int32 routing state (2·rows·K + 3E + 1) and the 2E floats of routing statistics.
+        // Under DP, every rank's statistics (N · 2E floats).
+        for range in ranges {
+            for i in range where plan[i].kind == .mixtureOfExperts {
+                let e = plan[i].experts!.count, k = plan[i].experts!.topK, assignments = checked.times(chainRows, k)
+                let floats = [checked.times(chainRows, e), assignments, checked.times(assignments, plan[i].weightRows),
+                              checked.times(assignments, plan[i].weightColumns)].reduce(0) { checked.plus($0, checked.times(8, max(1, $1))) }
+                let state = checked.times(4, checked.plus(checked.times(2, assignments), 5 * e + 1))
+                memory[.activations] = checked.plus(memory[.activations], checked.plus(floats, state))
+                if layout.kind == .dataParallel { memory[.buffers] = checked.plus(memory[.buffers], checked.times(4, checked.times(dp, 2 * e))) }
+            }
         }
         if sequenceParallel {
             // The shared full-rows scratch (values and gradients) and the packed partial gradients

@@ -78,11 +78,16 @@ public protocol TrainingLayout: AnyObject {
     /// A line printed at start-up about how the layout cut the model (e.g. the pipeline's
     /// stages), or nil.
     var summary: String? { get }
+
+    /// The last training step's mixture-of-experts figures (its aux loss, included in the loss
+    /// ``forwardBackward(batch:from:)`` returned, and the load imbalance), or nil for a dense model.
+    var expertStatistics: ExpertStatistics? { get }
 }
 
 extension TrainingLayout {
     public func trainingFinished() -> String? { nil }
     public var summary: String? { nil }
+    public var expertStatistics: ExpertStatistics? { nil }
 
     /// The update every layout uses: the optimizer over this rank's floats.
     public func update(step: Int) {

@@ -16,7 +16,8 @@ import Distributed
 /// the last one only: the gradients add up locally and travel once per optimizer step.
 ///
 /// **Bytes per step and rank:** allreduces of Ψ floats in all (2·(N−1)/N·4Ψ on the wire with a
-/// ring), plus the 4-byte loss, whatever K.
+/// ring), plus the 4-byte loss, whatever K; with `--experts E`, one allgather of 2E floats per
+/// mixture-of-experts block and forward (``ExpertBatchExchange``).
 public final class DataParallel: TrainingLayout {
     let mesh: ProcessMesh
     /// The data-parallel group (the mesh's `dp` axis: all ranks).
@@ -36,6 +37,11 @@ public final class DataParallel: TrainingLayout {
         model = Model(config: context.config, batchSize: steps.rowsPerStep, lossScale: 1 / Float(globalBatch), recompute: recompute)
         model.load(context.initialParameters)
         buckets = GradientBuckets(plan: plan, gradients: model.parameters.grad, bucketBytes: bucketBytes, group: dp)
+        // A mixture of experts routes, caps and balances over the global batch (DataParallelExperts.swift).
+        if context.config.experts != nil {
+            let exchange = DataParallelExpertExchange(group: dp, batchRows: globalBatch)
+            for block in model.mixtures { block.attach(exchange) }
+        }
         // Every rank holds the same full model; when gathering, rank 0's copy is the answer.
         let everything = ParameterMap.contiguous(0, plan.parameterCount)
         local = LocalParameters(map: everything, reported: dp.rank == 0 ? everything : ParameterMap(),
@@ -53,8 +59,12 @@ public final class DataParallel: TrainingLayout {
             model.backward()
         }
         buckets.waitForAll()
-        return dp.sum(lossSum) / Float(globalBatch)
+        // The aux loss is computed from the whole batch's statistics: the same on every rank.
+        return dp.sum(lossSum) / Float(globalBatch) + model.auxiliaryLoss
     }
+
+    /// The aux loss and the load of the last step, the whole batch's (nil for a dense model).
+    public var expertStatistics: ExpertStatistics? { ExpertStatistics(model) }
 
     public func evaluate(batch index: Int, from sampler: BatchSampler) -> Float {
         var lossSum: Float = 0

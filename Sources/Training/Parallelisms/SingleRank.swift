@@ -26,9 +26,15 @@ public final class SingleRank: TrainingLayout {
             if j == 0 { model.parameters.zeroGradients() }
             model.backward()
         }
-        return lossSum / Float(steps.rows.count)
+        // The mixture of experts' load-balancing loss is part of the trained loss (with experts
+        // there is one micro-step: the aux loss is the whole batch's).
+        return lossSum / Float(steps.rows.count) + model.auxiliaryLoss
     }
 
+    /// The aux loss and load of the last step (nil for a dense model).
+    public var expertStatistics: ExpertStatistics? { ExpertStatistics(model) }
+
+    /// The cross-entropy alone: the aux loss regularises training, it is not a validation figure.
     public func evaluate(batch index: Int, from sampler: BatchSampler) -> Float {
         var lossSum: Float = 0
         for j in 0..<steps.count {

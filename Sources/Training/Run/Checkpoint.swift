@@ -224,6 +224,10 @@ public struct Checkpoint {
         for (name, saved, wanted) in pairs where saved != wanted {
             differences.append("\(name) \(saved) in the checkpoint, \(wanted) here")
         }
+        if self.config.experts != config.experts {
+            func text(_ experts: ExpertsConfig?) -> String { experts.map { "(\($0))" } ?? "none (dense)" }
+            differences.append("experts \(text(self.config.experts)) in the checkpoint, \(text(config.experts)) here")
+        }
         if self.optimizer.kind != optimizer {
             differences.append("optimizer \(self.optimizer.kind.rawValue) in the checkpoint, \(optimizer.rawValue) here")
         }

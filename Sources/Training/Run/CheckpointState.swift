@@ -44,13 +44,16 @@ struct CheckpointState: Codable, Equatable {
 
     struct Model: Codable, Equatable {
         var vocab, seqLen, emb, hidden, layers: Int
+        /// The mixture of experts (`"experts": {"count", "top_k", "capacity_factor", "aux_loss_coef"}`),
+        /// absent for a dense model: dense checkpoints read and write as before.
+        var experts: ExpertsConfig? = nil
 
         enum CodingKeys: String, CodingKey {
-            case vocab, emb, hidden, layers
+            case vocab, emb, hidden, layers, experts
             case seqLen = "seq_len"
         }
 
-        var config: ModelConfig { ModelConfig(vocab: vocab, seqLen: seqLen, emb: emb, hidden: hidden, layers: layers) }
+        var config: ModelConfig { ModelConfig(vocab: vocab, seqLen: seqLen, emb: emb, hidden: hidden, layers: layers, experts: experts) }
     }
 
     struct Optimizer: Codable, Equatable {
@@ -99,7 +102,7 @@ struct CheckpointState: Codable, Equatable {
         format = Checkpoint.format
         version = checkpoint.data == nil ? 1 : Self.version
         step = checkpoint.step
-        model = Model(vocab: c.vocab, seqLen: c.seqLen, emb: c.emb, hidden: c.hidden, layers: c.layers)
+        model = Model(vocab: c.vocab, seqLen: c.seqLen, emb: c.emb, hidden: c.hidden, layers: c.layers, experts: c.experts)
         optimizer = Optimizer(kind: o.kind, lr: o.learningRate, beta1: o.beta1, beta2: o.beta2, eps: o.epsilon,
                               weightDecay: o.weightDecay)
         sampler = Sampler(seed: checkpoint.seed, nextBatch: checkpoint.step)
@@ -172,6 +175,17 @@ struct CheckpointState: Codable, Equatable {
         let dimensions = [("vocab", model.vocab), ("seq_len", model.seqLen), ("emb", model.emb),
                           ("hidden", model.hidden), ("layers", model.layers)]
         if let (name, value) = dimensions.first(where: { $0.1 < 1 }) { return "model.\(name) is \(value), expected at least 1" }
+        if let experts = model.experts {
+            if experts.count < 1 || experts.topK < 1 || experts.topK > experts.count {
+                return "model.experts has count \(experts.count) and top_k \(experts.topK), expected 1 ≤ top_k ≤ count"
+            }
+            if let factor = experts.capacityFactor, !(factor.isFinite && factor > 0) {
+                return "model.experts.capacity_factor is \(factor), expected a positive number"
+            }
+            if !(experts.auxiliaryLossCoefficient.isFinite && experts.auxiliaryLossCoefficient >= 0) {
+                return "model.experts.aux_loss_coef is \(experts.auxiliaryLossCoefficient), expected a number ≥ 0"
+            }
+        }
         if step < 0 { return "step is \(step), expected at least 0" }
         if sampler.nextBatch != step { return "sampler.next_batch is \(sampler.nextBatch), expected the step \(step)" }
         return nil
@@ -207,6 +221,7 @@ extension CheckpointState.Model {
         emb = try c.required(.emb)
         hidden = try c.required(.hidden)
         layers = try c.required(.layers)
+        experts = c.contains(.experts) ? try c.required(.experts) as ExpertsConfig : nil
     }
 }
 

@@ -19,16 +19,23 @@ public protocol TrainingCommand: ParsableCommand {
     func makeLayout(_ context: TrainingContext) throws(UsageError) -> TrainingLayout
     /// The layout `makeLayout` builds on `ranks` ranks, as data: what the memory plan is made of.
     func layoutDescription(ranks: Int) -> LayoutDescription
+    /// Whether the layout trains mixtures of experts (`--experts`); false by default.
+    static var trainsExperts: Bool { get }
 }
 
 extension TrainingCommand {
     /// The executable's name, as `--help` shows it.
     static var name: String { configuration.commandName ?? "train" }
 
+    public static var trainsExperts: Bool { false }
+
     public static func launch() -> Never {
         let command: Self
         do {
             command = try Self.parse(Array(CommandLine.arguments.dropFirst()))
+            if command.options.experts > 0 && !trainsExperts {
+                throw UsageError("--experts is not supported by \(name) yet: it arrives with train_ep")
+            }
         } catch {
             if Self.exitCode(for: error) == .success {
                 print(Self.fullMessage(for: error))

@@ -37,8 +37,9 @@ final class MetricsWriter {
         }
     }
 
-    /// `{"step":N,"loss":X,"grad_norm":G}` followed by a newline (`grad_norm` when given).
-    func record(step: Int, loss: Float, gradientNorm: Float? = nil) {
+    /// `{"step":N,"loss":X,"grad_norm":G,"aux_loss":A,"expert_imbalance":I}` followed by a newline
+    /// (`grad_norm` when given; the last two with experts, `loss` then being cross-entropy + aux).
+    func record(step: Int, loss: Float, gradientNorm: Float? = nil, experts: ExpertStatistics? = nil) {
         append("{\"step\":")
         append(step.description)
         append(",\"loss\":")
@@ -46,6 +47,12 @@ final class MetricsWriter {
         if let gradientNorm {
             append(",\"grad_norm\":")
             append(gradientNorm.isFinite ? gradientNorm.description : "null")
+        }
+        if let experts {
+            append(",\"aux_loss\":")
+            append(experts.auxiliaryLoss.isFinite ? experts.auxiliaryLoss.description : "null")
+            append(",\"expert_imbalance\":")
+            append(experts.imbalance.isFinite ? experts.imbalance.description : "null")
         }
         append("}\n")
     }

@@ -103,10 +103,24 @@ public struct TrainingOptions: ParsableArguments, Sendable {
     @Option(name: .customLong("init-from"), help: "Start training from the parameters in this .safetensors file (as written by --export).")
     public var initFrom: String?
 
+    // Mixture of experts (issue 13; ExpertsOptions.swift checks these).
+    @Option(parsing: .unconditional, help: "Experts per hidden block: every hidden Linear + ReLU becomes a mixture of experts (0: the dense model).")
+    public var experts: Int = 0
+
+    @Option(name: .customLong("top-k"), parsing: .unconditional, help: "With --experts: the experts each row is sent to (1 ≤ K ≤ E).")
+    public var topK: Int = 2
+
+    @Option(name: .customLong("capacity-factor"), parsing: .unconditional,
+            help: "With --experts: each expert takes at most ⌈C · batch · K / E⌉ assignments, the overflow dropped in row order (default: dropless).")
+    public var capacityFactor: Float?
+
+    @Option(name: .customLong("aux-loss-coef"), parsing: .unconditional, help: "With --experts: α of the load-balancing loss α · E · Σ f_e · P_e.")
+    public var auxLossCoef: Float = 0.01
+
     public init() {}
 
     public var model: (Int) -> ModelConfig {
-        { vocab in ModelConfig(vocab: vocab, seqLen: seqLen, emb: emb, hidden: hidden, layers: layers) }
+        { vocab in ModelConfig(vocab: vocab, seqLen: seqLen, emb: emb, hidden: hidden, layers: layers, experts: expertsConfig) }
     }
 
     public var optimizerConfig: OptimizerConfig {
@@ -149,6 +163,7 @@ public struct TrainingOptions: ParsableArguments, Sendable {
             throw UsageError("--init-from and --resume cannot be used together (a checkpoint already holds the parameters)")
         }
         if seqLen * emb > 1 << 24 || hidden > 1 << 24 { throw UsageError("--seq-len × --emb and --hidden must stay below 2^24") }
+        try validateExperts()
     }
 }
 

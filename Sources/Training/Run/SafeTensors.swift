@@ -14,7 +14,9 @@ import Foundation
 /// `fcL.weight [in, out]` and `fcL.bias [out]`, and `head.weight [hidden, vocab]`, `head.bias
 /// [vocab]`. A weight is stored as this project computes with it, `y = x·W + b` with `W [in × out]`:
 /// PyTorch's `nn.Linear` holds `[out, in]`, its transpose. The metadata (all strings) holds the
-/// configuration (`vocab`, `seq_len`, `emb`, `hidden`, `layers`), the `vocabulary` (a JSON array
+/// configuration (`vocab`, `seq_len`, `emb`, `hidden`, `layers`; with experts also `experts`,
+/// `top_k` and `capacity_factor`, the tensors then `fcL.router.weight [in, E]` and
+/// `fcL.experts.e.weight`, `fcL.experts.e.bias` for each expert e), the `vocabulary` (a JSON array
 /// of the characters of tokens 1 … vocab − 1; token 0 is the boundary), the steps trained, the
 /// weight layout, and `format` / `format_version`, checked on reading.
 enum SafeTensors {
@@ -40,11 +42,18 @@ enum SafeTensors {
 
     /// The metadata of a model of `config` on `vocabulary` after `steps` steps.
     static func metadata(config: ModelConfig, vocabulary: Vocabulary, steps: Int) -> [String: String] {
-        ["format": format, "format_version": version,
+        var metadata = ["format": format, "format_version": version,
          "vocab": "\(config.vocab)", "seq_len": "\(config.seqLen)", "emb": "\(config.emb)",
          "hidden": "\(config.hidden)", "layers": "\(config.layers)",
          "vocabulary": vocabularyText(vocabulary), "steps": "\(steps)",
          "linear_weight_layout": "[in, out]: y = x @ W + b (torch.nn.Linear.weight is W.T)"]
+        // A mixture of experts adds its routing (absent keys: the dense model, `experts` 0).
+        if let experts = config.experts {
+            metadata["experts"] = "\(experts.count)"
+            metadata["top_k"] = "\(experts.topK)"
+            if let factor = experts.capacityFactor { metadata["capacity_factor"] = "\(factor)" }
+        }
+        return metadata
     }
 
     // MARK: Writing
@@ -141,6 +150,10 @@ enum SafeTensors {
             guard let saved = Int(text) else { throw UsageError("has metadata '\(key)' = '\(text)', not an integer") }
             if saved != wanted { differences.append("\(flag) \(saved) in the file, \(wanted) here") }
         }
+        // The experts' count shapes the tensors (absent: dense); top-k and capacity only route,
+        // so a file trained with other ones may start this run.
+        let savedExperts = metadata["experts"] ?? "0", wantedExperts = "\(config.experts?.count ?? 0)"
+        if savedExperts != wantedExperts { differences.append("experts \(savedExperts) in the file, \(wantedExperts) here") }
         if !differences.isEmpty { throw UsageError("is a different model: " + differences.joined(separator: "; ")) }
         let fileVocabulary = try field("vocabulary")
         let symbols = (try? JSONSerialization.jsonObject(with: Data(fileVocabulary.utf8))) as? [String]

@@ -73,13 +73,17 @@ extension Trainer {
         for layout in LayoutDescription.candidates(ranks: ranks, microBatches: command.layoutDescription(ranks: ranks).shape.microBatches ?? 1) {
             guard (try? layout.shape.check(worldSize: ranks, plan: plan, batchSize: settings.batchSize,
                                            accumulation: settings.accumulation)) != nil,
-                  layout.shape.size(.pp) == 1 || plan.count <= 2000  // the cost-balanced cut is quadratic in the blocks
+                  layout.shape.size(.pp) == 1 || plan.count <= 2000,  // the cost-balanced cut is quadratic in the blocks
+                  plan.config.experts == nil || layout.kind == .singleRank || layout.kind == .dataParallel  // who takes --experts
             else { continue }
             if let need = try? MemoryPlan.largestNeed(plan, layout, settings) { needs.append((layout.command, need + Self.reserve)) }
         }
         needs.sort { $0.1 < $1.1 }
         let fitting = needs.filter { $0.1 <= budget }
         if ranks == 1 {
+            if plan.config.experts != nil {  // only train_dp takes experts besides train, and it shards nothing
+                return "train is the only layout on 1 rank (on more ranks, train_dp splits the batch; no layout shards experts yet)"
+            }
             return "train is the only layout on 1 rank (on more ranks, train_fsdp and train_3d shard the model and split the batch)"
         }
         if fitting.isEmpty {

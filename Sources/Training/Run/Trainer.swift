@@ -119,7 +119,7 @@ struct Trainer<Command: TrainingCommand> {
             }
             if let norm, let maxNorm = options.clipGradNorm { gradientNorm?.clip(norm: norm, to: maxNorm) }
             layout.update(step: step + 1)
-            metrics?.record(step: step, loss: loss, gradientNorm: norm)
+            metrics?.record(step: step, loss: loss, gradientNorm: norm, experts: layout.expertStatistics)
             if options.saveEvery > 0 && (step + 1) % options.saveEvery == 0 {
                 Ledger.isRecording = false
                 defer { Ledger.isRecording = true }
@@ -131,7 +131,7 @@ struct Trainer<Command: TrainingCommand> {
                 validationSeconds += validation.seconds
                 progress.pause(validation.seconds)
             }
-            if let line = progress.record(step: step, loss: loss, validationLoss: validation?.loss) { say(line) }
+            if let line = progress.record(step: step, loss: loss, validationLoss: validation?.loss, experts: layout.expertStatistics) { say(line) }
             if let signal = stop.afterStep() { return stopped(by: signal, after: step + 1, savedAt: savedAt, stop, &session) }
         }
         let trainingSeconds = MPI.time() - loopStart - validationSeconds
@@ -216,8 +216,9 @@ struct Progress {
     mutating func pause(_ seconds: Double) { windowStart += seconds }
 
     /// The line after step `step`, if one is due; a `validationLoss` measured after the step is
-    /// added to it, or gets a line of its own.
-    mutating func record(step: Int, loss: Float, validationLoss: Float? = nil) -> String? {
+    /// added to it, or gets a line of its own. With experts, the step's aux loss (part of `loss`)
+    /// and load imbalance follow the loss.
+    mutating func record(step: Int, loss: Float, validationLoss: Float? = nil, experts: ExpertStatistics? = nil) -> String? {
         windowLoss += Double(loss)
         windowSteps += 1
         let validation = validationLoss.map { "  val loss \(format($0, 4))" } ?? ""
@@ -231,7 +232,8 @@ struct Progress {
             windowLoss = 0
             windowSteps = 0
         }
-        return "step \(step + 1)/\(steps)  loss \(format(loss, 4))  mean \(format(Float(windowLoss / Double(windowSteps)), 4))  "
+        let moe = experts.map { " (aux \(format($0.auxiliaryLoss, 4)), expert imbalance \(format($0.imbalance, 2)))" } ?? ""
+        return "step \(step + 1)/\(steps)  loss \(format(loss, 4))\(moe)  mean \(format(Float(windowLoss / Double(windowSteps)), 4))  "
             + "\(format(Float(perStep * 1e6), 1)) µs/step  \(format(Float(Double(batchSize) / perStep), 0)) tokens/s"
             + (utilization?.progressText(secondsPerStep: perStep) ?? "") + validation
     }
