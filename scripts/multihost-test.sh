@@ -338,7 +338,7 @@ veth_down() {
   wait "$running" || rc=$?
   running=""
   [ "$rc" != 0 ] || fail "$name: mpirun exited 0 although the wire between the hosts was down"
-  line=$(grep -m1 -E "^error: watchdog: rank [0-3] \(host $NS_A\) stuck [0-9.]+ s in .+ on axis dp \(4 ranks\) at step [0-9]+, waiting for .+ \(--timeout $WATCHDOG_TIMEOUT s\); ending the job$" \
+  line=$(grep -m1 -E "^error: watchdog: rank [0-3] \(host $NS_A\) stuck [0-9.]+ s in .+ on axis (shard|world) \(4 ranks\) at step [0-9]+, waiting for .+ \(--timeout $WATCHDOG_TIMEOUT s\); ending the job$" \
     "$work/vethdown.log") || fail "$name: no watchdog line from a rank on host A: see $work/vethdown.log"
   while :; do
     left=$(ip netns pids "$NS_A"; ip netns pids "$NS_B")
