@@ -50,6 +50,12 @@ enum Launch {
             process.arguments = arguments
         }
         process.environment = environment.merging(extra) { $1 }
+        return try finish(process, timeout: timeout)
+    }
+
+    /// Runs a configured `process` (executable, arguments, environment set) to its end, its stdout
+    /// and stderr captured in files, terminated (then killed) after `timeout` seconds.
+    static func finish(_ process: Process, timeout: Double) throws -> Outcome {
         let dir = try temporaryDirectory()
         let out = dir.appendingPathComponent("stdout"), err = dir.appendingPathComponent("stderr")
         guard FileManager.default.createFile(atPath: out.path, contents: nil),
