@@ -176,7 +176,9 @@ final class MemoryPlanTests: XCTestCase {
         let budget = MemoryBudget.current(environment: [:])
         XCTAssertEqual(setrlimit(__rlimit_resource_t(RLIMIT_AS.rawValue), &saved), 0)
         XCTAssertEqual(budget.limit, "RLIMIT_AS (ulimit -v)")
-        XCTAssertLessThanOrEqual(budget.bytes, 1 << 30)
+        // The address space in use moves by a few pages between the two reads (other threads map
+        // and unmap), so the budget is 1 GiB give or take a little, not exactly.
+        XCTAssertLessThanOrEqual(budget.bytes, (1 << 30) + (16 << 20))
         XCTAssertGreaterThan(budget.bytes, 1 << 29)
     }
 }
