@@ -85,7 +85,7 @@ let package = Package(
         .executableTarget(name: "train_pp", dependencies: ["Training"], swiftSettings: native),
         .executableTarget(name: "train_3d", dependencies: ["Training"], swiftSettings: native),
         .executableTarget(name: "peak", dependencies: ["Core"], swiftSettings: hot),
-        .executableTarget(name: "collectives", dependencies: ["Distributed"], swiftSettings: native),
+        .executableTarget(name: "collectives", dependencies: ["Core", "Distributed"], swiftSettings: native),
         // The planner: no MPI run, only the memory and communication plans and the cost model.
         .executableTarget(
             name: "plan",
