@@ -26,11 +26,8 @@ struct TrainEP: TrainingCommand {
         try ExpertParallel(context, expertGroup: expertGroup)
     }
 
-    /// The memory plan is train_dp's on the same ranks: every expert on every rank, an upper
-    /// bound on parameters, gradients and optimizer state; it leaves out the all-to-all receive
-    /// buffers (README, train_ep).
     func layoutDescription(ranks: Int) -> LayoutDescription {
-        .dataParallel(ranks: ranks, bucketBytes: 1 << 20)
+        .expertParallel(ranks: ranks, expertGroup: expertGroup)
     }
 }
 
