@@ -15,19 +15,34 @@ final class ExpertParallelTests: XCTestCase {
         return (run, try? Metrics(path: metrics))
     }
 
-    /// E' = N = 2: each rank holds half the experts and the group is the whole world.
+    /// E' = N = 2: each rank holds half the experts and the group is the whole world; K = 1 and 2,
+    /// dropless and with a capacity factor. Also the aux loss and the load each step reports: the
+    /// whole batch's, as train's.
     func testOneGroupOfTwoMatchesTrain() throws {
-        try Equivalence.check("train_ep", np: 2, ["--experts", "4", "--top-k", "2"], extra: ["--ep", "2"], data: Self.data, steps: 300)
-        try Equivalence.check("train_ep", np: 2, ["--experts", "4", "--top-k", "1", "--capacity-factor", "1", "--layers", "2"],
-                              extra: ["--ep", "2"], data: Self.data, steps: 300)
+        for common in [["--experts", "4", "--top-k", "2"], ["--experts", "4", "--top-k", "2", "--capacity-factor", "0.5"],
+                       ["--experts", "4", "--top-k", "1", "--layers", "2"],
+                       ["--experts", "4", "--top-k", "1", "--capacity-factor", "1", "--layers", "2"]] {
+            try Equivalence.check("train_ep", np: 2, common, extra: ["--ep", "2"], data: Self.data, steps: 300)
+        }
+        let flags = ["--steps", "20", "--experts", "4", "--layers", "2"]
+        let (run, metrics) = try train(flags + ["--ep", "2"], np: 2)
+        XCTAssertEqual(run.status, 0, run.stderr)
+        let (_, reference) = try train(flags, executable: "train")
+        let ours = try XCTUnwrap(metrics).records.filter { $0["loss"] != nil }, theirs = try XCTUnwrap(reference).records.filter { $0["loss"] != nil }
+        XCTAssertEqual(ours.count, 20)
+        for (a, b) in zip(ours, theirs) {
+            XCTAssertEqual(try XCTUnwrap(a["aux_loss"] as? Double), try XCTUnwrap(b["aux_loss"] as? Double), accuracy: 1e-6)
+            XCTAssertEqual(a["expert_imbalance"] as? Double, b["expert_imbalance"] as? Double)
+        }
     }
 
     /// E' = 2 < N = 4: two groups, each expert held twice (its gradient summed over `replicate`).
     func testTwoGroupsOfTwoMatchTrain() throws {
-        try Equivalence.check("train_ep", np: 4, ["--experts", "4", "--top-k", "2", "--capacity-factor", "0.5"],
-                              extra: ["--ep", "2"], data: Self.data, steps: 300)
-        try Equivalence.check("train_ep", np: 4, ["--experts", "6", "--top-k", "1", "--layers", "2"],
-                              extra: ["--ep", "2"], data: Self.data, steps: 300)
+        for common in [["--experts", "4", "--top-k", "2"], ["--experts", "4", "--top-k", "2", "--capacity-factor", "0.5"],
+                       ["--experts", "6", "--top-k", "1", "--layers", "2"],
+                       ["--experts", "6", "--top-k", "1", "--capacity-factor", "1", "--layers", "2"]] {
+            try Equivalence.check("train_ep", np: 4, common, extra: ["--ep", "2"], data: Self.data, steps: 300)
+        }
     }
 
     /// With K = E every row goes to every expert, so the routing is known without running the
