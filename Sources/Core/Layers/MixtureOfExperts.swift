@@ -37,6 +37,11 @@ import Darwin
 /// **Rows over ranks.** B is the whole batch. When a layout spreads its rows over ranks (DP), an
 /// ``ExpertBatchExchange`` (``attach(_:)``) makes the capacity count, f and P the whole batch's:
 /// one allgather of 2E floats per forward, and the block then computes exactly as on one rank.
+///
+/// **Experts over ranks.** Under expert parallelism (`train_ep`) the block holds the router and
+/// only ``localExperts``; ``ExpertShards`` (``shard(over:maxReceived:)``) sends the packed rows of
+/// the other experts to the ranks that hold them and brings their outputs back (all-to-all-v),
+/// and backward the same with the gradients, so everything around the experts is unchanged.
 public final class MixtureOfExperts: Layer {
     public let inputs: Int
     public let outputs: Int
@@ -118,7 +123,7 @@ public final class MixtureOfExperts: Layer {
 
     /// A block that holds the router (`in × E`) and only the experts `localExperts`
     /// (`expertParameters`: theirs, `in × out + out` each, in order). Every expert must be held
-    /// here unless ``shard(_:)`` hands the others to the ranks that hold them (`train_ep`).
+    /// here unless ``shard(over:maxReceived:)`` hands the others to the ranks that hold them (`train_ep`).
     public init(inputs: Int, outputs: Int, experts: ExpertsConfig, rows: Int, router: ParameterView,
                 localExperts: Range<Int>, expertParameters: ParameterView) {
         precondition(router.count == inputs * experts.count

@@ -136,8 +136,9 @@ public final class ExpertParallel: TrainingLayout {
 
     public var summary: String? {
         let n = world.size, e = mixtures.first?.experts.count ?? 0
-        return "expert parallel: \(n / expertGroup) group(s) of \(expertGroup) consecutive ranks, each rank holds \(e / expertGroup) "
-            + "of \(e) experts per block (rank j of a group: experts j·\(e / expertGroup) …), replicated over \(n / expertGroup) group(s)"
+        let m = e / expertGroup
+        return "expert parallel: mesh [expert \(expertGroup), replicate \(n / expertGroup)]: \(n / expertGroup) group(s) of "
+            + "\(expertGroup) consecutive ranks; rank j of a group holds experts \(m)j ..< \(m)(j+1) of \(e) in every block"
     }
 }
 
