@@ -76,6 +76,47 @@ final class ExpertParallelTests: XCTestCase {
         }
     }
 
+    /// An uneven routing known in advance: from a model whose first router is zero, every
+    /// probability is 1/E, so every row picks experts 0 … K−1 (ties go to the lower index), and
+    /// with a capacity each of them keeps the first ⌈C·B·K/E⌉ rows of the batch. One step (the
+    /// update moves the router): rank q sends each kept assignment of its rows to the rank of
+    /// its group holding the expert, so ranks differ in what they send and receive.
+    func testLedgerCountsAnUnevenRouting() throws {
+        let dir = try Launch.temporaryDirectory()
+        let file = dir.appendingPathComponent("m.safetensors").path, zeroed = dir.appendingPathComponent("z.safetensors").path
+        let (exported, _) = try train(["--experts", "4", "--top-k", "2", "--steps", "1", "--export", file], executable: "train")
+        XCTAssertEqual(exported.status, 0, exported.stderr)
+        let model = try SafeTensorsFile(path: file)
+        let router = try XCTUnwrap(model.entries.first { $0.name == "fc1.router.weight" })
+        var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: file)))
+        for i in 8 + model.headerLength + router.begin ..< 8 + model.headerLength + router.end { bytes[i] = 0 }
+        try Data(bytes).write(to: URL(fileURLWithPath: zeroed))
+        let experts = 4, k = 2, batch = 32, width = 16 * 16 + 64
+        for (np, ep, capacity) in [(4, 4, nil as Double?), (4, 4, 1.5), (4, 2, nil), (2, 2, 1.5)] {
+            var args = ["--experts", "\(experts)", "--top-k", "\(k)", "--ep", "\(ep)", "--steps", "1", "--init-from", zeroed]
+            if let capacity { args += ["--capacity-factor", "\(capacity)"] }
+            let (run, metrics) = try train(args, np: np)
+            XCTAssertEqual(run.status, 0, run.stderr)
+            let perRank = try XCTUnwrap(metrics?.final?["comm_per_rank"] as? [[String: [String: Any]]], "\(args)")
+            let rows = batch / np, m = experts / ep
+            let cap = capacity.map { Int(($0 * Double(batch * k) / Double(experts)).rounded(.up)) } ?? batch
+            var sent = [Int](repeating: 0, count: np), received = sent
+            for q in 0..<np {
+                for row in q * rows ..< (q + 1) * rows where row < cap {
+                    for x in 0..<k {
+                        let owner = q / ep * ep + x / m
+                        if owner != q { sent[q] += 1; received[owner] += 1 }
+                    }
+                }
+            }
+            for q in 0..<np {
+                XCTAssertEqual(perRank[q]["all_to_all_v"]?["bytes"] as? Int, 4 * (sent[q] + received[q]) * width,
+                               "rank \(q): sends \(sent[q]), receives \(received[q]) rows; \(args)")
+                XCTAssertEqual(perRank[q]["all_to_all_v"]?["calls"] as? Int, 4, "rank \(q), \(args)")
+            }
+        }
+    }
+
     /// A train_ep checkpoint resumes bit-identically in train_ep, continues in train as train's
     /// own run does, and every replica (dense floats on all ranks, experts on their groups) agrees.
     func testCheckpointsResumeAndReplicasAgree() throws {
