@@ -5,7 +5,7 @@ extension LayoutDescription {
     /// routing allgather), each mixture of experts' experts split over groups of E' ranks.
     public static func expertParallel(ranks: Int, expertGroup: Int) -> LayoutDescription {
         var layout = LayoutDescription.dataParallel(ranks: ranks, bucketBytes: 1 << 20)
-        layout.expertGroup = expertGroup
+        layout.shape.expertGroup = expertGroup
         return layout
     }
 }
