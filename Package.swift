@@ -22,7 +22,12 @@ let cpuFlags = ["-Xcc", portable ? "-march=x86-64-v3" : "-march=native"]
 let cpuFlags: [String] = []
 #endif
 
-let native: [SwiftSetting] = [.unsafeFlags(cpuFlags)]
+/// `-fno-math-errno`: Swift's `Float.squareRoot()` is a C shim (`__builtin_sqrtf`) that clang
+/// compiles with glibc's default `-fmath-errno`, so every square root — even a `SIMD16<Float>`'s —
+/// becomes a scalar `vsqrtss` plus a branch to `sqrtf` to set `errno` for a negative input. Nothing
+/// here reads `errno` after a square root; without it, a SIMD square root is one `vsqrtps`. The
+/// result is the same correctly rounded square root (IEEE 754), bit for bit.
+let native: [SwiftSetting] = [.unsafeFlags(cpuFlags + ["-Xcc", "-fno-math-errno"])]
     + (portable ? [.define("PARALLELISMS_AVX2")] : [])  // 16 vector registers: smaller tiles (Kernels)
 
 /// `Core` (the kernels and the layers that call them) is built `-Ounchecked`, without
@@ -82,7 +87,7 @@ let package = Package(
         .executableTarget(name: "train_3d", dependencies: ["Training"], swiftSettings: native),
         .executableTarget(name: "train_ep", dependencies: ["Training"], swiftSettings: native),
         .executableTarget(name: "peak", dependencies: ["Core"], swiftSettings: hot),
-        .executableTarget(name: "collectives", dependencies: ["Distributed"], swiftSettings: native),
+        .executableTarget(name: "collectives", dependencies: ["Core", "Distributed"], swiftSettings: native),
         // The planner: no MPI run, only the memory and communication plans and the cost model.
         .executableTarget(
             name: "plan",

@@ -211,4 +211,20 @@ public struct Request: @unchecked Sendable {
         Ledger.addSeconds(kind, since: start)
         handle = nil
     }
+
+    /// Lets MPI progress the operation without blocking (`MPI_Test`) and says whether it is done.
+    ///
+    /// OpenMPI moves a non-blocking collective only inside MPI calls: a rank that computes
+    /// without calling MPI leaves it where it was. Calling this between pieces of work advances
+    /// it — each call runs MPI's progress engine once, moving the next fragments. The call's
+    /// time counts as the operation's, like ``wait()``.
+    public mutating func test() -> Bool {
+        guard handle != nil else { return true }
+        let start = MPI_Wtime()
+        var done: Int32 = 0
+        MPI.check(MPI_Test(&handle, &done, cmpi_status_ignore()), "MPI_Test")
+        Ledger.addSeconds(kind, since: start)
+        if done != 0 { handle = nil }
+        return done != 0
+    }
 }

@@ -12,9 +12,19 @@ import Darwin
 /// communicators are switched to `MPI_ERRORS_RETURN`, and a failure becomes one line on stderr
 /// followed by `MPI_Abort` of the whole job, so no rank is left waiting in a collective.
 public enum MPI {
+    /// Which threads may call MPI (`MPI_Init_thread`'s level).
+    public enum ThreadUse: Sendable {
+        /// Only the main thread (the ``Watchdog``'s thread never calls MPI): the training executables.
+        case funneled
+        /// Any thread, one at a time: a communication thread that runs collectives while the main
+        /// thread computes, the two handing over so that their MPI calls never overlap.
+        case serialized
+    }
+
     /// Initialises MPI once per process (a second call is a no-op) and returns the world.
+    /// A library that cannot give `threads` ends the process with one line.
     @discardableResult
-    public static func initialize() -> Communicator {
+    public static func initialize(threads: ThreadUse = .funneled) -> Communicator {
         var started: Int32 = 0
         MPI_Initialized(&started)
         if started == 0 {
@@ -25,9 +35,14 @@ public enum MPI {
             setenv("OMPI_MCA_btl_vader_single_copy_mechanism", "none", 0)
             var provided: Int32 = 0
             // Funneled: the process has a second thread (the ``Watchdog``'s), which never calls MPI.
-            let rc = MPI_Init_thread(nil, nil, cmpi_thread_funneled(), &provided)
+            let required = threads == .funneled ? cmpi_thread_funneled() : cmpi_thread_serialized()
+            let rc = MPI_Init_thread(nil, nil, required, &provided)
             if rc != cmpi_success() {
                 writeError("error: MPI_Init failed (code \(rc))")
+                exit(1)
+            }
+            if provided < required {
+                writeError("error: this MPI library cannot let \(threads == .funneled ? "a funneled" : "a serialized") thread call MPI (MPI_Init_thread gave level \(provided))")
                 exit(1)
             }
         }

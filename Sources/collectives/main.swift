@@ -6,7 +6,7 @@ import Glibc
 import Darwin
 #endif
 
-// `mpirun -np N collectives [--max-bytes B] [--seconds S]`: latency and bandwidth of every
+// `mpirun -np N collectives [--max-bytes B] [--seconds S]` (and `--overlap`: Overlap.swift): latency and bandwidth of every
 // collective the suite uses, through the `Distributed` API (so with the ledger's bookkeeping and
 // the algorithms the layouts really run), over a sweep of sizes, with an α–β fit per collective.
 // The input is written just before every call, as in training (a buffer just written costs more
@@ -36,8 +36,9 @@ func fixed(_ x: Double, _ decimals: Int) -> String {
 }
 
 func run() {
-    let world = MPI.initialize()
     let arguments = Array(CommandLine.arguments.dropFirst())
+    let overlap = arguments.contains("--overlap")
+    let world = MPI.initialize(threads: overlap ? .serialized : .funneled)
     func option(_ name: String, _ fallback: Double) -> Double {
         guard let i = arguments.firstIndex(of: name), i + 1 < arguments.count, let value = Double(arguments[i + 1]), value > 0 else {
             if arguments.contains(name) { MPI.abort("error: \(name) needs a positive number") }
@@ -46,13 +47,19 @@ func run() {
         return value
     }
     if arguments.contains("--help") {
-        if world.rank == 0 { print("usage: mpirun -np N collectives [--max-bytes B (16777216)] [--seconds S per point (0.2)]") }
+        if world.rank == 0 { print("usage: mpirun -np N collectives [--overlap] [--max-bytes B (16777216)] [--seconds S per point (0.2)]") }
         MPI.finalize()
         exit(0)
     }
     let maxBytes = Int(option("--max-bytes", 16 * 1024 * 1024))
     let secondsPerPoint = option("--seconds", 0.2)
     let p = world.size
+    if overlap {
+        Ledger.isRecording = false
+        runOverlap(world, maxBytes: maxBytes, secondsPerPoint: secondsPerPoint)
+        MPI.finalize()
+        exit(0)
+    }
 
     /// Sizes: 4 B, then ×4 up to `maxBytes`, plus the two payloads the README's figures use
     /// (the default model's Ψ floats, 74.5 KB, and the big configuration's, 4.3 MB).
@@ -67,29 +74,7 @@ func run() {
     a.initialize(repeating: 0, count: capacity)
     b.initialize(repeating: 0, count: capacity)
 
-    /// Seconds per call of `body` (median over batches; each batch timed as the slowest rank's).
-    func measure(_ body: () -> Void) -> Double {
-        body()
-        var calls = 1
-        while true {  // grow the batch until it takes ~1 ms (same count on every rank)
-            world.barrier()
-            let start = MPI.time()
-            for _ in 0..<calls { body() }
-            let elapsed = world.max(MPI.time() - start)
-            if elapsed > 1e-3 || calls >= 1 << 16 { break }
-            calls *= 2
-        }
-        var times: [Double] = []
-        let started = MPI.time()
-        while times.count < 5 || (world.max(MPI.time() - started) < secondsPerPoint && times.count < 101) {
-            world.barrier()
-            let start = MPI.time()
-            for _ in 0..<calls { body() }
-            times.append(world.max(MPI.time() - start) / Double(calls))
-        }
-        times.sort()
-        return times[times.count / 2]
-    }
+    func measure(_ body: () -> Void) -> Double { medianSeconds(world, perPoint: secondsPerPoint, body) }
 
     struct Series {
         var name: String

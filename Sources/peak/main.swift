@@ -230,6 +230,22 @@ if modelMode {
     let stepGFLOPs = flops / stepTime / 1e9
     print("step_us: \(fixed(stepTime * 1e6, 2)) (fastest of \(repeats) repetitions; median \(fixed(stepMedian * 1e6, 2)))")
     print("step_gflops: \(fixed(stepGFLOPs, 1))\(ofPeak(stepGFLOPs))")
+
+    // The per-step work over all Ψ parameters that does not shrink with the batch: zeroing the
+    // gradients and the optimizer's update, for each update rule (the median: in a step these
+    // passes find the parameters out of cache more often than a tight loop does). `plan`'s cost
+    // model charges it per parameter a rank updates, apart from the chain's forward and backward.
+    for kind in OptimizerKind.allCases {
+        let update = Optimizer(config: OptimizerConfig(kind: kind, learningRate: 1e-9), count: model.parameters.count)
+        var t = 0
+        let time = measure {
+            model.parameters.zeroGradients()
+            update.step(model.parameters.value, model.parameters.grad, t: t + 1)
+            t += 1
+        }.median
+        print("update_us_\(kind.rawValue): \(fixed(time * 1e6, 2)) (zero the gradients + one \(kind.rawValue) update of \(model.parameters.count) parameters; median of \(repeats))")
+    }
+    reload()
     if stepsOnly { exit(0) }
 
     // The matrix products alone, with exactly the arguments the layers pass in the step.

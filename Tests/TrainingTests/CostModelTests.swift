@@ -11,7 +11,9 @@ final class CostModelTests: XCTestCase {
         compute: [.init(flopsPerStep: 1e6, flopsPerSecond: 1e9), .init(flopsPerStep: 1e8, flopsPerSecond: 3e9)],
         collectives: ["allreduce": .init(alphaMicroseconds: 10, gigabytesPerSecond: 1),
                       "allgather": .init(alphaMicroseconds: 4, gigabytesPerSecond: 2),
-                      "send": .init(alphaMicroseconds: 2, gigabytesPerSecond: 4)])
+                      "reduce_scatter": .init(alphaMicroseconds: 6, gigabytesPerSecond: 1),
+                      "send": .init(alphaMicroseconds: 2, gigabytesPerSecond: 4)],
+        update: ["sgd": 1e-9, "adam": 4e-9])
 
     func transfer(_ kind: CommunicationKind, p: Int, stride: Int = 1, calls: Int = 1, bytes: Int) -> Transfer {
         Transfer(kind: kind, axis: nil, groupSize: p, stride: stride, calls: calls, bytes: bytes)
@@ -56,5 +58,39 @@ final class CostModelTests: XCTestCase {
         let piped = try model.predict(plan, pp, settings, communication: try CommunicationPlan.perRank(plan, pp, settings))
         XCTAssertEqual(piped.bubble, 2.0 / 6.0, accuracy: 1e-12)
         XCTAssertEqual(piped.seconds, (piped.computeSeconds + piped.communicationSeconds) * 1.5, accuracy: 1e-12)
+    }
+
+    /// The pass over the parameters is charged apart from the chain, per parameter a rank
+    /// updates: DP updates all Ψ, ZeRO-1 its shard ⌈Ψ/2⌉; Adam at its own rate. The chain's
+    /// FLOPs run at the rate of their chain-run size, the same in both.
+    func testUpdateIsChargedPerUpdatedParameter() throws {
+        let config = ModelConfig(vocab: 27, seqLen: 16, emb: 16, hidden: 64, layers: 1)
+        let plan = config.plan, psi = Double(plan.parameterCount)
+        let model = CostModel(calibration: calibration)
+        let chain = plan.trainingFlops(batchSize: 16) / calibration.rate(forFlops: plan.trainingFlops(batchSize: 16))
+        for (optimizer, perParameter) in [(OptimizerKind.sgd, 1e-9), (.adam, 4e-9)] {
+            let settings = PlanSettings(batchSize: 32, optimizer: optimizer)
+            let dp = LayoutDescription.dataParallel(ranks: 2, bucketBytes: 1 << 20)
+            let zero = LayoutDescription.fullySharded(ranks: 2, zero: 1)
+            let replicated = try model.predict(plan, dp, settings, communication: try CommunicationPlan.perRank(plan, dp, settings))
+            let sharded = try model.predict(plan, zero, settings, communication: try CommunicationPlan.perRank(plan, zero, settings))
+            XCTAssertEqual(replicated.computeSeconds, chain + psi * perParameter, accuracy: 1e-12)
+            XCTAssertEqual(sharded.computeSeconds, chain + (psi / 2).rounded(.up) * perParameter, accuracy: 1e-12)
+        }
+    }
+
+    /// A calibration file without the update costs (written before they were measured) is refused
+    /// with one line that says to calibrate again.
+    func testCalibrationWithoutUpdateCostIsRefused() throws {
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("calibration-\(UUID().uuidString).json")
+        defer { try? FileManager.default.removeItem(at: file) }
+        var partial = calibration
+        partial.update = ["sgd": 1e-9]
+        try JSONEncoder().encode(partial).write(to: file)
+        XCTAssertThrowsError(try Calibration.load(path: file.path)) { error in
+            XCTAssertTrue("\(error)".contains("no update cost for adam"), "\(error)")
+        }
+        try JSONEncoder().encode(calibration).write(to: file)
+        XCTAssertEqual(try Calibration.load(path: file.path), calibration)
     }
 }

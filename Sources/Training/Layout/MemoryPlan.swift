@@ -121,6 +121,9 @@ public struct MemoryPlan: Sendable, Equatable {
     public var dataset = 0
     /// The most elements one MPI call on this rank passes (MPI counts are 32-bit).
     public var largestMessage = 0
+    /// The parameters this rank's optimizer updates every step: all it holds, or its shard under
+    /// ZeRO and FSDP (the cost model charges the update per parameter).
+    public var updatedParameters = 0
 
     public subscript(_ category: MemoryCategory) -> Int {
         get { ledgered[category.rawValue] }
@@ -269,6 +272,7 @@ extension MemoryPlan {
             memory[.gradients] = memory[.parameters]
         }
         if layout.replicate > 1 { memory.largestMessage = max(memory.largestMessage, held) }  // HSDP's allreduce
+        memory.updatedParameters = held
         memory[.optimizer] = settings.optimizer == .adam ? checked.times(8, held) : 0
 
         // Activations: one chain of `rows` rows, or one per pipeline slot of `rows / M` rows (each

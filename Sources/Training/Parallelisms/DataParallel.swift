@@ -122,6 +122,7 @@ public final class GradientBuckets: LayerChainHooks {
     }
 
     public func didRunBackward(_ block: Int) {
+        progress()
         guard next < buckets.count && buckets[next].firstBlock == block else { return }
         let range = buckets[next].range
         if buckets.count == 1 {
@@ -132,10 +133,20 @@ public final class GradientBuckets: LayerChainHooks {
         next += 1
     }
 
+    /// Buckets before `done` have completed their allreduce in this backward pass.
+    var done = 0
+
+    /// Polls the oldest allreduce still in flight after every block's backward (``Request/test()``):
+    /// MPI progresses a non-blocking collective only inside MPI calls, and backward makes none.
+    func progress() {
+        while done < next && requests[done].test() { done += 1 }
+    }
+
     /// Waits for every bucket's allreduce of this backward pass.
     func waitForAll() {
         precondition(next == buckets.count, "backward did not complete every bucket")
         for i in requests.indices { requests[i].wait() }
         next = 0
+        done = 0
     }
 }

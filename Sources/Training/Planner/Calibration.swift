@@ -5,11 +5,15 @@ import Foundation
 /// What the cost model knows of a machine, measured on it (`scripts/plan-check.sh` writes it to
 /// `.build/plan-calibration.json`):
 ///
-/// - `compute`: training steps of `peak --model` at a few shapes, as FLOPs per step (6·B·in·out
-///   over the Linears) and the rate one rank reached (FLOP/s, the fastest of its repetitions,
-///   alone on the machine). Small matrices run far below the machine's peak, so the rate of a
-///   rank's share of a step is read off these points by its FLOPs per chain run (linear in
-///   log FLOPs between points, the end points beyond them).
+/// - `compute`: the forward and backward of `train`'s chain at a few batch sizes, as FLOPs per
+///   step (6·B·in·out over the Linears) and the rate one rank reached alone on the machine
+///   (FLOP/s: the FLOPs over the step time less the update below). Small matrices run far below
+///   the machine's peak, so the rate of a rank's share of a step is read off these points by its
+///   FLOPs per chain run (linear in log FLOPs between points, the end points beyond them).
+/// - `update`: seconds per parameter of the per-step passes over the parameters that do not
+///   shrink with the batch (zeroing the gradients and the optimizer's update), per update rule
+///   (`peak --model`'s `update_us_*` over its parameter count). A rank pays it for the parameters
+///   it updates: all it holds, or its shard under ZeRO.
 /// - `collectives`: the α–β fit of `mpirun -np 2 collectives` per kind: `time ≈ α + bytes / bw`
 ///   for the payload the ledger counts, over shared memory (ranks on one host).
 /// - `cores`: the cores the ranks share; more ranks than cores on a host share them.
@@ -51,12 +55,19 @@ public struct Calibration: Codable, Sendable, Equatable {
     /// Keyed by ``CommunicationKind/name`` (`allreduce`, `allgather`, `reduce_scatter`,
     /// `broadcast`, `send`).
     public var collectives: [String: Link]
+    /// Seconds per updated parameter, keyed by ``OptimizerKind`` (`sgd`, `adam`).
+    public var update: [String: Double]
 
-    public init(cores: Int, ranks: Int, compute: [ComputePoint], collectives: [String: Link]) {
+    public init(cores: Int, ranks: Int, compute: [ComputePoint], collectives: [String: Link], update: [String: Double]) {
         self.cores = cores
         self.ranks = ranks
         self.compute = compute
         self.collectives = collectives
+        self.update = update
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case cores, ranks, compute, collectives, update = "update_seconds_per_parameter"
     }
 
     /// The file in the build directory of the running executable: `.build/plan-calibration.json`
@@ -78,6 +89,8 @@ public struct Calibration: Codable, Sendable, Equatable {
         let calibration: Calibration
         do {
             calibration = try JSONDecoder().decode(Calibration.self, from: data)
+        } catch DecodingError.keyNotFound(let key, _) {
+            throw UsageError("the calibration \(path) has no '\(key.stringValue)' (written by an older plan-check?): run scripts/plan-check.sh again")
         } catch {
             throw UsageError("the calibration \(path) is not valid: \("\(error)".split(separator: "\n").joined(separator: " "))")
         }
@@ -87,9 +100,12 @@ public struct Calibration: Codable, Sendable, Equatable {
 
     func check(_ path: String) throws(UsageError) {
         let rates = compute.flatMap { [$0.flopsPerStep, $0.flopsPerSecond] }
-            + collectives.values.flatMap { [$0.alphaMicroseconds + 1, $0.gigabytesPerSecond] }
+            + collectives.values.flatMap { [$0.alphaMicroseconds + 1, $0.gigabytesPerSecond] } + update.values
+        if OptimizerKind.allCases.contains(where: { update[$0.rawValue] == nil }) {
+            throw UsageError("the calibration \(path) has no update cost for \(OptimizerKind.allCases.map(\.rawValue).filter { update[$0] == nil }.joined(separator: ", ")): run scripts/plan-check.sh again")
+        }
         if compute.isEmpty || cores < 1 || ranks < 2 || rates.contains(where: { !($0.isFinite && $0 > 0) }) {
-            throw UsageError("the calibration \(path) has no compute points, or a count or rate that is not positive")
+            throw UsageError("the calibration \(path) has no compute points, or a count, rate or update cost that is not positive")
         }
     }
 

@@ -9,7 +9,11 @@ import Foundation
 /// tensor-parallel slices, its pipeline stage's blocks), for the rows it runs (B/D, in K·M chain
 /// runs), plus `2 · rows · in · out` per rerun forward under `--recompute`. They run at the
 /// calibrated rate for chain runs of that size (``Calibration/rate(forFlops:)``) or at `--flops`;
-/// when more ranks than cores share a host, each gets `cores / ranks` of that rate.
+/// when more ranks than cores share a host, each gets `cores / ranks` of that rate. Apart from the
+/// chain, a rank zeroes its gradients and updates its parameters every step: the calibration's
+/// seconds per parameter for the run's update rule (``Calibration/update``) times the parameters
+/// it updates (``MemoryPlan/updatedParameters``: all it holds, or its ZeRO/FSDP shard), at the
+/// same cores share. With `--flops` and no calibration that pass is not charged.
 ///
 /// **Communication.** Every call of a ``Transfer`` costs, over a group of `p` ranks,
 ///
@@ -133,17 +137,20 @@ public struct CostModel: Sendable {
         let pp = layout.shape.size(.pp)
         let cut = pp > 1 ? PipelinePartition.stages(plan, stages: pp * layout.shape.virtualStages, override: layout.shape.partition)
             : [0..<plan.count]
+        let memory = try MemoryPlan.perRank(plan, layout, settings)
         for (rank, comm) in communication.enumerated() {
             let work = Self.flops(rank: rank, plan, layout, settings, cut: cut)
+            let share = calibration.map { min(1, Double($0.cores) / Double(perHost)) } ?? 1
             var rate: Double
             if let flops {
                 rate = flops
             } else if let calibration {
-                rate = calibration.rate(forFlops: max(1, work.run)) * min(1, Double(calibration.cores) / Double(perHost))
+                rate = calibration.rate(forFlops: max(1, work.run)) * share
             } else {
                 throw UsageError("no calibration: run scripts/plan-check.sh (it writes .build/plan-calibration.json), or pass --flops")
             }
-            let compute = work.step / rate
+            let perParameter = calibration?.update[settings.optimizer.rawValue] ?? 0
+            let compute = work.step / rate + Double(memory[rank].updatedParameters) * perParameter / share
             var communication = 0.0
             for transfer in comm.transfers { communication += try seconds(transfer, worldSize: n) }
             if compute + communication > worst.computeSeconds + worst.communicationSeconds {
