@@ -12,7 +12,7 @@ extension LayoutDescription {
 
 extension MemoryPlan {
     /// What `train_ep` holds beyond the data-parallel plan it starts from (`ExpertParallel`,
-    /// ``ExpertShards``): the parameters, gradients and Adam moments are the dense floats
+    /// ``ExpertShards``): the parameters, gradients, Adam moments and updated floats are the dense floats
     /// (embedding, routers, head) and this rank's E/E' experts of every block, not the whole
     /// model; each block adds its receive buffers for the worst case — R = min(E'·b·min(K, E/E'),
     /// E/E'·capacity) rows of input and output, values and gradients: `8·R·(in + out)` bytes of
@@ -44,6 +44,7 @@ extension MemoryPlan {
         memory[.parameters] = checked.times(4, max(1, floats))
         memory[.gradients] = memory[.parameters]
         memory[.optimizer] = settings.optimizer == .adam ? checked.times(8, floats) : 0
+        memory.updatedParameters = floats
         memory.largestMessage = max(dense, held, largest)
     }
 }
