@@ -54,6 +54,7 @@ let package = Package(
         .executable(name: "train_tp", targets: ["train_tp"]),
         .executable(name: "train_pp", targets: ["train_pp"]),
         .executable(name: "train_3d", targets: ["train_3d"]),
+        .executable(name: "train_ep", targets: ["train_ep"]),
         .executable(name: "peak", targets: ["peak"]),
         .executable(name: "collectives", targets: ["collectives"]),
         .executable(name: "plan", targets: ["plan"]),
@@ -84,6 +85,7 @@ let package = Package(
         .executableTarget(name: "train_tp", dependencies: ["Training"], swiftSettings: native),
         .executableTarget(name: "train_pp", dependencies: ["Training"], swiftSettings: native),
         .executableTarget(name: "train_3d", dependencies: ["Training"], swiftSettings: native),
+        .executableTarget(name: "train_ep", dependencies: ["Training"], swiftSettings: native),
         .executableTarget(name: "peak", dependencies: ["Core"], swiftSettings: hot),
         .executableTarget(name: "collectives", dependencies: ["Core", "Distributed"], swiftSettings: native),
         // The planner: no MPI run, only the memory and communication plans and the cost model.

@@ -4,9 +4,10 @@ import CMPI
 ///
 /// `stopVote` is the training loop's 4-byte vote on whether a signal asked the job to stop (see
 /// `StopVote` in Training): an allreduce, counted apart so that the other kinds stay exactly what
-/// the layout's math moves.
+/// the layout's math moves. `allToAll` (equal counts) and `allToAllV` (counts per peer) come
+/// last, after it, so the older kinds keep their places in reports.
 public enum CommunicationKind: Int, CaseIterable, Sendable {
-    case allreduce, allgather, reduceScatter, send, receive, broadcast, stopVote
+    case allreduce, allgather, reduceScatter, send, receive, broadcast, stopVote, allToAll, allToAllV
 
     /// The key used in reports and in the `"comm"` object of `--metrics`.
     public var name: String {
@@ -18,6 +19,8 @@ public enum CommunicationKind: Int, CaseIterable, Sendable {
         case .receive: "recv"
         case .broadcast: "broadcast"
         case .stopVote: "stop_vote"
+        case .allToAll: "all_to_all"
+        case .allToAllV: "all_to_all_v"
         }
     }
 }
@@ -43,7 +46,8 @@ public struct CommunicationCounter: Sendable, Equatable {
 ///
 /// **Bytes** are the payload each call hands to or gets from MPI on this rank: the buffer of an
 /// allreduce or broadcast (n elements), the whole gathered output of an allgather and the whole
-/// input of a reduce-scatter (p·n), the message of a send or receive. So per step, DP's
+/// input of a reduce-scatter (p·n), the message of a send or receive, and what an all-to-all
+/// sends to the *other* ranks (the block a rank keeps for itself moves nothing). So per step, DP's
 /// allreduce counts Ψ floats, and FSDP's allgathers count Ψ twice and its reduce-scatters Ψ once
 /// (plus padding). What travels on the wire depends on MPI's algorithm: a ring allreduce sends
 /// 2·(p−1)/p of its buffer, a ring allgather or reduce-scatter (p−1)/p. Groups of one rank

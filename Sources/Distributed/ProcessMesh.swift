@@ -16,6 +16,9 @@ public struct MeshAxis: Hashable, Sendable, CustomStringConvertible {
     /// Hybrid sharding (HSDP): groups of `shard` ranks that hold the same shards, split the batch
     /// further and sum their gradient shards (PyTorch DeviceMesh's "replicate").
     public static let replicate = MeshAxis("replicate")
+    /// Expert parallelism (`train_ep`): ranks that hold different experts of every mixture of
+    /// experts and exchange token rows with all-to-alls.
+    public static let expert = MeshAxis("expert")
 
     /// The axes along which ranks train on different rows of the batch.
     public static let dataAxes: [MeshAxis] = [.dp, .shard, .replicate]

@@ -179,7 +179,7 @@ public enum Watchdog {
 /// The blocking MPI calls the watchdog names.
 public enum WatchedOperation: UInt32, CaseIterable, Sendable {
     // From 1: a record is never zero, whatever its serial number.
-    case allreduce = 1, allgather, reduceScatter, ringExchange, broadcast, send, receive, barrier, split, finalize
+    case allreduce = 1, allgather, reduceScatter, ringExchange, broadcast, send, receive, barrier, split, finalize, allToAll
 
     /// The name in the watchdog's line (the ledger's names where there is one).
     public var name: String {
@@ -194,6 +194,7 @@ public enum WatchedOperation: UInt32, CaseIterable, Sendable {
         case .barrier: "barrier"
         case .split: "communicator split"
         case .finalize: "MPI_Finalize"
+        case .allToAll: "all_to_all"
         }
     }
 

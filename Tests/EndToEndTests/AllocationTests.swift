@@ -65,6 +65,11 @@ final class AllocationTests: XCTestCase {
         try check("train", np: nil, extra: ["--optimizer", "adam"])
         try check("train", np: nil, extra: ["--layers", "4", "--recompute"])
     }
+    /// Expert parallelism: two groups of two (the all-to-alls, the world and replicate allreduces).
+    func testExpertParallelStepDoesNotAllocate() throws {
+        try check("train_ep", np: 4, extra: ["--experts", "4", "--top-k", "2", "--capacity-factor", "1", "--ep", "2", "--layers", "2"])
+    }
+
     func testMixtureOfExpertsStepDoesNotAllocate() throws {
         try check("train", np: nil, extra: ["--experts", "4", "--top-k", "2", "--capacity-factor", "1.25", "--layers", "2"])
         try check("train_dp", np: 2, extra: ["--experts", "4", "--top-k", "1", "--capacity-factor", "1"])

@@ -71,6 +71,8 @@ final class MemoryPlanTests: XCTestCase {
             ("train", nil, ["--experts", "4", "--top-k", "2"]),
             ("train", nil, ["--experts", "3", "--top-k", "1", "--capacity-factor", "0.75"]),
             ("train_dp", 3, ["--experts", "4", "--top-k", "2"]),
+            ("train_ep", 4, ["--experts", "4", "--top-k", "2", "--ep", "2"]),
+            ("train_ep", 2, ["--experts", "2", "--top-k", "1", "--capacity-factor", "0.5", "--ep", "2"]),
             ("train_dp", 2, ["--bucket-kb", "1"]),
             ("train_dp", 2, ["--accumulate", "2"]),
             ("train_fsdp", 3, []),

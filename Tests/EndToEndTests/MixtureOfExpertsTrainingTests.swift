@@ -183,7 +183,7 @@ final class MixtureOfExpertsTrainingTests: XCTestCase {
         var runs = cases.map { ("train", nil as Int?, $0.0, $0.1) }
         for (executable, extra) in [("train_fsdp", []), ("train_tp", []), ("train_pp", []),
                                     ("train_3d", ["--tp", "1", "--dp", "2", "--pp", "1"])] {
-            runs.append((executable, 2, ["--experts", "4"] + extra, "--experts is not supported by \(executable) yet: it arrives with train_ep"))
+            runs.append((executable, 2, ["--experts", "4"] + extra, "--experts is not supported by \(executable): use train, train_dp or train_ep"))
         }
         for (executable, np, args, expected) in runs {
             let run = try Launch.run(executable, np: np, ["--data", Self.data] + args, timeout: 60)

@@ -5,7 +5,7 @@ import Distributed
 /// The ledger report's output, without MPI: the table and the metrics JSON for given counters.
 /// The expected text was produced by the report as it was when the counters were flat Doubles,
 /// so this proves that the `CommunicationCounter` rewrite kept both formats byte for byte (the
-/// `stop_vote` row and key were added since, as the last kind).
+/// `stop_vote`, then `all_to_all` and `all_to_all_v` rows and keys were added since, as the last kinds).
 final class LedgerReportTests: XCTestCase {
     /// Two ranks over 4 steps: rank 0 allreduces and sends, rank 1 allreduces and receives;
     /// bytes that do not divide by the step count, seconds with a fractional microsecond.
@@ -14,11 +14,12 @@ final class LedgerReportTests: XCTestCase {
         comm: [
             [CommunicationCounter(calls: 4, bytes: 4002, seconds: 0.0000123), CommunicationCounter(),
              CommunicationCounter(), CommunicationCounter(calls: 8, bytes: 1024, seconds: 0.5),
-             CommunicationCounter(), CommunicationCounter(), CommunicationCounter(calls: 4, bytes: 16, seconds: 0.000002)],
+             CommunicationCounter(), CommunicationCounter(), CommunicationCounter(calls: 4, bytes: 16, seconds: 0.000002),
+             CommunicationCounter(), CommunicationCounter()],
             [CommunicationCounter(calls: 4, bytes: 4002, seconds: 0.25), CommunicationCounter(),
              CommunicationCounter(), CommunicationCounter(),
              CommunicationCounter(calls: 8, bytes: 1024, seconds: 0.125), CommunicationCounter(),
-             CommunicationCounter(calls: 4, bytes: 16, seconds: 0.000004)],
+             CommunicationCounter(calls: 4, bytes: 16, seconds: 0.000004), CommunicationCounter(), CommunicationCounter()],
         ],
         memory: [[100, 100, 0, 64, 8], [100, 100, 0, 64, 0]])
 
@@ -41,10 +42,10 @@ final class LedgerReportTests: XCTestCase {
         let zero = #"{"calls":0,"bytes":0,"seconds":0.0}"#
         let rank0 = #"{"allreduce":{"calls":4,"bytes":4002,"seconds":1.23e-05},"allgather":"# + zero + #","reduce_scatter":"# + zero
             + #","send":{"calls":8,"bytes":1024,"seconds":0.5},"recv":"# + zero + #","broadcast":"# + zero
-            + #","stop_vote":{"calls":4,"bytes":16,"seconds":2e-06}}"#
+            + #","stop_vote":{"calls":4,"bytes":16,"seconds":2e-06},"all_to_all":"# + zero + #","all_to_all_v":"# + zero + "}"
         let rank1 = #"{"allreduce":{"calls":4,"bytes":4002,"seconds":0.25},"allgather":"# + zero + #","reduce_scatter":"# + zero
             + #","send":"# + zero + #","recv":{"calls":8,"bytes":1024,"seconds":0.125},"broadcast":"# + zero
-            + #","stop_vote":{"calls":4,"bytes":16,"seconds":4e-06}}"#
+            + #","stop_vote":{"calls":4,"bytes":16,"seconds":4e-06},"all_to_all":"# + zero + #","all_to_all_v":"# + zero + "}"
         let memory0 = #"{"parameters":100,"gradients":100,"optimizer":0,"activations":64,"buffers":8}"#
         let memory1 = #"{"parameters":100,"gradients":100,"optimizer":0,"activations":64,"buffers":0}"#
         XCTAssertEqual(report.json, #""train_steps":4,"comm":"# + rank0 + #","memory":"# + memory0
@@ -53,7 +54,7 @@ final class LedgerReportTests: XCTestCase {
 
     /// A single rank that communicated nothing says so.
     func testSingleRankTable() {
-        let single = LedgerReport(steps: 0, comm: [Array(repeating: CommunicationCounter(), count: 7)], memory: [[4, 4, 8, 16, 0]])
+        let single = LedgerReport(steps: 0, comm: [Array(repeating: CommunicationCounter(), count: CommunicationKind.allCases.count)], memory: [[4, 4, 8, 16, 0]])
         XCTAssertEqual(single.table, """
             communication per training step (rank 0 | all ranks), over 0 steps:
               kind            calls   bytes (rank 0)   bytes (all ranks)   µs in MPI (rank 0)

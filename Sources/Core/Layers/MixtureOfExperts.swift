@@ -37,16 +37,26 @@ import Darwin
 /// **Rows over ranks.** B is the whole batch. When a layout spreads its rows over ranks (DP), an
 /// ``ExpertBatchExchange`` (``attach(_:)``) makes the capacity count, f and P the whole batch's:
 /// one allgather of 2E floats per forward, and the block then computes exactly as on one rank.
+///
+/// **Experts over ranks.** Under expert parallelism (`train_ep`) the block holds the router and
+/// only ``localExperts``; ``ExpertShards`` (``shard(over:maxReceived:)``) sends the packed rows of
+/// the other experts to the ranks that hold them and brings their outputs back (all-to-all-v),
+/// and backward the same with the gradients, so everything around the experts is unchanged.
 public final class MixtureOfExperts: Layer {
     public let inputs: Int
     public let outputs: Int
     public let experts: ExpertsConfig
     /// The most rows one forward may take (the buffers' worst case).
     public let maxRows: Int
+    /// The experts whose parameters this block holds (all of them, except under `train_ep`).
+    public let localExperts: Range<Int>
+    /// Under expert parallelism: where the other experts are computed (nil: all are local).
+    var shards: ExpertShards?
 
     let router: UnsafeMutablePointer<Float>
     let routerGrad: UnsafeMutablePointer<Float>
-    /// Expert e's weight starts at `expertValues + e · expertStride`, its bias `inputs · outputs` later.
+    /// Local expert i's (expert `localExperts.lowerBound + i`) weight starts at
+    /// `expertValues + i · expertStride`, its bias `inputs · outputs` later.
     let expertValues: UnsafeMutablePointer<Float>
     let expertGrads: UnsafeMutablePointer<Float>
     var expertStride: Int { inputs * outputs + outputs }
@@ -100,17 +110,35 @@ public final class MixtureOfExperts: Layer {
         inputs * experts + experts * (inputs * outputs + outputs)
     }
 
-    public init(inputs: Int, outputs: Int, experts: ExpertsConfig, rows: Int, parameters: ParameterView) {
+    /// The reference block over `parameters`: the router, then all E experts (canonical order).
+    public convenience init(inputs: Int, outputs: Int, experts: ExpertsConfig, rows: Int, parameters: ParameterView) {
         precondition(parameters.count == Self.parameterCount(inputs: inputs, outputs: outputs, experts: experts.count))
+        let routerCount = inputs * experts.count
+        self.init(inputs: inputs, outputs: outputs, experts: experts, rows: rows,
+                  router: ParameterView(value: parameters.value, grad: parameters.grad, count: routerCount),
+                  localExperts: 0..<experts.count,
+                  expertParameters: ParameterView(value: parameters.value + routerCount, grad: parameters.grad + routerCount,
+                                                  count: parameters.count - routerCount))
+    }
+
+    /// A block that holds the router (`in × E`) and only the experts `localExperts`
+    /// (`expertParameters`: theirs, `in × out + out` each, in order). Every expert must be held
+    /// here unless ``shard(over:maxReceived:)`` hands the others to the ranks that hold them (`train_ep`).
+    public init(inputs: Int, outputs: Int, experts: ExpertsConfig, rows: Int, router: ParameterView,
+                localExperts: Range<Int>, expertParameters: ParameterView) {
+        precondition(router.count == inputs * experts.count
+                     && expertParameters.count == localExperts.count * (inputs * outputs + outputs))
         precondition(experts.count >= 1 && experts.topK >= 1 && experts.topK <= experts.count && rows >= 1)
+        precondition(localExperts.lowerBound >= 0 && localExperts.upperBound <= experts.count)
         self.inputs = inputs
         self.outputs = outputs
         self.experts = experts
+        self.localExperts = localExperts
         maxRows = rows
-        router = parameters.value
-        routerGrad = parameters.grad
-        expertValues = parameters.value + inputs * experts.count
-        expertGrads = parameters.grad + inputs * experts.count
+        self.router = router.value
+        routerGrad = router.grad
+        expertValues = expertParameters.value
+        expertGrads = expertParameters.grad
         routing = Activation(rows: rows, cols: experts.count)
         gates = Activation(rows: rows, cols: experts.topK)
         packedInput = Activation(rows: rows * experts.topK, cols: inputs)
@@ -159,12 +187,14 @@ public final class MixtureOfExperts: Layer {
         for a in 0..<rows * k where positions[a] >= 0 {
             Kernels.copy(input.value + (a / k) * inputs, into: packedInput.value + Int(positions[a]) * inputs, count: inputs)
         }
-        for x in 0..<e where kept[x] > 0 {
-            let start = Int(starts[x]), weight = expertValues + x * expertStride
-            Kernels.gemm(m: Int(kept[x]), n: outputs, k: inputs,
-                         a: packedInput.value + start * inputs, rowStride: inputs, depthStride: 1,
-                         b: weight, ldb: outputs, c: packedOutput.value + start * outputs, ldc: outputs,
-                         epilogue: .init(bias: UnsafePointer(weight + inputs * outputs), relu: true))
+        if let shards {
+            shards.forward(self)  // every expert's rows to its rank and back (ExpertShards)
+        } else {
+            precondition(localExperts.count == e, "a block without some experts needs shard(_:)")
+            for x in 0..<e where kept[x] > 0 {
+                let start = Int(starts[x])
+                runExpert(x, rows: Int(kept[x]), input: packedInput.value + start * inputs, output: packedOutput.value + start * outputs)
+            }
         }
         // y_r = Σ_{kept k} g_r,k · h, in slot order.
         Kernels.zero(output.value, count: rows * outputs)
@@ -261,6 +291,29 @@ public final class MixtureOfExperts: Layer {
         for i in 0..<count { v[i] /= sum }
     }
 
+    /// `output = ReLU(input · W_x + b_x)` over `rows` rows, x a local expert (global index).
+    @inline(__always)
+    func runExpert(_ x: Int, rows: Int, input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>) {
+        let weight = expertValues + (x - localExperts.lowerBound) * expertStride
+        Kernels.gemm(m: rows, n: outputs, k: inputs, a: input, rowStride: inputs, depthStride: 1,
+                     b: weight, ldb: outputs, c: output, ldc: outputs,
+                     epilogue: .init(bias: UnsafePointer(weight + inputs * outputs), relu: true))
+    }
+
+    /// Local expert x's Linear backward over `rows` rows whose output gradient (ReLU mask and
+    /// gate applied) is `outputGrad`: adds `db_x += Σ dh`, `dW_x += Xᵀ·dh`; writes `dX = dh·W_xᵀ`.
+    @inline(__always)
+    func backwardExpert(_ x: Int, rows: Int, input: UnsafePointer<Float>, outputGrad: UnsafePointer<Float>,
+                        inputGrad: UnsafeMutablePointer<Float>) {
+        let weight = expertValues + (x - localExperts.lowerBound) * expertStride
+        let grad = expertGrads + (x - localExperts.lowerBound) * expertStride
+        Kernels.columnSums(outputGrad, rows: rows, cols: outputs, into: grad + inputs * outputs, accumulate: true)
+        Kernels.gemm(m: inputs, n: outputs, k: rows, a: input, rowStride: 1, depthStride: inputs,
+                     b: outputGrad, ldb: outputs, c: grad, ldc: outputs, epilogue: .init(accumulate: true))
+        Kernels.gemm(m: rows, n: inputs, k: outputs, a: outputGrad, rowStride: outputs, depthStride: 1,
+                     transposedB: weight, ldb: outputs, c: inputGrad, ldc: inputs)
+    }
+
     // MARK: - Backward
 
     public func backward(_ input: Activation, _ output: Activation) {
@@ -278,16 +331,15 @@ public final class MixtureOfExperts: Layer {
             }
             dg[a] = dot
         }
-        // Each expert's Linear backward over its packed rows.
-        for x in 0..<e where kept[x] > 0 {
-            let start = Int(starts[x]), count = Int(kept[x])
-            let weight = expertValues + x * expertStride, grad = expertGrads + x * expertStride
-            let xs = packedInput.value + start * inputs, dh = packedOutput.grad + start * outputs
-            Kernels.columnSums(dh, rows: count, cols: outputs, into: grad + inputs * outputs, accumulate: true)
-            Kernels.gemm(m: inputs, n: outputs, k: count, a: xs, rowStride: 1, depthStride: inputs,
-                         b: dh, ldb: outputs, c: grad, ldc: outputs, epilogue: .init(accumulate: true))
-            Kernels.gemm(m: count, n: inputs, k: outputs, a: dh, rowStride: outputs, depthStride: 1,
-                         transposedB: weight, ldb: outputs, c: packedInput.grad + start * inputs, ldc: inputs)
+        // Each expert's Linear backward over its packed rows (on its own rank under train_ep).
+        if let shards {
+            shards.backward(self)
+        } else {
+            for x in 0..<e where kept[x] > 0 {
+                let start = Int(starts[x])
+                backwardExpert(x, rows: Int(kept[x]), input: packedInput.value + start * inputs,
+                               outputGrad: packedOutput.grad + start * outputs, inputGrad: packedInput.grad + start * inputs)
+            }
         }
         // ∂L/∂p (gates and aux), then through the softmax.
         let auxScale = experts.auxiliaryLossCoefficient * Float(e) / Float(batchRows)

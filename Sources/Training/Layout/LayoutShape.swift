@@ -28,6 +28,9 @@ public struct LayoutShape: Sendable {
     /// `--sequence-parallel`: each micro-batch's rows are split over the tensor-parallel group
     /// outside the pairs (``SequenceSplit``), so they must divide by its size.
     public var sequenceParallel = false
+    /// `train_ep --ep E'`: data parallel over the `dp` axis, with every mixture of experts' experts
+    /// split over groups of E' consecutive ranks (nil for every other layout).
+    public var expertGroup: Int? = nil
 
     public static var singleRank: LayoutShape { LayoutShape(executable: .singleRank, axes: [], microBatches: nil) }
 

@@ -78,7 +78,7 @@ public struct LayoutDescription: Sendable {
         let n = shape.ranks, chunks = shape.virtualStages > 1 ? " --virtual-stages \(shape.virtualStages)" : ""
         switch kind {
         case .singleRank: return "train" + (recompute ? " --recompute" : "")
-        case .dataParallel: return "train_dp -np \(n)" + (recompute ? " --recompute" : "")
+        case .dataParallel: return shape.expertGroup.map { "train_ep -np \(n) --ep \($0)" } ?? "train_dp -np \(n)" + (recompute ? " --recompute" : "")
         case .fullySharded:
             return "train_fsdp -np \(n)" + (zero != 3 ? " --zero \(zero)" : "") + (replicate > 1 ? " --replicate \(replicate)" : "")
                 + (recompute ? " --recompute" : "")
@@ -369,6 +369,7 @@ extension MemoryPlan {
             }
         }
 
+        if let group = shape.expertGroup { expertParallel(&memory, plan, group: group, rows: chainRows, settings, &checked) }
         // Whole-model copies (see the type's documentation).
         let psi = plan.parameterCount
         let gathered = settings.samples > 0 || settings.dump || settings.export ? 1 : 0

@@ -70,6 +70,7 @@ public struct CostModel: Sendable {
         switch kind {
         case .allreduce: return (2 * (q - 1), 2 * (q - 1) / q)
         case .allgather, .reduceScatter: return (q - 1, (q - 1) / q)
+        case .allToAll, .allToAllV: return (q - 1, 1)  // pairwise exchange; the ledger counts only what leaves
         case .broadcast: return ((q > 1 ? log2(q) : 0).rounded(.up), 1)
         case .send, .receive, .stopVote: return (1, 1)
         }

@@ -82,7 +82,7 @@ extension Trainer {
         let fitting = needs.filter { $0.1 <= budget }
         if ranks == 1 {
             if plan.config.experts != nil {  // only train_dp takes experts besides train, and it shards nothing
-                return "train is the only layout on 1 rank (on more ranks, train_dp splits the batch; no layout shards experts yet)"
+                return "train is the only layout on 1 rank (on more ranks, train_dp splits the batch and train_ep shards the experts)"
             }
             return "train is the only layout on 1 rank (on more ranks, train_fsdp and train_3d shard the model and split the batch)"
         }
