@@ -5,10 +5,11 @@
 #    - update: `peak --model`'s median time to zero the gradients and run one SGD / Adam update of
 #      the check's model, per parameter (the per-step pass that does not shrink with the batch);
 #    - compute: `train` (one rank) for the check's configuration at batch B, B/2, …, B/32, its
-#      µs/step measured as the layouts' are (below) less that update, as (FLOPs per step from
+#      µs/step measured as the layouts' are (below) less that update, as (rows, FLOPs per step from
 #      `peak --model`, FLOP/s) points: the rate of the chain's forward and backward alone;
 #    - collectives: the α–β fit of `mpirun -np 2 collectives` per kind (reduce-scatter: the ring,
-#      which Distributed runs from 16 KB; send: the one-way ping-pong).
+#      which Distributed runs from 16 KB; send: the one-way ping-pong), with its measured points from
+#      1 KB up (the planner reads a call's time off them inside their range).
 # 2. Runs every layout of LAYOUTS --repeats times for S2 steps, logging every S1: the measured µs/step
 #    is the median of the progress lines' µs/step over the windows after the first (which holds the
 #    start-up: on a busy machine the ranks reach their first collective seconds apart).
@@ -69,13 +70,24 @@ def option(flags, name):
 
 def calibrate(data, repeats):
     text = run(MPIRUN + ["-np", "2", os.path.join(BIN, "collectives"), "--max-bytes", str(4 << 20), "--seconds", "0.1"])
+    lines = text.splitlines()
+    header = next(line for line in lines if line.startswith("bytes "))
+    names = re.split(r"\s{2,}", header.strip())[1:]  # the series, in table order
+    points = {name: [] for name in names}
+    for line in lines:
+        cells = line.split()
+        if cells and cells[0].isdigit() and len(cells) == len(names) + 1:
+            for name, cell in zip(names, cells[1:]):
+                if cell != "—" and float(cell) > 0 and int(cells[0]) >= 1024:  # from 1 KB: below, µs of noise
+                    points[name].append([float(cells[0]), float(cell) * 1e-6])
     collectives = {}
-    for line in text.splitlines():
+    for line in lines:
         if "α =" in line and "bandwidth =" in line:
             name = line.split("α =")[0].strip()
             if name in FITS:
                 collectives[FITS[name]] = {"alpha_us": max(0.0, float(line.split("α =")[1].split("µs")[0])),
-                                           "gb_per_s": float(line.split("bandwidth =")[1].split("GB/s")[0])}
+                                           "gb_per_s": float(line.split("bandwidth =")[1].split("GB/s")[0]),
+                                           "points": points.get(name, [])}
     compute = []
     batch = option(MODEL, "--batch-size")
     update = None
@@ -91,7 +103,7 @@ def calibrate(data, repeats):
         chain = seconds - update["sgd"] * parameters  # the check runs SGD, train's default
         if chain <= 0:
             sys.exit(f"plan-check: train at batch {batch} took {seconds * 1e6:.0f} µs/step, less than its update alone")
-        compute.append({"flops_per_step": flops, "flops_per_second": flops / chain})
+        compute.append({"rows": batch, "flops_per_step": flops, "flops_per_second": flops / chain})
         batch //= 2
     calibration = {"cores": os.cpu_count(), "ranks": 2, "compute": compute, "collectives": collectives,
                    "update_seconds_per_parameter": update}

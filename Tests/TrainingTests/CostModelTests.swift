@@ -8,7 +8,7 @@ import XCTest
 final class CostModelTests: XCTestCase {
     let calibration = Calibration(
         cores: 2, ranks: 2,
-        compute: [.init(flopsPerStep: 1e6, flopsPerSecond: 1e9), .init(flopsPerStep: 1e8, flopsPerSecond: 3e9)],
+        compute: [.init(rows: 2, flopsPerStep: 1e6, flopsPerSecond: 1e9), .init(rows: 200, flopsPerStep: 1e8, flopsPerSecond: 3e9)],
         collectives: ["allreduce": .init(alphaMicroseconds: 10, gigabytesPerSecond: 1),
                       "allgather": .init(alphaMicroseconds: 4, gigabytesPerSecond: 2),
                       "reduce_scatter": .init(alphaMicroseconds: 6, gigabytesPerSecond: 1),
@@ -36,13 +36,30 @@ final class CostModelTests: XCTestCase {
         XCTAssertThrowsError(try model.seconds(transfer(.broadcast, p: 2, bytes: 4), worldSize: 2), "no broadcast fit, no link rates")
     }
 
-    func testRateIsInterpolatedInLogFlops() {
-        XCTAssertEqual(calibration.rate(forFlops: 1e3), 1e9)
-        XCTAssertEqual(calibration.rate(forFlops: 1e7), 2e9, accuracy: 1)
-        XCTAssertEqual(calibration.rate(forFlops: 1e12), 3e9)
+    func testRateIsInterpolatedInLogRows() {
+        XCTAssertEqual(calibration.rate(forRows: 1), 1e9)
+        XCTAssertEqual(calibration.rate(forRows: 20), 2e9, accuracy: 1)
+        XCTAssertEqual(calibration.rate(forRows: 4096), 3e9)
     }
 
-    /// DP over 2 ranks: the compute is each rank's half batch at the interpolated rate; a
+    /// Measured points win over the fit inside their range: a call's time is read off them
+    /// (log–log between points), and the cost model charges a transfer at the bandwidth the
+    /// points show at its mean bytes per call — exactly the measured time at p = 2.
+    func testMeasuredPointsPriceCallsInsideTheirRange() throws {
+        var curved = calibration
+        // 1 MB in 100 µs (10 GB/s: in cache), 4 MB in 1000 µs (4 GB/s); the fit says 1 GB/s.
+        curved.collectives["allgather"]!.points = [[1e6, 100e-6], [4e6, 1000e-6]]
+        let link = curved.collectives["allgather"]!
+        XCTAssertEqual(link.seconds(perCall: 1e6), 100e-6, accuracy: 1e-15)
+        XCTAssertEqual(link.seconds(perCall: 2e6), 100e-6 * pow(10, 0.5), accuracy: 1e-12, "half way in log bytes: half way in log time")
+        XCTAssertEqual(link.seconds(perCall: 8e6), 4e-6 + 8e6 / 2e9, accuracy: 1e-15, "beyond the points: the fit")
+        let model = CostModel(calibration: curved)
+        XCTAssertEqual(try model.seconds(transfer(.allgather, p: 2, calls: 3, bytes: 3_000_000), worldSize: 2), 3 * 100e-6, accuracy: 1e-12)
+        XCTAssertEqual(try CostModel(calibration: calibration).seconds(transfer(.allgather, p: 2, calls: 3, bytes: 3_000_000), worldSize: 2),
+                       3 * 4e-6 + 3e6 / 2e9, accuracy: 1e-12, "without points: the fit")
+    }
+
+    /// DP over 2 ranks: the compute is each rank's half batch at the given rate; a
     /// pipeline is stretched by its ideal bubble.
     func testPredictionIsComputePlusCommunicationStretchedByTheBubble() throws {
         let config = ModelConfig(vocab: 27, seqLen: 16, emb: 16, hidden: 64, layers: 1)
@@ -67,7 +84,7 @@ final class CostModelTests: XCTestCase {
         let config = ModelConfig(vocab: 27, seqLen: 16, emb: 16, hidden: 64, layers: 1)
         let plan = config.plan, psi = Double(plan.parameterCount)
         let model = CostModel(calibration: calibration)
-        let chain = plan.trainingFlops(batchSize: 16) / calibration.rate(forFlops: plan.trainingFlops(batchSize: 16))
+        let chain = plan.trainingFlops(batchSize: 16) / calibration.rate(forRows: 16)
         for (optimizer, perParameter) in [(OptimizerKind.sgd, 1e-9), (.adam, 4e-9)] {
             let settings = PlanSettings(batchSize: 32, optimizer: optimizer)
             let dp = LayoutDescription.dataParallel(ranks: 2, bucketBytes: 1 << 20)

@@ -9,7 +9,7 @@ import Distributed
 /// the same update to the same weights, and they stay equal.
 ///
 /// The communication is a hook on the reference chain (``GradientBuckets``): as soon as backward
-/// has finished the blocks of a bucket, that bucket's allreduce starts (PyTorch DDP's buckets).
+/// has finished the blocks of a bucket, that bucket is allreduced (PyTorch DDP's buckets).
 /// The loss is summed separately, after backward: a 4-byte allreduce.
 ///
 /// With `--accumulate K` the rank's rows run as K micro-steps and the hooks are attached for
@@ -58,7 +58,7 @@ public final class DataParallel: TrainingLayout {
             model.chain.hooks = steps.isLast(j) ? buckets : nil
             model.backward()
         }
-        buckets.waitForAll()
+        buckets.finish()
         // The aux loss is computed from the whole batch's statistics: the same on every rank.
         return dp.sum(lossSum) / Float(globalBatch) + model.auxiliaryLoss
     }
@@ -81,10 +81,13 @@ public final class DataParallel: TrainingLayout {
 ///
 /// The flat gradient buffer is in canonical (forward) order and backward fills it from the end.
 /// It is cut at block boundaries into buckets of at least `bucketBytes`; when backward finishes a
-/// bucket's first block (``didRunBackward(_:)``), a non-blocking allreduce of the bucket starts
-/// while backward carries on with the earlier blocks. With a single bucket there is nothing left
-/// to overlap, and that one collective is the blocking `MPI_Allreduce` (faster than the
-/// non-blocking one here; see the README).
+/// bucket's first block (``didRunBackward(_:)``), the bucket is allreduced (PyTorch DDP's buckets).
+///
+/// The allreduce is the blocking `MPI_Allreduce`. A non-blocking one started there and waited after
+/// backward would overlap only where the MPI library progresses it on its own (an asynchronous
+/// progress thread, an offloading network card): OpenMPI over shared memory moves it only inside
+/// MPI calls, and here neither polling nor a communication thread hid any of it, while OpenMPI's
+/// non-blocking allreduce is slower than its blocking one (README: "Overlap" and the DP section).
 public final class GradientBuckets: LayerChainHooks {
     /// A run of blocks whose gradients are allreduced together, in the order backward finishes them.
     public struct Bucket: Sendable, Equatable {
@@ -97,7 +100,6 @@ public final class GradientBuckets: LayerChainHooks {
     public let buckets: [Bucket]
     let gradients: UnsafeMutablePointer<Float>
     let group: Communicator
-    var requests: [Request]
     var next = 0
 
     /// The buckets of `plan` for a bucket size of `bucketBytes`, last blocks first.
@@ -118,24 +120,18 @@ public final class GradientBuckets: LayerChainHooks {
         buckets = Self.buckets(plan: plan, bucketBytes: bucketBytes)
         self.gradients = gradients
         self.group = group
-        requests = Array(repeating: Request(), count: buckets.count)
     }
 
     public func didRunBackward(_ block: Int) {
         guard next < buckets.count && buckets[next].firstBlock == block else { return }
         let range = buckets[next].range
-        if buckets.count == 1 {
-            group.allreduceSum(gradients + range.lowerBound, count: range.count)
-        } else {
-            requests[next] = group.startAllreduceSum(gradients + range.lowerBound, count: range.count)
-        }
+        group.allreduceSum(gradients + range.lowerBound, count: range.count)
         next += 1
     }
 
-    /// Waits for every bucket's allreduce of this backward pass.
-    func waitForAll() {
+    /// Checks that backward completed every bucket, and rearms for the next backward pass.
+    func finish() {
         precondition(next == buckets.count, "backward did not complete every bucket")
-        for i in requests.indices { requests[i].wait() }
         next = 0
     }
 }

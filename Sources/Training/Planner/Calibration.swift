@@ -5,31 +5,39 @@ import Foundation
 /// What the cost model knows of a machine, measured on it (`scripts/plan-check.sh` writes it to
 /// `.build/plan-calibration.json`):
 ///
-/// - `compute`: the forward and backward of `train`'s chain at a few batch sizes, as FLOPs per
-///   step (6·B·in·out over the Linears) and the rate one rank reached alone on the machine
+/// - `compute`: the forward and backward of `train`'s chain at a few batch sizes: the rows, FLOPs
+///   per step (6·B·in·out over the Linears) and the rate one rank reached alone on the machine
 ///   (FLOP/s: the FLOPs over the step time less the update below). Small matrices run far below
-///   the machine's peak, so the rate of a rank's share of a step is read off these points by its
-///   FLOPs per chain run (linear in log FLOPs between points, the end points beyond them).
+///   the machine's peak, and what makes them small is the rows (the widths are the model's), so a
+///   rank's rate is read off these points by the rows of its chain runs (linear in log rows
+///   between points, the end points beyond them): a pipeline's 8-row micro-batch runs at the
+///   8-row point, not at the point of the same FLOPs over the whole model.
 /// - `update`: seconds per parameter of the per-step passes over the parameters that do not
 ///   shrink with the batch (zeroing the gradients and the optimizer's update), per update rule
 ///   (`peak --model`'s `update_us_*` over its parameter count). A rank pays it for the parameters
 ///   it updates: all it holds, or its shard under ZeRO.
-/// - `collectives`: the α–β fit of `mpirun -np 2 collectives` per kind: `time ≈ α + bytes / bw`
-///   for the payload the ledger counts, over shared memory (ranks on one host).
+/// - `collectives`: per kind, the α–β fit of `mpirun -np 2 collectives` (`time ≈ α + bytes / bw`
+///   for the payload the ledger counts, over shared memory) and the measured points it was fitted
+///   to. Over shared memory the bandwidth depends on the size (a megabyte stays in cache, four do
+///   not), so where there are points the time of a call is read off them (linear in log–log
+///   between points); the fit serves beyond them and for hand-written files.
 /// - `cores`: the cores the ranks share; more ranks than cores on a host share them.
 ///
 /// Nothing here is guessed: without a file the planner asks for `--flops` (and uses no
 /// collective rates it has not measured: it then needs `--link-latency` and `--link-bandwidth`).
 public struct Calibration: Codable, Sendable, Equatable {
     public struct ComputePoint: Codable, Sendable, Equatable {
+        /// Rows of the chain run (the batch of the `train` run measured).
+        public var rows: Int
         public var flopsPerStep: Double
         public var flopsPerSecond: Double
-        public init(flopsPerStep: Double, flopsPerSecond: Double) {
+        public init(rows: Int, flopsPerStep: Double, flopsPerSecond: Double) {
+            self.rows = rows
             self.flopsPerStep = flopsPerStep
             self.flopsPerSecond = flopsPerSecond
         }
         enum CodingKeys: String, CodingKey {
-            case flopsPerStep = "flops_per_step", flopsPerSecond = "flops_per_second"
+            case rows, flopsPerStep = "flops_per_step", flopsPerSecond = "flops_per_second"
         }
     }
 
@@ -39,12 +47,34 @@ public struct Calibration: Codable, Sendable, Equatable {
         public var alphaMicroseconds: Double
         /// Payload bytes per second, in GB/s.
         public var gigabytesPerSecond: Double
-        public init(alphaMicroseconds: Double, gigabytesPerSecond: Double) {
+        /// Measured `[bytes, seconds]` per call, by increasing bytes (may be empty).
+        public var points: [[Double]]
+        public init(alphaMicroseconds: Double, gigabytesPerSecond: Double, points: [[Double]] = []) {
             self.alphaMicroseconds = alphaMicroseconds
             self.gigabytesPerSecond = gigabytesPerSecond
+            self.points = points
         }
         enum CodingKeys: String, CodingKey {
-            case alphaMicroseconds = "alpha_us", gigabytesPerSecond = "gb_per_s"
+            case alphaMicroseconds = "alpha_us", gigabytesPerSecond = "gb_per_s", points
+        }
+        public init(from decoder: Decoder) throws {
+            let container = try decoder.container(keyedBy: CodingKeys.self)
+            alphaMicroseconds = try container.decode(Double.self, forKey: .alphaMicroseconds)
+            gigabytesPerSecond = try container.decode(Double.self, forKey: .gigabytesPerSecond)
+            points = try container.decodeIfPresent([[Double]].self, forKey: .points) ?? []
+        }
+
+        /// Seconds per call of `bytes` at two ranks: read off the measured points (linear in
+        /// log–log between the two around it) inside their range, the α–β fit outside it.
+        public func seconds(perCall bytes: Double) -> Double {
+            let fit = alphaMicroseconds * 1e-6 + bytes / (gigabytesPerSecond * 1e9)
+            guard points.count >= 2, let first = points.first, let last = points.last,
+                  bytes >= first[0], bytes <= last[0] else { return fit }
+            let upper = points.firstIndex { $0[0] >= bytes }!
+            if upper == 0 { return first[1] }
+            let a = points[upper - 1], b = points[upper]
+            let t = log(bytes / a[0]) / log(b[0] / a[0])
+            return exp(log(a[1]) + t * (log(b[1]) - log(a[1])))
         }
     }
 
@@ -99,26 +129,27 @@ public struct Calibration: Codable, Sendable, Equatable {
     }
 
     func check(_ path: String) throws(UsageError) {
-        let rates = compute.flatMap { [$0.flopsPerStep, $0.flopsPerSecond] }
+        let rates = compute.flatMap { [Double($0.rows), $0.flopsPerStep, $0.flopsPerSecond] }
             + collectives.values.flatMap { [$0.alphaMicroseconds + 1, $0.gigabytesPerSecond] } + update.values
+            + collectives.values.flatMap { $0.points.flatMap { $0.count == 2 ? $0 : [-1] } }
         if OptimizerKind.allCases.contains(where: { update[$0.rawValue] == nil }) {
             throw UsageError("the calibration \(path) has no update cost for \(OptimizerKind.allCases.map(\.rawValue).filter { update[$0] == nil }.joined(separator: ", ")): run scripts/plan-check.sh again")
         }
         if compute.isEmpty || cores < 1 || ranks < 2 || rates.contains(where: { !($0.isFinite && $0 > 0) }) {
-            throw UsageError("the calibration \(path) has no compute points, or a count, rate or update cost that is not positive")
+            throw UsageError("the calibration \(path) has no compute points, or a count, rate, update cost or measured point that is not positive")
         }
     }
 
-    /// FLOP/s of one rank (alone on its cores) for chain runs of `flops` FLOPs: interpolated in
-    /// log FLOPs between the measured points, the nearest end point outside them.
-    public func rate(forFlops flops: Double) -> Double {
-        let points = compute.sorted { $0.flopsPerStep < $1.flopsPerStep }
+    /// FLOP/s of one rank (alone on its cores) for chain runs of `rows` rows: interpolated in log
+    /// rows between the measured points, the nearest end point outside them.
+    public func rate(forRows rows: Double) -> Double {
+        let points = compute.sorted { $0.rows < $1.rows }
         guard let first = points.first, let last = points.last else { return 0 }
-        if flops <= first.flopsPerStep { return first.flopsPerSecond }
-        if flops >= last.flopsPerStep { return last.flopsPerSecond }
-        let upper = points.firstIndex { $0.flopsPerStep >= flops }!
+        if rows <= Double(first.rows) { return first.flopsPerSecond }
+        if rows >= Double(last.rows) { return last.flopsPerSecond }
+        let upper = points.firstIndex { Double($0.rows) >= rows }!
         let a = points[upper - 1], b = points[upper]
-        let t = log(flops / a.flopsPerStep) / log(b.flopsPerStep / a.flopsPerStep)
+        let t = log(rows / Double(a.rows)) / log(Double(b.rows) / Double(a.rows))
         return a.flopsPerSecond + t * (b.flopsPerSecond - a.flopsPerSecond)
     }
 }

@@ -8,7 +8,7 @@ import Foundation
 /// **Compute.** A rank's FLOPs per step are `6 · rows · in · out` over the Linears it holds (its
 /// tensor-parallel slices, its pipeline stage's blocks), for the rows it runs (B/D, in K·M chain
 /// runs), plus `2 · rows · in · out` per rerun forward under `--recompute`. They run at the
-/// calibrated rate for chain runs of that size (``Calibration/rate(forFlops:)``) or at `--flops`;
+/// calibrated rate for chain runs of that many rows (``Calibration/rate(forRows:)``) or at `--flops`;
 /// when more ranks than cores share a host, each gets `cores / ranks` of that rate. Apart from the
 /// chain, a rank zeroes its gradients and updates its parameters every step: the calibration's
 /// seconds per parameter for the run's update rule (``Calibration/update``) times the parameters
@@ -23,7 +23,9 @@ import Foundation
 /// allreduce 2(p−1) and 2(p−1)/p, allgather and reduce-scatter p−1 and (p−1)/p, broadcast
 /// ⌈log₂ p⌉ and 1, a point-to-point message 1 and 1. The calibration measured `α₂ + bytes/bw₂`
 /// at p = 2, so `α = α₂ / steps(2)` and `bw = bw₂ · wire(2)`: exact at p = 2 and the ring's
-/// scaling beyond. A group whose ranks all sit on one host (its span, `stride · p`, at most
+/// scaling beyond. Where the calibration has measured points, `bw₂` is the bandwidth they show
+/// at the transfer's mean bytes per call (``Calibration/Link/seconds(perCall:)``), so a call of
+/// that size at p = 2 costs what it was measured to cost. A group whose ranks all sit on one host (its span, `stride · p`, at most
 /// `--ranks-per-host`) runs at the measured shared-memory rates; any other at `--link-latency`
 /// and `--link-bandwidth` (the measured rates when those are not given; without a calibration the
 /// link's rates serve every group). A pipeline's message
@@ -31,8 +33,8 @@ import Foundation
 /// whole step and is free.
 ///
 /// **No overlap.** Every collective the layouts run is blocking — they sit between the layers
-/// that produce and consume their data — except DP's gradient buckets when there are several
-/// (then the model is an upper bound). So a rank's time is its compute plus its communication.
+/// that produce and consume their data, and DP's buckets are allreduced as backward completes
+/// them. So a rank's time is its compute plus its communication.
 ///
 /// **Pipeline bubble.** The schedule's ideal bubble `f` (``PipelineSchedule/idealBubble``:
 /// (P−1)/(M+P−1); (P−1)/(3M+P−1) for ZB-H1; (P−1)/(V·M+P−1) interleaved) stretches the slowest rank's time by 1/(1−f).
@@ -94,6 +96,11 @@ public struct CostModel: Sendable {
             let (steps2, wire2) = Self.ring(transfer.kind, 2)
             alpha = fit.alphaMicroseconds * 1e-6 / steps2
             bandwidth = fit.gigabytesPerSecond * 1e9 * wire2
+            if transfer.calls > 0, !fit.points.isEmpty {  // the measured bandwidth at this size
+                let perCall = Double(transfer.bytes) / Double(transfer.calls)
+                let moving = fit.seconds(perCall: perCall) - fit.alphaMicroseconds * 1e-6
+                if perCall > 0 && moving > 0 { bandwidth = perCall / moving * wire2 }
+            }
             if !onOneHost {
                 alpha = linkLatency ?? alpha
                 bandwidth = linkBandwidth ?? bandwidth
@@ -102,11 +109,11 @@ public struct CostModel: Sendable {
         return Double(transfer.calls) * steps * alpha + Double(transfer.bytes) * wire / bandwidth
     }
 
-    /// FLOPs per step of world rank `rank`, and per chain run: `6·in·out` per row for each Linear
+    /// FLOPs per step of world rank `rank`, and the rows of its chain runs: `6·in·out` per row for each Linear
     /// it holds, `2·in·out` more for each forward rerun under `--recompute`
     /// (``CommunicationPlan/reruns(_:recompute:slots:)``). `cut`: the pipeline's `P·V` chunks.
     static func flops(rank: Int, _ plan: BlockPlan, _ layout: LayoutDescription, _ settings: PlanSettings,
-                      cut: [Range<Int>]) -> (step: Double, run: Double) {
+                      cut: [Range<Int>]) -> (step: Double, rows: Double) {
         let shape = layout.shape, k = settings.accumulation, m = shape.microBatches ?? 1
         var rest = rank, coordinate: [MeshAxis: Int] = [:]
         for (axis, size) in shape.axes {
@@ -125,7 +132,7 @@ public struct CostModel: Sendable {
                 perRow += Double(6 + 2 * reruns[i]) * Double(block.1.input) * Double(block.1.output)
             }
         }
-        return (perRow * rows * Double(k * m), perRow * rows)
+        return (perRow * rows * Double(k * m), rows)
     }
 
     /// Predicts one step of `layout` from the ranks' communication plans.
@@ -145,7 +152,7 @@ public struct CostModel: Sendable {
             if let flops {
                 rate = flops
             } else if let calibration {
-                rate = calibration.rate(forFlops: max(1, work.run)) * share
+                rate = calibration.rate(forRows: max(1, work.rows)) * share
             } else {
                 throw UsageError("no calibration: run scripts/plan-check.sh (it writes .build/plan-calibration.json), or pass --flops")
             }
