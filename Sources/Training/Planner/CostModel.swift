@@ -13,7 +13,8 @@ import Foundation
 /// chain, a rank zeroes its gradients and updates its parameters every step: the calibration's
 /// seconds per parameter for the run's update rule (``Calibration/update``) times the parameters
 /// it updates (``MemoryPlan/updatedParameters``: all it holds, or its ZeRO/FSDP shard), at the
-/// same cores share. With `--flops` and no calibration that pass is not charged.
+/// same cores share (none with `--flops`: that is a rank's own rate). With `--flops` and no
+/// calibration that pass is not charged.
 ///
 /// **Communication.** Every call of a ``Transfer`` costs, over a group of `p` ranks,
 ///
@@ -147,7 +148,8 @@ public struct CostModel: Sendable {
         let memory = try MemoryPlan.perRank(plan, layout, settings)
         for (rank, comm) in communication.enumerated() {
             let work = Self.flops(rank: rank, plan, layout, settings, cut: cut)
-            let share = calibration.map { min(1, Double($0.cores) / Double(perHost)) } ?? 1
+            // Ranks beyond the calibrated cores share them — unless `--flops` gives a rank's own rate.
+            let share = flops == nil ? calibration.map { min(1, Double($0.cores) / Double(perHost)) } ?? 1 : 1
             var rate: Double
             if let flops {
                 rate = flops
