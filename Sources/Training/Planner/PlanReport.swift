@@ -7,6 +7,11 @@ public enum PlanReport {
     /// Kinds shown as columns (receives mirror sends; the stop vote is the loop's, not the layout's).
     static let kinds: [CommunicationKind] = [.allreduce, .allgather, .reduceScatter, .send, .broadcast]
 
+    /// The columns for `planner`'s model: with experts, `train_ep`'s all-to-alls too.
+    static func kinds(_ planner: Planner) -> [CommunicationKind] {
+        planner.plan.config.experts == nil ? kinds : kinds + [.allToAll, .allToAllV]
+    }
+
     /// `bytes` as B, KB, MB or GB (powers of 1000), three significant digits.
     static func size(_ bytes: Int) -> String {
         if bytes == 0 { return "0" }
@@ -36,6 +41,7 @@ public enum PlanReport {
                         + "bytes per step: payload as the ledger counts it, on the rank that moves the most)"]
         let shown = result.entries.prefix(top ?? result.entries.count)
         let width = (shown.map { $0.layout.planCommand.count }.max() ?? 0) + 2
+        let kinds = Self.kinds(planner)
         let header = [pad("#", 4), pad("layout", width), pad("GiB/rank", 13, right: true)]
             + kinds.map { pad($0.name == "send" ? "send(=recv)" : $0.name, 15, right: true) }
             + [pad("compute µs", 12, right: true), pad("comm µs", 11, right: true), pad("bubble", 8, right: true),
