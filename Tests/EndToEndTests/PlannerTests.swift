@@ -121,6 +121,25 @@ final class PlannerTests: XCTestCase {
         }
     }
 
+    /// With experts the candidates are `train_dp` and `train_ep --ep E'` for E' > 1 dividing N;
+    /// an E' that does not divide E, and every other layout, is refused with the line the
+    /// executable itself prints for it.
+    func testExpertLayoutsAndRefusals() throws {
+        let json = try plan(["--ranks", "4", "--experts", "6", "--top-k", "2", "--memory-per-rank", "64"])
+        XCTAssertEqual(Set(layouts(json).compactMap { $0["command"] as? String }), ["train_dp -np 4", "train_ep -np 4 --ep 2"])
+        let refused = (json["refused"] as? [[String: Any]] ?? []).compactMap { entry in
+            (entry["command"] as? String).map { ($0, entry["reason"] as? String ?? "") }
+        }
+        for (executable, flags, command) in [("train_ep", ["--ep", "4"], "train_ep -np 4 --ep 4"), ("train_fsdp", [], "train_fsdp -np 4"),
+                                             ("train_tp", [], "train_tp -np 4"), ("train_pp", [], "train_pp -np 4 --schedule 1f1b --micro-batches 4")] {
+            let reason = try XCTUnwrap(refused.first { $0.0 == command }?.1, "\(command) not refused: \(refused)")
+            let run = try Launch.run(executable, np: 4, ["--data", Self.data, "--steps", "1", "--experts", "6", "--top-k", "2"] + flags,
+                                     timeout: 60)
+            XCTAssertNotEqual(run.status, 0, command)
+            XCTAssertTrue(run.stderr.contains(reason), "\(command): the plan says '\(reason)', the run: \(run.stderr)")
+        }
+    }
+
     /// A small case: every layout of the suite on 2 ranks is listed (or refused with its reason),
     /// each memory figure is the memory plan's (what `--metrics` writes as `memory_plan_per_rank`,
     /// plus the runtime reserve), and the rows are sorted by predicted time.
