@@ -53,7 +53,7 @@ extension CommunicationPlan {
     ///   and outputs back forward, output gradients out and input gradients back backward:
     ///   `4·(s + r)·(in + out)` bytes, s and r the assignments sent to and received from the
     ///   other ranks of the group, under ``UniformRouting`` `s = (E'−1)·m·kept(rank)` and
-    ///   `r = Σ_{q ≠ rank in the group} m·kept(q)`, m = E/E' (rounded to whole bytes).
+    ///   `r = Σ_{q ≠ rank in the group} m·kept(q)`, m = E/E' (the step's total rounded to whole bytes).
     mutating func addExperts(rank: Int, _ plan: BlockPlan, _ layout: LayoutDescription, _ settings: PlanSettings) {
         guard let experts = plan.config.experts else { return }
         let n = layout.shape.ranks, group = layout.shape.expertGroup ?? 1, e = experts.count, m = e / group
@@ -61,7 +61,7 @@ extension CommunicationPlan {
         let first = rank / group * group
         let sent = Double((group - 1) * m) * routing.kept(rank: rank)
         let received = (first ..< first + group).filter { $0 != rank }.reduce(0.0) { $0 + Double(m) * routing.kept(rank: $1) }
-        var dense = 0, held = 0
+        var dense = 0, held = 0, mixtures = 0, rows = 0.0
         for block in plan.blocks {
             guard block.kind == .mixtureOfExperts else {
                 dense += block.parameterCount
@@ -73,11 +73,14 @@ extension CommunicationPlan {
             add(.allgather, group > 1 ? nil : .dp, size: n, stride: 1, bytesPerCall: 4 * n * 2 * e)
             guard group > 1 else { continue }
             add(.allToAll, .expert, size: group, stride: 1, bytesPerCall: 4 * (group - 1) * m)
-            let rows = 4 * (sent + received) * Double(inputs + outputs)
-            add(.allToAllV, .expert, size: group, stride: 1, calls: 4, bytesPerCall: 0)
-            if let i = transfers.firstIndex(where: { $0.kind == .allToAllV }) { transfers[i].bytes += Int(rows.rounded()) }
+            mixtures += 1
+            rows += 4 * (sent + received) * Double(inputs + outputs)
         }
         guard group > 1 else { return }
+        if mixtures > 0 {
+            transfers.append(Transfer(kind: .allToAllV, axis: .expert, groupSize: group, stride: 1, calls: 4 * mixtures,
+                                      bytes: Int(rows.rounded())))
+        }
         add(.allreduce, nil, size: n, stride: 1, bytesPerCall: 4 * dense)
         add(.allreduce, nil, size: n, stride: 1, bytesPerCall: 4)
         add(.allreduce, .replicate, size: n / group, stride: group, bytesPerCall: 4 * held)

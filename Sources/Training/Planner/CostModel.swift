@@ -24,7 +24,8 @@ import Foundation
 ///
 /// with the ring's `steps` and `wire` (the fraction of the ledger's payload a rank sends):
 /// allreduce 2(p−1) and 2(p−1)/p, allgather and reduce-scatter p−1 and (p−1)/p, broadcast
-/// ⌈log₂ p⌉ and 1, a point-to-point message 1 and 1. The calibration measured `α₂ + bytes/bw₂`
+/// ⌈log₂ p⌉ and 1, all-to-all and all-to-all-v p−1 and 1 (pairwise exchange; the ledger counts
+/// only the bytes that leave the rank), a point-to-point message 1 and 1. The calibration measured `α₂ + bytes/bw₂`
 /// at p = 2, so `α = α₂ / steps(2)` and `bw = bw₂ · wire(2)`: exact at p = 2 and the ring's
 /// scaling beyond. Where the calibration has measured points, `bw₂` is the bandwidth they show
 /// at the transfer's mean bytes per call (``Calibration/Link/seconds(perCall:)``), so a call of
