@@ -127,6 +127,8 @@ final class PlannerTests: XCTestCase {
     func testExpertLayoutsAndRefusals() throws {
         let json = try plan(["--ranks", "4", "--experts", "6", "--top-k", "2", "--memory-per-rank", "64"])
         XCTAssertEqual(Set(layouts(json).compactMap { $0["command"] as? String }), ["train_dp -np 4", "train_ep -np 4 --ep 2"])
+        XCTAssertEqual([json["experts"] as? Int, json["top_k"] as? Int], [6, 2])
+        XCTAssertTrue(json["capacity_factor"] is NSNull, "dropless")
         let refused = (json["refused"] as? [[String: Any]] ?? []).compactMap { entry in
             (entry["command"] as? String).map { ($0, entry["reason"] as? String ?? "") }
         }

@@ -79,7 +79,7 @@ public enum PlanReport {
         "\"" + text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
     }
 
-    /// One JSON object: the configuration, then `"layouts"` fastest first, each with its command,
+    /// One JSON object: the configuration (with experts: `experts`, `top_k`, `capacity_factor`), then `"layouts"` fastest first, each with its command,
     /// memory, fit, prediction and `"comm_per_rank"` (calls and bytes per step by kind, in the
     /// ledger's keys), then `"refused"`.
     public static func json(_ planner: Planner, _ result: (entries: [Planner.Entry], refused: [Planner.Refusal])) -> String {
@@ -96,7 +96,9 @@ public enum PlanReport {
                 + "\"comm_per_rank\":[\(perRank.joined(separator: ","))]}"
         }
         let refused = result.refused.map { "{\"command\":\(quote($0.layout.planCommand)),\"reason\":\(quote($0.reason))}" }
+        let experts = c.experts.map { "\"experts\":\($0.count),\"top_k\":\($0.topK),\"capacity_factor\":\($0.capacityFactor.map { "\($0)" } ?? "null")," }
         return "{\"vocab\":\(c.vocab),\"seq_len\":\(c.seqLen),\"emb\":\(c.emb),\"hidden\":\(c.hidden),\"layers\":\(c.layers),"
+            + (experts ?? "")
             + "\"batch_size\":\(planner.settings.batchSize),\"accumulate\":\(planner.settings.accumulation),"
             + "\"parameters\":\(planner.plan.parameterCount),\"ranks\":\(planner.ranks),\"memory_budget\":\(planner.memoryPerRank),"
             + "\"layouts\":[\(layouts.joined(separator: ","))],\"refused\":[\(refused.joined(separator: ","))]}"
