@@ -15,8 +15,8 @@ import Darwin
 //     time(bytes) ≈ α + β · bytes        (α: latency, 1/β: bandwidth)
 //
 // Sizes are payloads as the ledger counts them: an allreduce's or broadcast's buffer, an
-// allgather's whole output and a reduce-scatter's whole input (p × the per-rank block), one
-// send/recv message. Each point is the median over batches of calls run back to back after a
+// allgather's whole output and a reduce-scatter's whole input (p × the per-rank block), an
+// all-to-all's blocks for the other p − 1 ranks, one send/recv message. Each point is the median over batches of calls run back to back after a
 // barrier, each batch timed as the slowest rank's. Rank 0 prints the table.
 
 /// `text` left-aligned in `width` columns.
@@ -96,6 +96,13 @@ func run() {
     for algorithm in ReduceScatterAlgorithm.allCases {
         series.append(Series(name: "reduce-scatter (\(algorithm.rawValue))", elements: blocks, input: { $0 * p },
                              run: { world.reduceScatterSum(a, into: b, count: $0, algorithm: algorithm) }))
+    }
+    // All-to-all (`train_ep`'s counts and, with per-peer counts, its rows): the payload is what the
+    // ledger counts, the bytes a rank sends to the *other* p − 1 ranks ((p − 1) blocks); each rank
+    // also copies its own block to itself, which the ledger leaves out.
+    if p > 1 {
+        series.append(Series(name: "all-to-all (mpi)", elements: { $0 % (4 * (p - 1)) == 0 ? $0 / (4 * (p - 1)) : nil },
+                             input: { $0 * p }, run: { world.allToAll(UnsafePointer(a), count: $0, into: b) }))
     }
     series.append(Series(name: "broadcast (mpi)", elements: { $0 / 4 }, input: { $0 }, run: { world.broadcast(a, count: $0, root: 0) }))
     if p % 2 == 0 {

@@ -37,6 +37,14 @@ struct Plan: ParsableCommand {
     var optimizer: OptimizerKind = .sgd
     @Option(parsing: .unconditional, help: "Micro-steps per optimizer step (gradient accumulation).")
     var accumulate = 1
+    // Mixture of experts: the flags and checks of training (ExpertsOptions.swift).
+    @Option(parsing: .unconditional, help: "Experts per hidden block (0: the dense model); plans train_dp and train_ep --ep E'.")
+    var experts = 0
+    @Option(name: .customLong("top-k"), parsing: .unconditional, help: "With --experts: the experts each row is sent to (1 ≤ K ≤ E).")
+    var topK = 2
+    @Option(name: .customLong("capacity-factor"), parsing: .unconditional,
+            help: "With --experts: each expert takes at most ⌈C · batch · K / E⌉ assignments (default: dropless).")
+    var capacityFactor: Float?
     @Option(name: .customLong("memory-per-rank"), parsing: .unconditional, help: "GiB a rank may use (default: this machine's budget).")
     var memoryPerRank: Double?
     @Option(parsing: .unconditional, help: "GFLOP/s of one rank, instead of the calibrated rates.")
@@ -71,6 +79,7 @@ struct Plan: ParsableCommand {
         if let linkLatency, !(linkLatency.isFinite && linkLatency >= 0) {
             throw UsageError("--link-latency must be a finite number ≥ 0 (got \(linkLatency))")
         }
+        try TrainingOptions.checkExperts(experts, topK: topK, capacityFactor: capacityFactor, auxLossCoef: 0.01, accumulate: accumulate)
         if ranks > 1 << 16 { throw UsageError("--ranks \(ranks) is more than the planner enumerates (at most 65536)") }
         if seqLen * emb > 1 << 24 || hidden > 1 << 24 { throw UsageError("--seq-len × --emb and --hidden must stay below 2^24") }
     }
@@ -86,7 +95,8 @@ struct Plan: ParsableCommand {
                 throw UsageError("\(error)")
             }
         }
-        let config = ModelConfig(vocab: vocabulary, seqLen: seqLen, emb: emb, hidden: hidden, layers: layers)
+        let expertsConfig = experts > 0 ? ExpertsConfig(count: experts, topK: topK, capacityFactor: capacityFactor) : nil
+        let config = ModelConfig(vocab: vocabulary, seqLen: seqLen, emb: emb, hidden: hidden, layers: layers, experts: expertsConfig)
         _ = try MemoryPlan.parameterCount(config)
         var loaded: Calibration?
         let path = calibration ?? Calibration.defaultPath

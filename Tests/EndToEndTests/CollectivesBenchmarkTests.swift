@@ -7,7 +7,8 @@ final class CollectivesBenchmarkTests: XCTestCase {
     func testSweepFitsEveryCollective() throws {
         let out = try Launch.run("collectives", np: 2, ["--max-bytes", "4096", "--seconds", "0.01"], timeout: 120)
         XCTAssertEqual(out.status, 0, out.stderr)
-        for name in ["allreduce (mpi)", "allgather (mpi)", "reduce-scatter (ring)", "broadcast (mpi)", "send/recv (mpi, one way)"] {
+        for name in ["allreduce (mpi)", "allgather (mpi)", "reduce-scatter (ring)", "broadcast (mpi)", "send/recv (mpi, one way)",
+                     "all-to-all (mpi)"] {
             XCTAssertTrue(out.stdout.contains("\(name)") && out.stdout.split(separator: "\n").contains { $0.contains(name) && $0.contains("α =") },
                           "no fit for \(name):\n\(out.stdout)")
         }

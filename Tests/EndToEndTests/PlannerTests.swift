@@ -81,6 +81,69 @@ final class PlannerTests: XCTestCase {
         }
     }
 
+    /// Mixture of experts: the plan equals the ledger, every rank and kind, calls and bytes per
+    /// step, where the routing is known in advance. `train_ep` with K = E (every row goes to
+    /// every expert, so uniform routing is the routing taken) on one group of two, on two groups
+    /// of two, and with a capacity that drops the later ranks' rows; `train_dp` at K < E (its
+    /// routing-statistics allgather does not depend on the routing). The memory column is
+    /// `train_ep`'s memory plan, as the run reports it, plus the runtime reserve.
+    func testExpertPlanEqualsLedger() throws {
+        let config = ["--seq-len", "8", "--emb", "5", "--hidden", "12", "--layers", "2", "--batch-size", "24"]
+        // (executable, ranks, the model's flags (the plan's too), the layout's flags, the plan's command)
+        let cases: [(String, Int, [String], [String], String)] = [
+            ("train_ep", 2, ["--experts", "4", "--top-k", "4"], ["--ep", "2"], "train_ep -np 2 --ep 2"),
+            ("train_ep", 4, ["--experts", "4", "--top-k", "4"], ["--ep", "2"], "train_ep -np 4 --ep 2"),
+            ("train_ep", 4, ["--experts", "2", "--top-k", "2", "--capacity-factor", "0.5"], ["--ep", "2"], "train_ep -np 4 --ep 2"),
+            ("train_dp", 2, ["--experts", "4", "--top-k", "2"], [], "train_dp -np 2"),
+        ]
+        let steps = 3
+        for (executable, np, model, layout, command) in cases {
+            let flags = model + layout
+            let label = "\(executable) -np \(np) \(flags.joined(separator: " "))"
+            let metrics = try Launch.temporaryDirectory().appendingPathComponent("m.jsonl").path
+            let run = try Launch.run(executable, np: np, ["--data", Self.data, "--steps", "\(steps)", "--samples", "0", "--val-batches", "1",
+                                                          "--metrics", metrics] + config + flags, timeout: 120)
+            XCTAssertEqual(run.status, 0, "\(label): \(run.stderr)")
+            let last = try XCTUnwrap(Metrics(path: metrics).records.last, label)
+            let ledger = perStep(try XCTUnwrap(last["comm_per_rank"] as? [[String: [String: Any]]], label), steps: steps)
+            let json = try plan(config + ["--ranks", "\(np)", "--metrics", "--memory-per-rank", "64"] + model)
+            let entry = try XCTUnwrap(layouts(json).first { $0["command"] as? String == command },
+                                      "\(label): the plan has no '\(command)': \(layouts(json).map { $0["command"] ?? "" })")
+            let planned = perStep(try XCTUnwrap(entry["comm_per_rank"] as? [[String: [String: Any]]], label), steps: 1)
+            XCTAssertEqual(planned.count, np, label)
+            XCTAssertEqual(ledger.count, np, label)
+            for rank in 0..<min(np, ledger.count, planned.count) {
+                XCTAssertEqual(planned[rank], ledger[rank], "\(label), rank \(rank)")
+            }
+            let memory = try XCTUnwrap(last["memory_plan_per_rank"] as? [[String: Int]], label)
+            let toAllocate = memory.map { $0.filter { $0.key != "dataset" }.values.reduce(0, +) }.max() ?? 0
+            XCTAssertEqual(entry["memory_per_rank"] as? Int, toAllocate + 32 << 20, label)
+        }
+    }
+
+    /// With experts the candidates are `train_dp` and `train_ep --ep E'` for E' > 1 dividing N;
+    /// an E' that does not divide E, and every other layout, is refused with the line the
+    /// executable itself prints for it.
+    func testExpertLayoutsAndRefusals() throws {
+        let json = try plan(["--ranks", "4", "--experts", "6", "--top-k", "2", "--memory-per-rank", "64"])
+        XCTAssertEqual(Set(layouts(json).compactMap { $0["command"] as? String }), ["train_dp -np 4", "train_ep -np 4 --ep 2"])
+        XCTAssertEqual([json["experts"] as? Int, json["top_k"] as? Int], [6, 2])
+        XCTAssertTrue(json["capacity_factor"] is NSNull, "dropless")
+        let refused = (json["refused"] as? [[String: Any]] ?? []).compactMap { entry in
+            (entry["command"] as? String).map { ($0, entry["reason"] as? String ?? "") }
+        }
+        for (executable, flags, command) in [("train_ep", ["--ep", "4"], "train_ep -np 4 --ep 4"), ("train_fsdp", [], "train_fsdp -np 4"),
+                                             ("train_tp", [], "train_tp -np 4"), ("train_pp", [], "train_pp -np 4 --schedule 1f1b --micro-batches 4")] {
+            let reason = try XCTUnwrap(refused.first { $0.0 == command }?.1, "\(command) not refused: \(refused)")
+            // One rank: these flag checks run before MPI starts, the same at any rank count, and under
+            // mpirun only rank 0 prints them (on four ranks mpirun may abort the job before it has).
+            let run = try Launch.run(executable, np: 1, ["--data", Self.data, "--steps", "1", "--experts", "6", "--top-k", "2"] + flags,
+                                     timeout: 60)
+            XCTAssertNotEqual(run.status, 0, command)
+            XCTAssertTrue(run.stderr.contains(reason), "\(command): the plan says '\(reason)', the run: \(run.stderr)")
+        }
+    }
+
     /// A small case: every layout of the suite on 2 ranks is listed (or refused with its reason),
     /// each memory figure is the memory plan's (what `--metrics` writes as `memory_plan_per_rank`,
     /// plus the runtime reserve), and the rows are sorted by predicted time.
@@ -126,6 +189,12 @@ final class PlannerTests: XCTestCase {
     func testBadFlagsGetOneLine() throws {
         let broken = try Launch.temporaryDirectory().appendingPathComponent("calibration.json")
         try Data("{\"cores\": 2".utf8).write(to: broken)
+        // A calibration from before the all-to-all series: train_ep cannot be priced.
+        let noAllToAll = try Launch.temporaryDirectory().appendingPathComponent("calibration.json")
+        let link = "{\"alpha_us\": 1, \"gb_per_s\": 1}"
+        try Data(("{\"cores\": 2, \"ranks\": 2, \"compute\": [{\"rows\": 2, \"flops_per_step\": 1e6, \"flops_per_second\": 1e9}], "
+                  + "\"collectives\": {\"allreduce\": \(link), \"allgather\": \(link)}, "
+                  + "\"update_seconds_per_parameter\": {\"sgd\": 1e-9, \"adam\": 1e-9}}").utf8).write(to: noAllToAll)
         let cases: [([String], String)] = [
             (["--ranks", "0", "--flops", "1"], "--ranks must be a positive integer"),
             (["--flops", "1"], "--ranks"),
@@ -138,6 +207,9 @@ final class PlannerTests: XCTestCase {
             (["--ranks", "2", "--flops", "1", "--calibration", broken.path], "is not valid"),
             (["--ranks", "2", "--flops", "1", "--link-bandwidth", "0"], "--link-bandwidth must be a positive finite number"),
             (["--ranks", "5", "--flops", "1", "--hidden", "7", "--batch-size", "7", "--layers", "1"], "no layout can run"),
+            (["--ranks", "2", "--flops", "1", "--experts", "4", "--top-k", "5"], "--top-k must be between 1 and --experts 4 (got 5)"),
+            (["--ranks", "2", "--flops", "1", "--capacity-factor", "1"], "--capacity-factor needs --experts"),
+            (["--ranks", "2", "--experts", "4", "--calibration", noAllToAll.path], "no measured rate for all_to_all"),
         ]
         for (flags, expected) in cases {
             let run = try Launch.run("plan", flags, timeout: 60)

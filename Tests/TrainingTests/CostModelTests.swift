@@ -96,6 +96,37 @@ final class CostModelTests: XCTestCase {
         }
     }
 
+    /// Mixture of experts with K = E (the routing forced: every row to every expert): a rank's
+    /// FLOPs are the model FLOPs of its B/N rows (router and K experts per row) in `train_dp` and
+    /// in `train_ep`, whose rank computes its E/E' experts for the whole group's rows; the
+    /// all-to-alls are priced by their own fits (one latency step and the ledger's bytes at
+    /// p = 2), and without such a fit the planner fails with one line instead of guessing.
+    func testMixtureOfExpertsFlopsAndAllToAllPricing() throws {
+        let config = ModelConfig(vocab: 27, seqLen: 16, emb: 16, hidden: 64, layers: 2,
+                                 experts: ExpertsConfig(count: 4, topK: 4))
+        let plan = config.plan, settings = PlanSettings(batchSize: 32, optimizer: .sgd)
+        let flat = CostModel(calibration: nil, flops: 1e9, linkLatency: 0, linkBandwidth: 1e9)
+        for layout in [LayoutDescription.dataParallel(ranks: 2, bucketBytes: 1 << 20), .expertParallel(ranks: 2, expertGroup: 2),
+                       .expertParallel(ranks: 4, expertGroup: 2)] {
+            let predicted = try flat.predict(plan, layout, settings, communication: try CommunicationPlan.perRank(plan, layout, settings))
+            XCTAssertEqual(predicted.computeSeconds, plan.trainingFlops(batchSize: 32 / layout.shape.ranks) / 1e9, accuracy: 1e-12,
+                           layout.command)
+        }
+        XCTAssertEqual(try flat.seconds(transfer(.allToAllV, p: 2, calls: 4, bytes: 2_000), worldSize: 2), 2e-6, accuracy: 1e-15)
+        var measured = calibration
+        measured.collectives["all_to_all"] = .init(alphaMicroseconds: 3, gigabytesPerSecond: 2)
+        measured.collectives["all_to_all_v"] = .init(alphaMicroseconds: 5, gigabytesPerSecond: 1)
+        let model = CostModel(calibration: measured)
+        XCTAssertEqual(try model.seconds(transfer(.allToAll, p: 2, calls: 2, bytes: 2_000_000), worldSize: 2), 2 * 3e-6 + 1e-3, accuracy: 1e-12)
+        XCTAssertEqual(try model.seconds(transfer(.allToAllV, p: 4, calls: 1, bytes: 1_000_000), worldSize: 4), 3 * 5e-6 + 1e-3, accuracy: 1e-12,
+                       "p − 1 pairwise steps, the bytes that leave the rank once")
+        let ep = LayoutDescription.expertParallel(ranks: 2, expertGroup: 2)
+        XCTAssertThrowsError(try CostModel(calibration: calibration).predict(plan, ep, settings,
+                                                                             communication: try CommunicationPlan.perRank(plan, ep, settings))) {
+            XCTAssertTrue("\($0)".contains("no measured rate for all_to_all"), "\($0)")
+        }
+    }
+
     /// A calibration file without the update costs (written before they were measured) is refused
     /// with one line that says to calibrate again.
     func testCalibrationWithoutUpdateCostIsRefused() throws {

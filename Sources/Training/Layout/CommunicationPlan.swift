@@ -46,6 +46,8 @@ public struct Transfer: Sendable, Equatable {
 /// - **PP** (``PipelineStage``): per micro-batch and chunk (V of them per stage when interleaved),
 ///   a boundary's activation forward and its gradient back (one send and one receive each side),
 ///   and per schedule run (K of them) the 4-byte loss broadcast from the last stage.
+/// - **MoE** (`train_dp`, `train_ep`): see ``addExperts(rank:_:_:_:)``; `train_ep`'s rows are
+///   planned for ``UniformRouting``.
 /// - **3D** (``ThreeDimensional``): TP on its stage's blocks over `b` rows, ZeRO-3 of those blocks
 ///   over dp per micro-batch, PP at its boundaries (1/T of the rows outside the pairs under
 ///   sequence parallelism), the loss over dp.
@@ -129,10 +131,13 @@ extension CommunicationPlan {
         case .singleRank:
             break
         case .dataParallel:
-            for bucket in GradientBuckets.buckets(plan: plan, bucketBytes: layout.bucketBytes) {
-                result.add(.allreduce, .dp, size: dp, stride: 1, bytesPerCall: 4 * bucket.range.count)
+            if shape.expertGroup == nil {
+                for bucket in GradientBuckets.buckets(plan: plan, bucketBytes: layout.bucketBytes) {
+                    result.add(.allreduce, .dp, size: dp, stride: 1, bytesPerCall: 4 * bucket.range.count)
+                }
+                result.add(.allreduce, .dp, size: dp, stride: 1, bytesPerCall: 4)
             }
-            result.add(.allreduce, .dp, size: dp, stride: 1, bytesPerCall: 4)
+            result.addExperts(rank: rank, plan, layout, settings)  // train_ep's calls; train_dp's routing statistics
         case .fullySharded:
             let s = shape.size(.shard), r = shape.size(.replicate)
             let counts = plan.blocks.map(\.parameterCount)
@@ -226,7 +231,7 @@ extension CommunicationPlan {
         }
 
         // The training loop's own calls.
-        let everyRankHoldsAll = layout.kind == .dataParallel || (layout.kind == .fullySharded && shape.size(.shard) == 1)
+        let everyRankHoldsAll = (layout.kind == .dataParallel && (shape.expertGroup ?? 1) == 1) || (layout.kind == .fullySharded && shape.size(.shard) == 1)
         if gradientNorm && !everyRankHoldsAll { result.add(.allreduce, nil, size: n, stride: 1, bytesPerCall: 8) }
         result.add(.stopVote, nil, size: n, stride: 1, bytesPerCall: 4)
         return result

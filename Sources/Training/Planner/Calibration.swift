@@ -83,7 +83,8 @@ public struct Calibration: Codable, Sendable, Equatable {
     public var ranks: Int
     public var compute: [ComputePoint]
     /// Keyed by ``CommunicationKind/name`` (`allreduce`, `allgather`, `reduce_scatter`,
-    /// `broadcast`, `send`).
+    /// `broadcast`, `send`, and `all_to_all` and `all_to_all_v`, both from the benchmark's
+    /// all-to-all series; a file without them cannot price `train_ep`).
     public var collectives: [String: Link]
     /// Seconds per updated parameter, keyed by ``OptimizerKind`` (`sgd`, `adam`).
     public var update: [String: Double]

@@ -7,7 +7,9 @@ import Foundation
 ///
 /// **Compute.** A rank's FLOPs per step are `6 · rows · in · out` over the Linears it holds (its
 /// tensor-parallel slices, its pipeline stage's blocks), for the rows it runs (B/D, in K·M chain
-/// runs), plus `2 · rows · in · out` per rerun forward under `--recompute`. They run at the
+/// runs), plus `2 · rows · in · out` per rerun forward under `--recompute`; a mixture of experts
+/// adds its router and the assignments its experts compute on the rank under uniform routing
+/// (``mixtureOfExpertsFlops(rank:_:_:_:)``). They run at the
 /// calibrated rate for chain runs of that many rows (``Calibration/rate(forRows:)``) or at `--flops`;
 /// when more ranks than cores share a host, each gets `cores / ranks` of that rate. Apart from the
 /// chain, a rank zeroes its gradients and updates its parameters every step: the calibration's
@@ -22,7 +24,8 @@ import Foundation
 ///
 /// with the ring's `steps` and `wire` (the fraction of the ledger's payload a rank sends):
 /// allreduce 2(p−1) and 2(p−1)/p, allgather and reduce-scatter p−1 and (p−1)/p, broadcast
-/// ⌈log₂ p⌉ and 1, a point-to-point message 1 and 1. The calibration measured `α₂ + bytes/bw₂`
+/// ⌈log₂ p⌉ and 1, all-to-all and all-to-all-v p−1 and 1 (pairwise exchange; the ledger counts
+/// only the bytes that leave the rank), a point-to-point message 1 and 1. The calibration measured `α₂ + bytes/bw₂`
 /// at p = 2, so `α = α₂ / steps(2)` and `bw = bw₂ · wire(2)`: exact at p = 2 and the ring's
 /// scaling beyond. Where the calibration has measured points, `bw₂` is the bandwidth they show
 /// at the transfer's mean bytes per call (``Calibration/Link/seconds(perCall:)``), so a call of
@@ -92,7 +95,8 @@ public struct CostModel: Sendable {
             (alpha, bandwidth) = (linkLatency, linkBandwidth)
         } else {
             guard let fit else {
-                throw UsageError("no measured rate for \(name) (no calibration): run scripts/plan-check.sh, or give --link-latency and --link-bandwidth")
+                throw UsageError("no measured rate for \(name) (" + (calibration == nil ? "no calibration" : "not in the calibration: an older plan-check?")
+                                 + "): run scripts/plan-check.sh, or give --link-latency and --link-bandwidth")
             }
             let (steps2, wire2) = Self.ring(transfer.kind, 2)
             alpha = fit.alphaMicroseconds * 1e-6 / steps2
@@ -125,15 +129,21 @@ public struct CostModel: Sendable {
         let ranges = pp > 1 ? (0..<v).map { cut[$0 * pp + stage] } : [0..<plan.count]
         let schedule = shape.microBatches.map { PipelineSchedule(layout.schedule, stage: stage, stages: pp, microBatches: $0, virtualStages: v) }
         let rows = Double(settings.batchSize / shape.dataParallelDegree / k / m)
-        var perRow = 0.0
+        var perRow = 0.0, experts = 0.0
         for (c, range) in ranges.enumerated() {
             let local = MemoryPlan.localBlocks(plan, range, tpSize: tp)
             let reruns = CommunicationPlan.reruns(local.count, recompute: layout.recompute, slots: schedule?.chunkSlots[c])
-            for (i, block) in zip(range, local).enumerated() where plan[block.0].kind.isLinear {
-                perRow += Double(6 + 2 * reruns[i]) * Double(block.1.input) * Double(block.1.output)
+            for (i, block) in zip(range, local).enumerated() {
+                if plan[block.0].kind.isLinear {
+                    perRow += Double(6 + 2 * reruns[i]) * Double(block.1.input) * Double(block.1.output)
+                } else if plan[block.0].kind == .mixtureOfExperts {
+                    let (router, assignments) = mixtureOfExpertsFlops(rank: rank, plan[block.0], layout, settings)
+                    perRow += router
+                    experts += assignments
+                }
             }
         }
-        return (perRow * rows * Double(k * m), rows)
+        return (perRow * rows * Double(k * m) + experts, rows)
     }
 
     /// Predicts one step of `layout` from the ranks' communication plans.

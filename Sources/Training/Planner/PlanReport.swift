@@ -7,6 +7,11 @@ public enum PlanReport {
     /// Kinds shown as columns (receives mirror sends; the stop vote is the loop's, not the layout's).
     static let kinds: [CommunicationKind] = [.allreduce, .allgather, .reduceScatter, .send, .broadcast]
 
+    /// The columns for `planner`'s model: with experts, `train_ep`'s all-to-alls too.
+    static func kinds(_ planner: Planner) -> [CommunicationKind] {
+        planner.plan.config.experts == nil ? kinds : kinds + [.allToAll, .allToAllV]
+    }
+
     /// `bytes` as B, KB, MB or GB (powers of 1000), three significant digits.
     static func size(_ bytes: Int) -> String {
         if bytes == 0 { return "0" }
@@ -36,6 +41,7 @@ public enum PlanReport {
                         + "bytes per step: payload as the ledger counts it, on the rank that moves the most)"]
         let shown = result.entries.prefix(top ?? result.entries.count)
         let width = (shown.map { $0.layout.planCommand.count }.max() ?? 0) + 2
+        let kinds = Self.kinds(planner)
         let header = [pad("#", 4), pad("layout", width), pad("GiB/rank", 13, right: true)]
             + kinds.map { pad($0.name == "send" ? "send(=recv)" : $0.name, 15, right: true) }
             + [pad("compute µs", 12, right: true), pad("comm µs", 11, right: true), pad("bubble", 8, right: true),
@@ -73,7 +79,7 @@ public enum PlanReport {
         "\"" + text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
     }
 
-    /// One JSON object: the configuration, then `"layouts"` fastest first, each with its command,
+    /// One JSON object: the configuration (with experts: `experts`, `top_k`, `capacity_factor`), then `"layouts"` fastest first, each with its command,
     /// memory, fit, prediction and `"comm_per_rank"` (calls and bytes per step by kind, in the
     /// ledger's keys), then `"refused"`.
     public static func json(_ planner: Planner, _ result: (entries: [Planner.Entry], refused: [Planner.Refusal])) -> String {
@@ -90,7 +96,9 @@ public enum PlanReport {
                 + "\"comm_per_rank\":[\(perRank.joined(separator: ","))]}"
         }
         let refused = result.refused.map { "{\"command\":\(quote($0.layout.planCommand)),\"reason\":\(quote($0.reason))}" }
+        let experts = c.experts.map { "\"experts\":\($0.count),\"top_k\":\($0.topK),\"capacity_factor\":\($0.capacityFactor.map { "\($0)" } ?? "null")," }
         return "{\"vocab\":\(c.vocab),\"seq_len\":\(c.seqLen),\"emb\":\(c.emb),\"hidden\":\(c.hidden),\"layers\":\(c.layers),"
+            + (experts ?? "")
             + "\"batch_size\":\(planner.settings.batchSize),\"accumulate\":\(planner.settings.accumulation),"
             + "\"parameters\":\(planner.plan.parameterCount),\"ranks\":\(planner.ranks),\"memory_budget\":\(planner.memoryPerRank),"
             + "\"layouts\":[\(layouts.joined(separator: ","))],\"refused\":[\(refused.joined(separator: ","))]}"

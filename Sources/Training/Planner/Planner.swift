@@ -60,6 +60,7 @@ public struct Planner: Sendable {
     /// interleaved with two chunks per stage where M is a multiple of P); every 3D
     /// factorisation T·D·P = N with T, D, P > 1 in at least two axes, with 1F1B at each M (and,
     /// at the most micro-batches that allow it, sequence parallelism without and with `--recompute`).
+    /// With experts, ``expertCandidates(dense:)``.
     public func candidates() -> [LayoutDescription] {
         let n = ranks
         if n == 1 { return [.singleRank] }
@@ -110,7 +111,7 @@ public struct Planner: Sendable {
                 }
             }
         }
-        return result
+        return plan.config.experts == nil ? result : expertCandidates(dense: result)
     }
 
     /// Plans every candidate: the layouts that can run, fastest first (ties: less memory first),
@@ -118,6 +119,10 @@ public struct Planner: Sendable {
     public func evaluate() throws(UsageError) -> (entries: [Entry], refused: [Refusal]) {
         var entries: [Entry] = [], refused: [Refusal] = []
         for layout in candidates() {
+            if let reason = expertsRefusal(layout) {
+                refused.append(Refusal(layout: layout, reason: reason))
+                continue
+            }
             let need: Int, communication: [CommunicationPlan]
             do {
                 communication = try CommunicationPlan.perRank(plan, layout, settings, gradientNorm: gradientNorm)  // checks the shape

@@ -11,6 +11,12 @@ extension TrainingOptions {
 
     /// One line per problem, when the command line is parsed.
     func validateExperts() throws(UsageError) {
+        try Self.checkExperts(experts, topK: topK, capacityFactor: capacityFactor, auxLossCoef: auxLossCoef, accumulate: accumulate)
+    }
+
+    /// The checks of the mixture-of-experts flags, shared with `plan` (which takes the same flags).
+    public static func checkExperts(_ experts: Int, topK: Int, capacityFactor: Float?, auxLossCoef: Float,
+                                    accumulate: Int) throws(UsageError) {
         if experts < 0 { throw UsageError("--experts must be 0 (dense) or a positive number of experts (got \(experts))") }
         if let capacityFactor, !capacityFactor.isFinite || capacityFactor <= 0 {
             throw UsageError("--capacity-factor must be a positive finite number (got \(capacityFactor))")
