@@ -41,14 +41,17 @@ extension TrainingCommand {
                 print(Self.fullMessage(for: error))
                 exitProcess(0)
             }
-            // MPI has not started yet, but under mpirun every rank got the same bad command line
-            // (flag checks run in `validate()`, during parsing): only the launcher's rank 0 reports it.
-            let environment = ProcessInfo.processInfo.environment
-            let rank = environment["OMPI_COMM_WORLD_RANK"] ?? environment["PMI_RANK"] ?? "0"
-            if rank == "0" {
+            // Under mpirun every rank got the same bad command line (flag checks run in
+            // `validate()`, during parsing): rank 0 reports it. The ranks then meet in a barrier
+            // before exiting, because mpirun ends the whole job as soon as one rank exits non-zero:
+            // without it a fast rank 1 could get rank 0 killed before its line was written.
+            let world = MPI.initialize()
+            if world.rank == 0 {
                 let message = Self.message(for: error).split(separator: "\n").joined(separator: " ")
                 writeError("error: \(message) (see --help)")
             }
+            world.barrier()
+            MPI.finalize()
             exitProcess(64)
         }
         let world = MPI.initialize()
