@@ -8,13 +8,14 @@
 #      µs/step measured as the layouts' are (below) less that update, as (rows, FLOPs per step from
 #      `peak --model`, FLOP/s) points: the rate of the chain's forward and backward alone;
 #    - collectives: the α–β fit of `mpirun -np 2 collectives` per kind (reduce-scatter: the ring,
-#      which Distributed runs from 16 KB; send: the one-way ping-pong), from the fastest of three runs
-#      at each size, with those points from 1 KB up (the planner reads a call's time off them inside
-#      their range).
+#      which Distributed runs from 16 KB; send: the one-way ping-pong; all-to-all for both of train_ep's
+#      kinds), from the fastest of --repeats runs at each size, one run per round of step 2, with those
+#      points from 1 KB up (the planner reads a call's time off them inside their range).
 # 2. Runs every layout of LAYOUTS --repeats times for S2 steps, logging every S1, round robin over the
-#    layouts: a run's µs/step is the median of its progress lines' µs/step over the windows after the
-#    first (which holds the start-up: on a busy machine the ranks reach their first collective seconds
-#    apart), and the layout's the fastest of its runs (the machine undisturbed, as calibrated).
+#    layouts (each round starts with a run of the collectives benchmark): a run's µs/step is the median
+#    of its progress lines' µs/step over the windows after the first (which holds the start-up: on a
+#    busy machine the ranks reach their first collective seconds apart), and the layout's the fastest
+#    of its runs (the machine undisturbed, as calibrated).
 # 3. Prints the planner's prediction for the same layout (`plan --json`) against the measurement, and
 #    how many are within ±30%. Layouts with more ranks than cores are printed but not counted: the
 #    cost model gives oversubscribed ranks their share of the cores for compute only, and a rank
@@ -34,6 +35,7 @@ MPIRUN = ["mpirun", "--oversubscribe", "--bind-to", "none"]
 MODEL = ["--emb", "32", "--hidden", "512", "--layers", "3", "--batch-size", "64"]
 STEPS = (50, 300)
 # executable, ranks, flags, the planner's command for it
+EXPERTS = ["--experts", "4"]
 LAYOUTS = [
     ("train_dp", 2, [], "train_dp -np 2"),
     ("train_dp", 2, ["--recompute"], "train_dp -np 2 --recompute"),
@@ -47,6 +49,11 @@ LAYOUTS = [
     ("train_pp", 2, ["--micro-batches", "8", "--schedule", "zb1p"], "train_pp -np 2 --schedule zb1p --micro-batches 8"),
     ("train_pp", 2, ["--micro-batches", "8", "--schedule", "interleaved", "--virtual-stages", "2"],
      "train_pp -np 2 --schedule interleaved --virtual-stages 2 --micro-batches 8"),
+    # Mixtures of experts (4 experts per hidden block): K = 4 routes every row to every expert, so
+    # the all-to-all bytes are known; K = 2 is planned for uniform routing.
+    ("train_dp", 2, EXPERTS + ["--top-k", "2"], "train_dp -np 2"),
+    ("train_ep", 2, EXPERTS + ["--top-k", "2", "--ep", "2"], "train_ep -np 2 --ep 2"),
+    ("train_ep", 2, EXPERTS + ["--top-k", "4", "--ep", "2"], "train_ep -np 2 --ep 2"),
     ("train_dp", 4, [], "train_dp -np 4"),
     ("train_3d", 4, ["--tp", "2", "--dp", "2"], "train_3d -np 4 --tp 2 --dp 2 --pp 1 --micro-batches 1"),
 ]
@@ -72,11 +79,14 @@ def option(flags, name):
     return int(flags[flags.index(name) + 1])
 
 
-def calibrate(data, repeats):
-    # Three runs of the benchmark, the fastest of each point: the machine is shared, and while its
-    # neighbours are busy the same call takes up to 3× as long (see step_time).
-    runs = [run(MPIRUN + ["-np", "2", os.path.join(BIN, "collectives"), "--max-bytes", str(4 << 20), "--seconds", "0.2"])
-            for _ in range(3)]
+def collectives_run():
+    """One run of the collectives benchmark on 2 ranks: its stdout."""
+    return run(MPIRUN + ["-np", "2", os.path.join(BIN, "collectives"), "--max-bytes", str(4 << 20), "--seconds", "0.1"])
+
+
+def fit_collectives(runs):
+    """The calibration's collectives from several benchmark runs: per kind, the fastest of each
+    point over the runs, the α–β fit of those points, and the points from 1 KB up."""
     header = next(line for line in runs[0].splitlines() if line.startswith("bytes "))
     names = re.split(r"\s{2,}", header.strip())[1:]  # the series, in table order
     table = {}  # (series, bytes) → seconds of each run
@@ -99,6 +109,11 @@ def calibrate(data, repeats):
         for key in (keys if isinstance(keys, tuple) else (keys,)):
             collectives[key] = {"alpha_us": max(0.0, alpha * 1e6), "gb_per_s": 1 / beta / 1e9,
                                 "points": [p for p in points if p[0] >= 1024 and p[1] > 0]}  # from 1 KB: below, µs of noise
+    return collectives
+
+
+def calibrate_compute(data, repeats):
+    """The calibration's compute points and update costs (see the top of this file)."""
     compute = []
     batch = option(MODEL, "--batch-size")
     update = None
@@ -116,6 +131,10 @@ def calibrate(data, repeats):
             sys.exit(f"plan-check: train at batch {batch} took {seconds * 1e6:.0f} µs/step, less than its update alone")
         compute.append({"rows": batch, "flops_per_step": flops, "flops_per_second": flops / chain})
         batch //= 2
+    return compute, update
+
+
+def write_calibration(compute, update, collectives):
     calibration = {"cores": os.cpu_count(), "ranks": 2, "compute": compute, "collectives": collectives,
                    "update_seconds_per_parameter": update}
     with open(CALIBRATION, "w") as f:
@@ -145,37 +164,51 @@ def step_time(exe, ranks, flags, data, repeats):
 
 def main():
     data, repeats = sys.argv[1], int(sys.argv[2])
-    calibration = calibrate(data, repeats)
+    compute, update = calibrate_compute(data, repeats)
+    # Round robin: repeat r of every layout (and one run of the collectives benchmark) before repeat
+    # r + 1 of any, so a minute in which the shared machine runs slow costs every layout one repeat
+    # instead of one layout all of them; the calibration's collectives come from runs spread the same way.
+    times = [[] for _ in LAYOUTS]
+    benchmarks = []
+    for _ in range(repeats):
+        benchmarks.append(collectives_run())
+        for i, (exe, ranks, flags, command) in enumerate(LAYOUTS):
+            times[i].append(statistics.median(windows(exe, ranks, MODEL + flags, data)))
+    calibration = write_calibration(compute, update, fit_collectives(benchmarks))
     print(f"calibration ({CALIBRATION}): {calibration['cores']} cores; compute "
           + ", ".join(f"{p['flops_per_step'] / 1e6:.1f} MFLOP at {p['flops_per_second'] / 1e9:.1f} GFLOP/s" for p in calibration["compute"])
           + "; update " + ", ".join(f"{k} {v * 1e9:.2f} ns/parameter" for k, v in calibration["update_seconds_per_parameter"].items())
           + "; " + ", ".join(f"{k} α {v['alpha_us']:.1f} µs {v['gb_per_s']:.2f} GB/s" for k, v in calibration["collectives"].items()))
+
+    def model_flags(flags):
+        """The configuration flags of a layout's run (the model's, and its experts'): what `plan` needs."""
+        extra = []
+        for name in ("--experts", "--top-k"):
+            if name in flags:
+                extra += [name, flags[flags.index(name) + 1]]
+        return extra
+
     plans = {}
-    for ranks in sorted({r for _, r, _, _ in LAYOUTS}):
-        out = run([os.path.join(BIN, "plan"), "--data", data, "--ranks", str(ranks), "--json", "--metrics"] + MODEL)
-        plans.update({entry["command"]: entry for entry in json.loads(out)["layouts"]})
+    for ranks, extra in sorted({(r, tuple(model_flags(f))) for _, r, f, _ in LAYOUTS}):
+        out = run([os.path.join(BIN, "plan"), "--data", data, "--ranks", str(ranks), "--json", "--metrics"] + MODEL + list(extra))
+        plans.update({(entry["command"], extra): entry for entry in json.loads(out)["layouts"]})
     s1, s2 = STEPS
     print(f"\nplan-check: {' '.join(MODEL)}; measured µs/step = the fastest of {repeats} runs of {s2} steps (round robin), "
           f"each the median of its {s1}-step windows after the first")
     print("| layout | predicted µs/step (compute + comm, bubble) | measured µs/step | predicted / measured |")
     print("|---|---|---|---|")
-    # Round robin: repeat r of every layout before repeat r + 1 of any, so a minute in which the
-    # shared machine runs slow costs every layout one repeat instead of one layout all of them.
-    times = {command: [] for _, _, _, command in LAYOUTS}
-    for _ in range(repeats):
-        for exe, ranks, flags, command in LAYOUTS:
-            times[command].append(statistics.median(windows(exe, ranks, MODEL + flags, data)))
     within = counted = 0
-    for exe, ranks, flags, command in LAYOUTS:
-        measured = min(times[command])
-        entry = plans[command]
+    for i, (exe, ranks, flags, command) in enumerate(LAYOUTS):
+        measured = min(times[i])
+        entry = plans[(command, tuple(model_flags(flags)))]
         predicted = entry["predicted_us"]
         ratio = predicted / (measured * 1e6)
         oversubscribed = ranks > calibration["cores"]
         if not oversubscribed:
             counted += 1
             within += abs(ratio - 1) <= 0.3
-        print(f"| `{command}` | {predicted:.0f} ({entry['compute_us']:.0f} + {entry['communication_us']:.0f}, "
+        label = command + "".join(f" {x}" for x in model_flags(flags))
+        print(f"| `{label}` | {predicted:.0f} ({entry['compute_us']:.0f} + {entry['communication_us']:.0f}, "
               f"{entry['bubble']:.0%}) | {measured * 1e6:.0f} | {ratio:.2f}"
               f"{' (oversubscribed: not counted)' if oversubscribed else ''} |", flush=True)
     print(f"\n{within} of {counted} layouts within ±30% ({len(LAYOUTS) - counted} oversubscribed, not counted)")

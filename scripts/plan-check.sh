@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The planner's check: calibrates the cost model on this machine (writes .build/plan-calibration.json,
-# which `plan` reads), then runs 13 layouts on 2 and 4 ranks and prints the planner's predicted
+# which `plan` reads), then runs 16 layouts on 2 and 4 ranks and prints the planner's predicted
 # µs/step against the measured one (slope timing, as scripts/bench-scaling.sh). See scripts/plan-check.py.
 #
 #   scripts/plan-check.sh [--repeats R (3)] [--data FILE]
