@@ -7,6 +7,8 @@
 #    - compute: `train` (one rank) for the check's configuration at batch B, B/2, …, B/32, its
 #      µs/step measured as the layouts' are (below) less that update, as (rows, FLOPs per step from
 #      `peak --model`, FLOP/s) points: the rate of the chain's forward and backward alone;
+#    - experts: the FLOP/s of the experts' products by rows per expert, from `train --experts 4
+#      --top-k 2` on one rank at B, B/2, B/4, less what the planner charges for the rest of its step;
 #    - collectives: the α–β fit of `mpirun -np 2 collectives` per kind (reduce-scatter: the ring,
 #      which Distributed runs from 16 KB; send: the one-way ping-pong; all-to-all for both of train_ep's
 #      kinds), from the fastest of --repeats runs at each size, one run per round of step 2, with those
@@ -134,12 +136,35 @@ def calibrate_compute(data, repeats):
     return compute, update
 
 
-def write_calibration(compute, update, collectives):
+def write_calibration(compute, update, collectives, experts=None):
     calibration = {"cores": os.cpu_count(), "ranks": 2, "compute": compute, "collectives": collectives,
                    "update_seconds_per_parameter": update}
+    if experts:
+        calibration["experts"] = experts
     with open(CALIBRATION, "w") as f:
         json.dump(calibration, f, indent=1)
     return calibration
+
+
+def calibrate_experts(data, repeats, compute, update):
+    """The experts' products' FLOP/s by rows per expert: `train` with the check's experts (K = 2 of
+    4) on one rank at batch B, B/2 and B/4, less what the planner charges for the rest of its step
+    (the chain's other blocks at the compute points' rate, and the update), over the experts' FLOPs.
+    Each expert computes B·K/E rows there."""
+    write_calibration(compute, update, {})  # provisional: what `plan` needs to price one rank
+    points = []
+    batch = option(MODEL, "--batch-size")
+    for b in (batch, batch // 2, batch // 4):
+        flags = [f for f in MODEL] + EXPERTS + ["--top-k", "2"]
+        flags[flags.index("--batch-size") + 1] = str(b)
+        entry = json.loads(run([os.path.join(BIN, "plan"), "--data", data, "--ranks", "1", "--json"] + flags))["layouts"][0]
+        rest = (entry["compute_us"] - entry["expert_us"]) * 1e-6
+        seconds = step_time("train", 1, flags, data, repeats)
+        if seconds <= rest:
+            sys.exit(f"plan-check: train {' '.join(flags)} took {seconds * 1e6:.0f} µs/step, less than its blocks without the experts")
+        points.append({"rows": b * 2 // int(EXPERTS[1]), "flops_per_step": entry["expert_flops"],
+                       "flops_per_second": entry["expert_flops"] / (seconds - rest)})
+    return points
 
 
 def windows(exe, ranks, flags, data):
@@ -165,6 +190,7 @@ def step_time(exe, ranks, flags, data, repeats):
 def main():
     data, repeats = sys.argv[1], int(sys.argv[2])
     compute, update = calibrate_compute(data, repeats)
+    experts = calibrate_experts(data, repeats, compute, update)
     # Round robin: repeat r of every layout (and one run of the collectives benchmark) before repeat
     # r + 1 of any, so a minute in which the shared machine runs slow costs every layout one repeat
     # instead of one layout all of them; the calibration's collectives come from runs spread the same way.
@@ -174,9 +200,10 @@ def main():
         benchmarks.append(collectives_run())
         for i, (exe, ranks, flags, command) in enumerate(LAYOUTS):
             times[i].append(statistics.median(windows(exe, ranks, MODEL + flags, data)))
-    calibration = write_calibration(compute, update, fit_collectives(benchmarks))
+    calibration = write_calibration(compute, update, fit_collectives(benchmarks), experts)
     print(f"calibration ({CALIBRATION}): {calibration['cores']} cores; compute "
           + ", ".join(f"{p['flops_per_step'] / 1e6:.1f} MFLOP at {p['flops_per_second'] / 1e9:.1f} GFLOP/s" for p in calibration["compute"])
+          + "; experts " + ", ".join(f"{p['rows']} rows at {p['flops_per_second'] / 1e9:.1f} GFLOP/s" for p in calibration["experts"])
           + "; update " + ", ".join(f"{k} {v * 1e9:.2f} ns/parameter" for k, v in calibration["update_seconds_per_parameter"].items())
           + "; " + ", ".join(f"{k} α {v['alpha_us']:.1f} µs {v['gb_per_s']:.2f} GB/s" for k, v in calibration["collectives"].items()))
 

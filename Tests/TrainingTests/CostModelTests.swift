@@ -141,4 +141,32 @@ final class CostModelTests: XCTestCase {
         try JSONEncoder().encode(calibration).write(to: file)
         XCTAssertEqual(try Calibration.load(path: file.path), calibration)
     }
+
+    /// With expert points in the calibration, the experts' products (and only they) run at the
+    /// expert rate for the rows each expert computes: under DP-2 with K = 4 of 4 every expert sees
+    /// the rank's 16 rows, under EP with E' = 2 the group's 32. The router and the other blocks
+    /// stay at the chain's rate; without the points nothing changes.
+    func testExpertProductsRunAtTheirOwnRateByRowsPerExpert() throws {
+        let config = ModelConfig(vocab: 27, seqLen: 16, emb: 16, hidden: 64, layers: 2, experts: ExpertsConfig(count: 4, topK: 4))
+        let plan = config.plan, settings = PlanSettings(batchSize: 32, optimizer: .sgd)
+        var measured = calibration
+        measured.collectives["all_to_all"] = .init(alphaMicroseconds: 3, gigabytesPerSecond: 2)
+        measured.collectives["all_to_all_v"] = .init(alphaMicroseconds: 5, gigabytesPerSecond: 1)
+        measured.update = ["sgd": 0, "adam": 0]
+        let chainOnly = CostModel(calibration: measured)
+        measured.experts = [.init(rows: 16, flopsPerStep: 1, flopsPerSecond: 1e8), .init(rows: 32, flopsPerStep: 1, flopsPerSecond: 4e8)]
+        let withExperts = CostModel(calibration: measured)
+        for (layout, rowsPerExpert) in [(LayoutDescription.dataParallel(ranks: 2, bucketBytes: 1 << 20), 16.0),
+                                        (.expertParallel(ranks: 2, expertGroup: 2), 32.0)] {
+            let comm = try CommunicationPlan.perRank(plan, layout, settings)
+            let before = try chainOnly.predict(plan, layout, settings, communication: comm)
+            let after = try withExperts.predict(plan, layout, settings, communication: comm)
+            XCTAssertGreaterThan(after.expertFlops, 0)
+            XCTAssertEqual(before.expertFlops, after.expertFlops)
+            let rate = Calibration.interpolate(measured.experts, rows: rowsPerExpert)
+            XCTAssertEqual(after.expertSeconds, after.expertFlops / rate, accuracy: 1e-15, layout.command)
+            XCTAssertEqual(after.computeSeconds - after.expertSeconds, before.computeSeconds - before.expertSeconds, accuracy: 1e-12,
+                           "everything but the experts' products is priced as before")
+        }
+    }
 }

@@ -21,6 +21,10 @@ import Foundation
 ///   to. Over shared memory the bandwidth depends on the size (a megabyte stays in cache, four do
 ///   not), so where there are points the time of a call is read off them (linear in log–log
 ///   between points); the fit serves beyond them and for hand-written files.
+/// - `experts`: the FLOP/s of mixture-of-experts products (each assignment's `6·in·out`) by the
+///   rows each expert computes, from `train --experts` at a few batch sizes: its step time less
+///   the update and the rest of the chain at the compute points' rate. Routing, gathering and scattering rows per expert are not
+///   in the FLOP count, so this rate is what the experts really cost per FLOP.
 /// - `cores`: the cores the ranks share; more ranks than cores on a host share them.
 ///
 /// Nothing here is guessed: without a file the planner asks for `--flops` (and uses no
@@ -88,17 +92,32 @@ public struct Calibration: Codable, Sendable, Equatable {
     public var collectives: [String: Link]
     /// Seconds per updated parameter, keyed by ``OptimizerKind`` (`sgd`, `adam`).
     public var update: [String: Double]
+    /// FLOP/s of a mixture of experts' expert products (`6·in·out` per assignment) by the rows each
+    /// expert computes, measured in `train --experts` (empty: they are priced at the chain's rate).
+    public var experts: [ComputePoint]
 
-    public init(cores: Int, ranks: Int, compute: [ComputePoint], collectives: [String: Link], update: [String: Double]) {
+    public init(cores: Int, ranks: Int, compute: [ComputePoint], collectives: [String: Link], update: [String: Double],
+                experts: [ComputePoint] = []) {
         self.cores = cores
         self.ranks = ranks
         self.compute = compute
         self.collectives = collectives
         self.update = update
+        self.experts = experts
     }
 
     enum CodingKeys: String, CodingKey {
-        case cores, ranks, compute, collectives, update = "update_seconds_per_parameter"
+        case cores, ranks, compute, collectives, update = "update_seconds_per_parameter", experts
+    }
+
+    public init(from decoder: Decoder) throws {
+        let container = try decoder.container(keyedBy: CodingKeys.self)
+        cores = try container.decode(Int.self, forKey: .cores)
+        ranks = try container.decode(Int.self, forKey: .ranks)
+        compute = try container.decode([ComputePoint].self, forKey: .compute)
+        collectives = try container.decode([String: Link].self, forKey: .collectives)
+        update = try container.decode([String: Double].self, forKey: .update)
+        experts = try container.decodeIfPresent([ComputePoint].self, forKey: .experts) ?? []
     }
 
     /// The file in the build directory of the running executable: `.build/plan-calibration.json`
@@ -130,21 +149,26 @@ public struct Calibration: Codable, Sendable, Equatable {
     }
 
     func check(_ path: String) throws(UsageError) {
-        let rates = compute.flatMap { [Double($0.rows), $0.flopsPerStep, $0.flopsPerSecond] }
-            + collectives.values.flatMap { [$0.alphaMicroseconds + 1, $0.gigabytesPerSecond] } + update.values
-            + collectives.values.flatMap { $0.points.flatMap { $0.count == 2 ? $0 : [-1] } }
+        var rates: [Double] = compute.flatMap { [Double($0.rows), $0.flopsPerStep, $0.flopsPerSecond] }
+        rates += collectives.values.flatMap { [$0.alphaMicroseconds + 1, $0.gigabytesPerSecond] }
+        rates += update.values
+        rates += collectives.values.flatMap { link in link.points.flatMap { $0.count == 2 ? $0 : [-1] } }
+        rates += experts.flatMap { [Double($0.rows), $0.flopsPerStep, $0.flopsPerSecond] }
         if OptimizerKind.allCases.contains(where: { update[$0.rawValue] == nil }) {
             throw UsageError("the calibration \(path) has no update cost for \(OptimizerKind.allCases.map(\.rawValue).filter { update[$0] == nil }.joined(separator: ", ")): run scripts/plan-check.sh again")
         }
         if compute.isEmpty || cores < 1 || ranks < 2 || rates.contains(where: { !($0.isFinite && $0 > 0) }) {
-            throw UsageError("the calibration \(path) has no compute points, or a count, rate, update cost or measured point that is not positive")
+            throw UsageError("the calibration \(path) has no compute points, or a count, rate, update cost, measured point or expert rate that is not positive")
         }
     }
 
     /// FLOP/s of one rank (alone on its cores) for chain runs of `rows` rows: interpolated in log
     /// rows between the measured points, the nearest end point outside them.
-    public func rate(forRows rows: Double) -> Double {
-        let points = compute.sorted { $0.rows < $1.rows }
+    public func rate(forRows rows: Double) -> Double { Self.interpolate(compute, rows: rows) }
+
+    /// FLOP/s at `rows` read off `points`: linear in log rows between them, the nearest end outside.
+    public static func interpolate(_ points: [ComputePoint], rows: Double) -> Double {
+        let points = points.sorted { $0.rows < $1.rows }
         guard let first = points.first, let last = points.last else { return 0 }
         if rows <= Double(first.rows) { return first.flopsPerSecond }
         if rows >= Double(last.rows) { return last.flopsPerSecond }

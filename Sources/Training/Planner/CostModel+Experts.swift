@@ -9,12 +9,14 @@ extension CostModel {
     /// assignments, `E·kept(rank)`; under `train_ep --ep E'` its E/E' experts' share of its
     /// group's, `Σ_q (E/E')·kept(q)` — without a capacity `b·K` either way (with K = E exactly what runs),
     /// the experts' term of ``BlockPlan/trainingFlops(batchSize:)`` for a rank's share of the batch.
+    /// Also the rows each of the rank's experts computes (what sets their products' rate).
     static func mixtureOfExpertsFlops(rank: Int, _ block: Block, _ layout: LayoutDescription,
-                                      _ settings: PlanSettings) -> (routerPerRow: Double, experts: Double) {
-        guard let experts = block.experts else { return (0, 0) }
+                                      _ settings: PlanSettings) -> (routerPerRow: Double, experts: Double, rowsPerExpert: Double) {
+        guard let experts = block.experts else { return (0, 0, 0) }
         let inputs = Double(block.weightRows), outputs = Double(block.weightColumns)
         let routing = UniformRouting(experts: experts, batchRows: settings.batchSize, ranks: layout.shape.ranks)
-        let assignments = routing.computed(rank: rank, group: layout.shape.expertGroup ?? 1)
-        return (6 * inputs * Double(experts.count), 6 * inputs * outputs * assignments)
+        let group = layout.shape.expertGroup ?? 1
+        let assignments = routing.computed(rank: rank, group: group)
+        return (6 * inputs * Double(experts.count), 6 * inputs * outputs * assignments, assignments / Double(experts.count / group))
     }
 }

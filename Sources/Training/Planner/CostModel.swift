@@ -68,6 +68,10 @@ public struct CostModel: Sendable {
         public var computeSeconds: Double
         public var communicationSeconds: Double
         public var bubble: Double
+        /// Of the slowest rank's compute: the FLOPs its experts compute per step (the assignments'
+        /// `6·in·out`, not the router) and the seconds charged for them (0 for a dense model).
+        public var expertFlops = 0.0
+        public var expertSeconds = 0.0
     }
 
     /// Ring steps and the wire fraction of the payload, per call over `p` ranks.
@@ -114,11 +118,11 @@ public struct CostModel: Sendable {
         return Double(transfer.calls) * steps * alpha + Double(transfer.bytes) * wire / bandwidth
     }
 
-    /// FLOPs per step of world rank `rank`, and the rows of its chain runs: `6·in·out` per row for each Linear
+    /// FLOPs per step of world rank `rank` (its experts' assignments apart), and the rows of its chain runs: `6·in·out` per row for each Linear
     /// it holds, `2·in·out` more for each forward rerun under `--recompute`
     /// (``CommunicationPlan/reruns(_:recompute:slots:)``). `cut`: the pipeline's `P·V` chunks.
     static func flops(rank: Int, _ plan: BlockPlan, _ layout: LayoutDescription, _ settings: PlanSettings,
-                      cut: [Range<Int>]) -> (step: Double, rows: Double) {
+                      cut: [Range<Int>]) -> (step: Double, rows: Double, experts: Double, expertRows: Double) {
         let shape = layout.shape, k = settings.accumulation, m = shape.microBatches ?? 1
         var rest = rank, coordinate: [MeshAxis: Int] = [:]
         for (axis, size) in shape.axes {
@@ -129,7 +133,7 @@ public struct CostModel: Sendable {
         let ranges = pp > 1 ? (0..<v).map { cut[$0 * pp + stage] } : [0..<plan.count]
         let schedule = shape.microBatches.map { PipelineSchedule(layout.schedule, stage: stage, stages: pp, microBatches: $0, virtualStages: v) }
         let rows = Double(settings.batchSize / shape.dataParallelDegree / k / m)
-        var perRow = 0.0, experts = 0.0
+        var perRow = 0.0, experts = 0.0, expertRows = 0.0
         for (c, range) in ranges.enumerated() {
             let local = MemoryPlan.localBlocks(plan, range, tpSize: tp)
             let reruns = CommunicationPlan.reruns(local.count, recompute: layout.recompute, slots: schedule?.chunkSlots[c])
@@ -137,13 +141,14 @@ public struct CostModel: Sendable {
                 if plan[block.0].kind.isLinear {
                     perRow += Double(6 + 2 * reruns[i]) * Double(block.1.input) * Double(block.1.output)
                 } else if plan[block.0].kind == .mixtureOfExperts {
-                    let (router, assignments) = mixtureOfExpertsFlops(rank: rank, plan[block.0], layout, settings)
+                    let (router, assignments, rowsPerExpert) = mixtureOfExpertsFlops(rank: rank, plan[block.0], layout, settings)
                     perRow += router
                     experts += assignments
+                    expertRows = rowsPerExpert
                 }
             }
         }
-        return (perRow * rows * Double(k * m) + experts, rows)
+        return (perRow * rows * Double(k * m), rows, experts, expertRows)
     }
 
     /// Predicts one step of `layout` from the ranks' communication plans.
@@ -169,11 +174,18 @@ public struct CostModel: Sendable {
                 throw UsageError("no calibration: run scripts/plan-check.sh (it writes .build/plan-calibration.json), or pass --flops")
             }
             let perParameter = calibration?.update[settings.optimizer.rawValue] ?? 0
-            let compute = work.step / rate + Double(memory[rank].updatedParameters) * perParameter / share
+            // The experts' products at their own calibrated rate where there is one (``Calibration/experts``).
+            var expertRate = rate
+            if flops == nil, let calibration, !calibration.experts.isEmpty {
+                expertRate = Calibration.interpolate(calibration.experts, rows: max(1, work.expertRows)) * share
+            }
+            let expertSeconds = work.experts > 0 ? work.experts / expertRate : 0
+            let compute = work.step / rate + expertSeconds + Double(memory[rank].updatedParameters) * perParameter / share
             var communication = 0.0
             for transfer in comm.transfers { communication += try seconds(transfer, worldSize: n) }
             if compute + communication > worst.computeSeconds + worst.communicationSeconds {
                 (worst.computeSeconds, worst.communicationSeconds) = (compute, communication)
+                (worst.expertFlops, worst.expertSeconds) = (work.experts, expertSeconds)
             }
         }
         if let m = layout.shape.microBatches, layout.shape.size(.pp) > 1 {

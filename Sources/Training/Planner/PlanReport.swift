@@ -93,6 +93,7 @@ public enum PlanReport {
             return "{\"command\":\(quote(entry.layout.planCommand)),\"memory_per_rank\":\(entry.memory),\"fits\":\(entry.fits),"
                 + "\"predicted_us\":\(p.seconds * 1e6),\"compute_us\":\(p.computeSeconds * 1e6),"
                 + "\"communication_us\":\(p.communicationSeconds * 1e6),\"bubble\":\(p.bubble),"
+                + "\"expert_flops\":\(p.expertFlops),\"expert_us\":\(p.expertSeconds * 1e6),"
                 + "\"comm_per_rank\":[\(perRank.joined(separator: ","))]}"
         }
         let refused = result.refused.map { "{\"command\":\(quote($0.layout.planCommand)),\"reason\":\(quote($0.reason))}" }
