@@ -211,15 +211,7 @@ extension CommunicationPlan {
                     }
                 }
                 if sequenceParallel {
-                    for block in local where block.sharding != .column {
-                        let r = block.sharding == .replicated ? 0..<block.count : block.count - block.output ..< block.count
-                        if layout.kind == .threeDimensional {
-                            let s = (block.count + dp - 1) / dp, d = coordinate[.dp] ?? 0
-                            partial += max(0, min(r.upperBound, (d + 1) * s) - max(r.lowerBound, d * s))
-                        } else {
-                            partial += r.count
-                        }
-                    }
+                    partial += MemoryPlan.sequenceParallelPartials(local, layout, dp: dp, dpIndex: coordinate[.dp] ?? 0)
                 }
             }
             if pp > 1 { result.add(.broadcast, .pp, size: pp, stride: ppStride, calls: k, bytesPerCall: 4) }

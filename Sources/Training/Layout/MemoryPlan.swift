@@ -340,16 +340,7 @@ extension MemoryPlan {
             // them in this rank's FSDP shard of each block).
             let scratch = local.map { $0.sharding == .column ? chainRows * $0.input : $0.sharding == .row ? chainRows * $0.output : 0 }.max() ?? 0
             memory[.buffers] = checked.plus(memory[.buffers], checked.times(8, max(1, scratch)))
-            var partial = 0
-            for block in local where block.sharding != .column {
-                let r = block.sharding == .replicated ? 0..<block.count : block.count - block.output ..< block.count
-                if layout.kind == .threeDimensional {
-                    let s = (block.count + dp - 1) / dp, d = coordinate[.dp] ?? 0
-                    partial += max(0, min(r.upperBound, (d + 1) * s) - max(r.lowerBound, d * s))
-                } else {
-                    partial += r.count
-                }
-            }
+            let partial = sequenceParallelPartials(local, layout, dp: dp, dpIndex: coordinate[.dp] ?? 0)
             memory[.buffers] = checked.plus(memory[.buffers], checked.times(4, max(1, partial)))
         }
         if ranges[0].lowerBound == 0 {
@@ -390,6 +381,23 @@ extension MemoryPlan {
             throw UsageError("the sizes overflow: \(c) with --batch-size \(batch) needs more than 2^63 bytes per rank")
         }
         return memory
+    }
+
+    /// Floats of sequence parallelism's partial gradients a rank sums over tp each step: whole
+    /// replicated blocks and row-parallel biases (used outside the pairs, on 1/T of the rows), in
+    /// 3D only the part in this rank's FSDP shard (index `dpIndex` of `dp`) of each block.
+    static func sequenceParallelPartials(_ local: [LocalBlock], _ layout: LayoutDescription, dp: Int, dpIndex: Int) -> Int {
+        var partial = 0
+        for block in local where block.sharding != .column {
+            let r = block.sharding == .replicated ? 0..<block.count : block.count - block.output ..< block.count
+            if layout.kind == .threeDimensional {
+                let s = (block.count + dp - 1) / dp
+                partial += max(0, min(r.upperBound, (dpIndex + 1) * s) - max(r.lowerBound, dpIndex * s))
+            } else {
+                partial += r.count
+            }
+        }
+        return partial
     }
 
     /// One block as a rank holds it: floats, local activation widths, and its tensor-parallel
