@@ -113,16 +113,9 @@ public final class ExpertShards {
         precondition(total <= maxReceived, "expert parallelism: \(total) rows arrived, the buffers hold \(maxReceived)")
         receivedRows = total
         exchangeRows(block.packedInput.value, width: block.inputs, into: received.value, outbound: true)
-        var row = 0
-        for q in 0..<ranks {
-            for i in 0..<m {
-                let count = Int(receivedCounts[q * m + i])
-                if count > 0 {
-                    block.runExpert(block.localExperts.lowerBound + i, rows: count, input: received.value + row * block.inputs,
-                                    output: computed.value + row * block.outputs)
-                }
-                row += count
-            }
+        forEachArrivedRun { expert, rows, first in
+            block.runExpert(block.localExperts.lowerBound + expert, rows: rows, input: received.value + first * block.inputs,
+                            output: computed.value + first * block.outputs)
         }
         exchangeRows(computed.value, width: block.outputs, into: block.packedOutput.value, outbound: false)
     }
@@ -131,20 +124,28 @@ public final class ExpertShards {
     /// this rank's experts' backward on what arrives, and brings the input gradients back into
     /// `block.packedInput.grad`. Uses the last forward's counts.
     func backward(_ block: MixtureOfExperts) {
-        let m = perRank
         exchangeRows(block.packedOutput.grad, width: block.outputs, into: computed.grad, outbound: true)
+        forEachArrivedRun { expert, rows, first in
+            block.backwardExpert(block.localExperts.lowerBound + expert, rows: rows, input: received.value + first * block.inputs,
+                                 outputGrad: computed.grad + first * block.outputs, inputGrad: received.grad + first * block.inputs)
+        }
+        exchangeRows(received.grad, width: block.inputs, into: block.packedInput.grad, outbound: false)
+    }
+
+    /// The received rows as runs, in the order they arrived: source rank by source rank, and within
+    /// one source this rank's experts in order — `body(expert, rows, firstRow)` for each non-empty
+    /// run (`expert` counted from the first this rank holds). Forward and backward walk the same runs.
+    @inline(__always)
+    func forEachArrivedRun(_ body: (_ expert: Int, _ rows: Int, _ first: Int) -> Void) {
+        let m = perRank
         var row = 0
         for q in 0..<ranks {
             for i in 0..<m {
                 let count = Int(receivedCounts[q * m + i])
-                if count > 0 {
-                    block.backwardExpert(block.localExperts.lowerBound + i, rows: count, input: received.value + row * block.inputs,
-                                         outputGrad: computed.grad + row * block.outputs, inputGrad: received.grad + row * block.inputs)
-                }
+                if count > 0 { body(i, count, row) }
                 row += count
             }
         }
-        exchangeRows(received.grad, width: block.inputs, into: block.packedInput.grad, outbound: false)
     }
 
     /// One all-to-all-v of rows `width` floats wide: outbound from the packed buffer to the
