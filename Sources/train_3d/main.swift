@@ -1,12 +1,12 @@
 import Training
 
-/// `mpirun -np N train_3d --tp T --dp D --pp P`: the three parallelisms composed; see
-/// `ThreeDimensional`.
+/// `mpirun -np N train_3d --tp T --dp D --pp P [--experts E --ep E']`: the three parallelisms
+/// composed, and expert parallelism carved out of dp as a fourth axis; see `ThreeDimensional`.
 struct Train3D: TrainingCommand {
     static let configuration = CommandConfiguration(
         commandName: "train_3d",
         abstract: "Tensor × data (FSDP) × pipeline parallel training on a T × D × P grid of ranks.",
-        discussion: "Run as `mpirun -np N train_3d --tp T --dp D --pp P` with T·D·P = N. Tensor-parallel ranks are neighbours (rank % T), then data-parallel, then pipeline stages.")
+        discussion: "Run as `mpirun -np N train_3d --tp T --dp D --pp P` with T·D·P = N. Tensor-parallel ranks are neighbours (rank % T), then data-parallel, then pipeline stages. With --experts E (and --micro-batches 1), --ep E' splits each block's experts over E' ranks of every data-parallel group.")
 
     @OptionGroup var options: TrainingOptions
 
@@ -23,17 +23,27 @@ struct Train3D: TrainingCommand {
 
     @OptionGroup var sequenceParallel: SequenceParallelOption
 
+    @Option(name: .customLong("ep"), parsing: .unconditional,
+            help: "With --experts: expert-parallel ranks E' carved out of each data-parallel group; each holds E/E' experts of every block (E' divides --dp and --experts).")
+    var expertGroup: Int = 1
+
+    static var trainsExperts: Bool { true }
+
     func validate() throws {
-        for (flag, value) in [("tp", tp), ("dp", dp), ("pp", pp)] { try requirePositive(value, flag) }
+        for (flag, value) in [("tp", tp), ("dp", dp), ("pp", pp), ("ep", expertGroup)] { try requirePositive(value, flag) }
+        try ThreeDimensional.checkExperts(options.expertsConfig, expertGroup: expertGroup, dp: dp,
+                                          microBatches: pipeline.microBatches, sequenceParallel: sequenceParallel.enabled)
     }
 
     func makeLayout(_ context: TrainingContext) throws(UsageError) -> TrainingLayout {
-        try ThreeDimensional(context, tp: tp, dp: dp, pp: pp, pipeline: pipeline, sequenceParallel: sequenceParallel.enabled)
+        try ThreeDimensional(context, tp: tp, dp: dp, pp: pp, pipeline: pipeline, sequenceParallel: sequenceParallel.enabled,
+                             expertGroup: expertGroup)
     }
 
     func layoutDescription(ranks: Int) -> LayoutDescription {
         var layout = LayoutDescription.threeDimensional(tp: tp, dp: dp, pp: pp, pipeline)
         layout.sequenceParallel = sequenceParallel.enabled
+        if options.experts > 0 { layout.shape.expertGroup = expertGroup }
         return layout
     }
 }

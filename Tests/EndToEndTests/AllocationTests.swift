@@ -65,9 +65,12 @@ final class AllocationTests: XCTestCase {
         try check("train", np: nil, extra: ["--optimizer", "adam"])
         try check("train", np: nil, extra: ["--layers", "4", "--recompute"])
     }
-    /// Expert parallelism: two groups of two (the all-to-alls, the world and replicate allreduces).
+    /// Expert parallelism: two groups of two (the all-to-alls, the world and replicate allreduces);
+    /// and in train_3d beside a pipeline (FSDP's two-part gathers, the stages' statistics).
     func testExpertParallelStepDoesNotAllocate() throws {
         try check("train_ep", np: 4, extra: ["--experts", "4", "--top-k", "2", "--capacity-factor", "1", "--ep", "2", "--layers", "2"])
+        try check("train_3d", np: 4, extra: ["--tp", "1", "--dp", "2", "--pp", "2", "--ep", "2", "--experts", "4", "--top-k", "2",
+                                             "--capacity-factor", "1", "--layers", "2", "--optimizer", "adam"])
     }
 
     func testMixtureOfExpertsStepDoesNotAllocate() throws {

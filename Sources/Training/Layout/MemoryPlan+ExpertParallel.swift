@@ -23,7 +23,8 @@ extension MemoryPlan {
                                _ checked: inout Checked) {
         guard let experts = plan.config.experts, group >= 1 else { return }
         let m = experts.count / group
-        var dense = 0, held = 0, largest = 0
+        var dense = 0, held = 0
+        memory.largestMessage = 0  // not DP's buckets: the allreduces below, and the all-to-alls
         for block in plan.blocks {
             guard block.kind == .mixtureOfExperts else {
                 dense = checked.plus(dense, block.parameterCount)
@@ -32,19 +33,31 @@ extension MemoryPlan {
             let inputs = block.weightRows, outputs = block.weightColumns
             dense = checked.plus(dense, checked.times(inputs, experts.count))
             held = checked.plus(held, checked.times(m, checked.plus(checked.times(inputs, outputs), outputs)))
-            let received = max(1, min(checked.times(group, checked.times(rows, min(experts.topK, m))),
-                                      checked.times(m, experts.capacity(rows: settings.batchSize))))
-            let buffers = checked.plus(checked.times(8, max(1, checked.times(received, inputs))),
-                                       checked.times(8, max(1, checked.times(received, outputs))))
-            memory[.activations] = checked.plus(memory[.activations], buffers)
-            memory[.buffers] = checked.plus(memory[.buffers], checked.times(4, checked.plus(checked.times(group, m), 8 * group)))
-            largest = max(largest, checked.times(received, max(inputs, outputs)))
+            expertShardBuffers(&memory, block, group: group, rows: rows, settings, &checked)
         }
         let floats = checked.plus(dense, held)
         memory[.parameters] = checked.times(4, max(1, floats))
         memory[.gradients] = memory[.parameters]
         memory[.optimizer] = settings.optimizer == .adam ? checked.times(8, floats) : 0
         memory.updatedParameters = floats
-        memory.largestMessage = max(dense, held, largest)
+        memory.largestMessage = max(memory.largestMessage, dense, held)
+    }
+
+    /// One mixture of experts' ``ExpertShards`` over an expert group of E' ranks, each with `rows`
+    /// rows (`train_ep`, `train_3d --ep`): receive buffers for R = min(E'·b·min(K, E/E'),
+    /// E/E'·capacity) rows of input and output, values and gradients (`8·R·(in + out)` bytes of
+    /// activations), `4·(E'·E/E' + 8·E')` bytes of counts and offsets (buffers), and an
+    /// all-to-all-v of up to R rows.
+    static func expertShardBuffers(_ memory: inout MemoryPlan, _ block: Block, group: Int, rows: Int, _ settings: PlanSettings,
+                                   _ checked: inout Checked) {
+        guard let experts = block.experts else { return }
+        let m = experts.count / group, inputs = block.weightRows, outputs = block.weightColumns
+        let received = max(1, min(checked.times(group, checked.times(rows, min(experts.topK, m))),
+                                  checked.times(m, experts.capacity(rows: settings.batchSize))))
+        let buffers = checked.plus(checked.times(8, max(1, checked.times(received, inputs))),
+                                   checked.times(8, max(1, checked.times(received, outputs))))
+        memory[.activations] = checked.plus(memory[.activations], buffers)
+        memory[.buffers] = checked.plus(memory[.buffers], checked.times(4, checked.plus(checked.times(group, m), 8 * group)))
+        memory.largestMessage = max(memory.largestMessage, checked.times(received, max(inputs, outputs)))
     }
 }

@@ -89,6 +89,7 @@ public struct LayoutDescription: Sendable {
             return "train_3d -np \(n) --tp \(shape.size(.tp)) --dp \(shape.size(.dp)) --pp \(shape.size(.pp))"
                 + (schedule == .interleaved ? " --schedule interleaved" + chunks : "")
                 + (recompute ? " --recompute" : "") + (sequenceParallel ? " --sequence-parallel" : "")
+                + (shape.expertGroup.map { $0 > 1 ? " --ep \($0)" : "" } ?? "")
         }
     }
 }
@@ -236,7 +237,9 @@ extension MemoryPlan {
         let v = shape.virtualStages
         let stageCut = pp > 1 ? cut ?? PipelinePartition.stages(plan, stages: pp * v, override: shape.partition) : nil
         let ranges = stageCut.map { cut in (0..<v).map { cut[$0 * pp + stage] } } ?? [0..<plan.count]
-        let local = ranges.flatMap { localBlocks(plan, $0, tpSize: tp) }
+        // `train_3d --ep E'` holds E/E' experts of each block (`train_ep` is planned apart, below).
+        let expertGroup = layout.kind == .threeDimensional ? shape.expertGroup ?? 1 : 1
+        let local = ranges.flatMap { localBlocks(plan, $0, tpSize: tp, expertGroup: expertGroup) }
         let counts = local.map(\.count)
         let rows = batch / shape.dataParallelDegree / settings.accumulation  // one micro-step's rows (``MicroSteps``)
         // The group the model is sharded over: `train_3d`'s dp axis, `train_fsdp`'s shard axis.
@@ -259,13 +262,21 @@ extension MemoryPlan {
             }
             if group > 1 { memory.largestMessage = padded }
         } else if layout.kind == .fullySharded || layout.kind == .threeDimensional {
-            let shards = counts.map { ($0 + group - 1) / group }
-            held = shards.reduce(0, +)
-            let largest = shards.max() ?? 0
+            // Each block's parts (``ShardedParameters/Part``): a mixture of experts' router over the
+            // group, its experts over the group's `replicate` ranks (D/E'); one part otherwise.
+            let parts = local.map { block in
+                block.router.map { [($0, group), (block.count - $0, group / expertGroup)] } ?? [(block.count, group)]
+            }
+            let shards = parts.map { $0.map { ($0.0 + $0.1 - 1) / $0.1 } }
+            held = shards.joined().reduce(0, +)
+            let largest = shards.joined().max() ?? 0
+            let gathered = zip(shards, parts).map { zip($0, $1).reduce(0) { checked.plus($0, checked.times($1.0, $1.1.1)) } }
             memory[.parameters] = checked.times(4, max(1, held))
             memory[.gradients] = memory[.parameters]
-            memory[.buffers] = checked.plus(checked.times(8, max(1, checked.times(largest, group))), checked.times(4, max(1, largest)))
-            if group > 1 { memory.largestMessage = checked.times(largest, group) }
+            memory[.buffers] = checked.plus(checked.times(8, max(1, gathered.max() ?? 0)), checked.times(4, max(1, largest)))
+            for (s, part) in zip(shards.joined(), parts.joined()) where part.1 > 1 {
+                memory.largestMessage = max(memory.largestMessage, checked.times(s, part.1))
+            }
         } else {
             held = counts.reduce(0, +)
             memory[.parameters] = checked.times(4, max(1, held))
@@ -319,11 +330,12 @@ extension MemoryPlan {
             let ends = ranges.contains { $0.lowerBound == 0 || $0.upperBound == plan.count }
             memory.staging = checked.plus(memory.staging, ends ? checked.times(4, checked.plus(checked.times(rows, c.seqLen), rows)) : 8)
         }
-        // A mixture of experts' own buffers (``MixtureOfExperts``; only `train` and `train_dp` run
-        // them, one chain), for its chain's rows: router probabilities [rows × E], gates
-        // [rows × K], packed inputs [rows·K × in] and outputs [rows·K × out], values and gradients;
-        // the Int32 routing state (2·rows·K + 3E + 1) and the 2E floats of routing statistics.
-        // Under DP, every rank's statistics (N · 2E floats).
+        // A mixture of experts' own buffers (``MixtureOfExperts``; one chain, or one pipeline slot),
+        // for its chain's rows: router probabilities [rows × E], gates [rows × K], packed inputs
+        // [rows·K × in] and outputs [rows·K × out], values and gradients; the Int32 routing state
+        // (2·rows·K + 3E + 1) and the 2E floats of routing statistics. Under DP and 3D, every dp
+        // rank's statistics (D · 2E floats); under `train_3d --ep E'`, the receive buffers of
+        // ``ExpertShards``.
         for range in ranges {
             for i in range where plan[i].kind == .mixtureOfExperts {
                 let e = plan[i].experts!.count, k = plan[i].experts!.topK, assignments = checked.times(chainRows, k)
@@ -331,7 +343,10 @@ extension MemoryPlan {
                               checked.times(assignments, plan[i].weightColumns)].reduce(0) { checked.plus($0, checked.times(8, max(1, $1))) }
                 let state = checked.times(4, checked.plus(checked.times(2, assignments), 5 * e + 1))
                 memory[.activations] = checked.plus(memory[.activations], checked.plus(floats, state))
-                if layout.kind == .dataParallel { memory[.buffers] = checked.plus(memory[.buffers], checked.times(4, checked.times(dp, 2 * e))) }
+                if layout.kind == .dataParallel || layout.kind == .threeDimensional {
+                    memory[.buffers] = checked.plus(memory[.buffers], checked.times(4, checked.times(dp, 2 * e)))
+                }
+                if expertGroup > 1 { expertShardBuffers(&memory, plan[i], group: expertGroup, rows: chainRows, settings, &checked) }
             }
         }
         if sequenceParallel {
@@ -360,7 +375,7 @@ extension MemoryPlan {
             }
         }
 
-        if let group = shape.expertGroup { expertParallel(&memory, plan, group: group, rows: chainRows, settings, &checked) }
+        if let group = shape.expertGroup, layout.kind == .dataParallel { expertParallel(&memory, plan, group: group, rows: chainRows, settings, &checked) }
         // Whole-model copies (see the type's documentation).
         let psi = plan.parameterCount
         let gathered = settings.samples > 0 || settings.dump || settings.export ? 1 : 0
@@ -407,14 +422,22 @@ extension MemoryPlan {
         var input: Int
         var output: Int
         var sharding: TensorParallelPlan.Sharding
+        /// A mixture of experts' router floats (the first `router` of `count`; nil for other kinds).
+        var router: Int? = nil
     }
 
-    static func localBlocks(_ plan: BlockPlan, _ range: Range<Int>, tpSize: Int) -> [LocalBlock] {
+    /// - Parameter expertGroup: E' of `train_3d --ep`: a mixture of experts holds E/E' experts.
+    static func localBlocks(_ plan: BlockPlan, _ range: Range<Int>, tpSize: Int, expertGroup: Int = 1) -> [LocalBlock] {
         let shardings = TensorParallelPlan.shardings(plan, tpSize: tpSize)
         return range.map { i in
             let block = plan[i], inputs = block.weightRows, outputs = block.weightColumns
             switch shardings[i] {
             case .replicated:
+                if let experts = block.experts {
+                    let router = inputs * experts.count, held = experts.count / expertGroup * (inputs * outputs + outputs)
+                    return LocalBlock(count: router + held, input: block.inputWidth, output: block.outputWidth,
+                                      sharding: .replicated, router: router)
+                }
                 return LocalBlock(count: block.parameterCount, input: block.inputWidth, output: block.outputWidth,
                                   sharding: .replicated)
             case .column:

@@ -17,6 +17,12 @@ import Distributed
 ///     didRunBackward(i):   reduce-scatter the full gradients → this rank's shard of Σ_ranks ∇;
 ///                          add it into the shard's gradients (micro-batches accumulate)
 ///
+/// A block may come in several parts sharded over different groups (``Part``): `train_3d --ep`
+/// shards a mixture of experts' router over the dp group like every dense float, and this rank's
+/// experts over the ranks that hold the same experts (``ThreeDimensional``). The parts are
+/// gathered side by side into the gather buffer and reduce-scattered one by one, each over its
+/// own group; a one-part block is the plain case above.
+///
 /// Any N works, whatever divides the widths. Biases and the embedding are sharded and reduced
 /// like everything else (ml.c never reduced the bias gradients, so its ranks drifted apart).
 /// Per step and rank a block moves 2 allgathers + 1 reduce-scatter of `N·⌈c/N⌉·4` bytes of
@@ -24,17 +30,43 @@ import Distributed
 /// figure), for 1/N of the parameter, gradient and optimizer memory plus one gather buffer sized
 /// for the largest block.
 public final class ShardedParameters: LayerChainHooks {
-    /// One block to shard: its local float count, where those floats sit in the canonical
-    /// vector, and how to build its layer over a view of them.
-    public struct Block {
+    /// Floats of one block sharded over one group: its local count, where those floats sit in the
+    /// canonical vector, and the ranks that shard it (nil: the ``ShardedParameters``' group).
+    public struct Part {
         public var count: Int
         public var map: ParameterMap
-        public var make: (ParameterView) -> Layer
-        public init(count: Int, map: ParameterMap, make: @escaping (ParameterView) -> Layer) {
+        public var group: Communicator?
+        public init(count: Int, map: ParameterMap, group: Communicator? = nil) {
             self.count = count
             self.map = map
+            self.group = group
+        }
+    }
+
+    /// One block to shard: its parts (usually one) and how to build its layer over views of
+    /// them, gathered side by side. A mixture of experts under expert parallelism has two: the
+    /// router, sharded like every dense float, and this rank's experts, sharded over the ranks
+    /// that hold the same experts.
+    public struct Block {
+        public var parts: [Part]
+        public var make: ([ParameterView]) -> Layer
+        public init(parts: [Part], make: @escaping ([ParameterView]) -> Layer) {
+            self.parts = parts
             self.make = make
         }
+        /// A block of one part, sharded over the ``ShardedParameters``' group.
+        public init(count: Int, map: ParameterMap, make: @escaping (ParameterView) -> Layer) {
+            self.init(parts: [Part(count: count, map: map)], make: { make($0[0]) })
+        }
+    }
+
+    /// One part as this rank holds it: its group, its shard, and where it is gathered.
+    struct Shard {
+        let group: Communicator
+        let view: ParameterView
+        /// The part's first float in the gather buffer.
+        let offset: Int
+        var padded: Int { view.count * group.size }
     }
 
     /// The blocks' layers, in chain order, all over ``buffer``.
@@ -44,56 +76,61 @@ public final class ShardedParameters: LayerChainHooks {
     /// Where `shards` sit in the canonical vector.
     public let map: ParameterMap
     public let buffer: GatherBuffer
-    /// This rank's shard of each block.
-    let shardViews: [ParameterView]
-    let group: Communicator
+    /// This rank's shard of each part of each block.
+    let parts: [[Shard]]
 
     public init(blocks: [Block], group: Communicator, initialParameters: [Float]) {
-        let n = group.size
-        let shardCounts = blocks.map { ($0.count + n - 1) / n }
-        let largest = shardCounts.max() ?? 0
-        let buffer = GatherBuffer(capacity: largest * n, shardCapacity: largest)
-        let shards = ParameterBuffer(count: shardCounts.reduce(0, +))
+        let groups = blocks.map { $0.parts.map { $0.group ?? group } }
+        let shardCounts = zip(blocks, groups).map { block, groups in zip(block.parts, groups).map { ($0.count + $1.size - 1) / $1.size } }
+        let padded = zip(shardCounts, groups).map { counts, groups in zip(counts, groups).reduce(0) { $0 + $1.0 * $1.1.size } }
+        let buffer = GatherBuffer(capacity: padded.max() ?? 0, shardCapacity: shardCounts.joined().max() ?? 0)
+        let shards = ParameterBuffer(count: shardCounts.joined().reduce(0, +))
         var map = ParameterMap()
-        var views: [ParameterView] = []
         var offset = 0
-        for (block, s) in zip(blocks, shardCounts) {
-            let mine = block.map.slice(group.rank * s ..< (group.rank + 1) * s)
-            mine.extract(from: initialParameters, into: shards.value + offset)
-            map.append(mine)
-            views.append(shards.view(offset: offset, count: s))
-            offset += s
+        parts = blocks.indices.map { b in
+            var gathered = 0
+            return blocks[b].parts.indices.map { p in
+                let s = shardCounts[b][p], g = groups[b][p]
+                let mine = blocks[b].parts[p].map.slice(g.rank * s ..< (g.rank + 1) * s)
+                mine.extract(from: initialParameters, into: shards.value + offset)
+                map.append(mine)
+                defer { offset += s; gathered += s * g.size }
+                return Shard(group: g, view: shards.view(offset: offset, count: s), offset: gathered)
+            }
         }
-        layers = blocks.map { $0.make(buffer.full.view(offset: 0, count: $0.count)) }
+        layers = zip(blocks, parts).map { block, parts in
+            block.make(zip(block.parts, parts).map { buffer.full.view(offset: $1.offset, count: $0.count) })
+        }
         self.shards = shards
         self.map = map
         self.buffer = buffer
-        shardViews = views
-        self.group = group
     }
 
     func gather(_ block: Int) {
-        let shard = shardViews[block]
-        group.allgather(shard.value, count: shard.count, into: buffer.full.value)
+        for part in parts[block] { part.group.allgather(part.view.value, count: part.view.count, into: buffer.full.value + part.offset) }
     }
+
+    /// Floats of block `block` in the gather buffer, padding included.
+    func paddedCount(_ block: Int) -> Int { parts[block].reduce(0) { $0 + $1.padded } }
 
     public func willRunForward(_ block: Int) { gather(block) }
 
     public func willRunBackward(_ block: Int) {
         gather(block)
-        Kernels.zero(buffer.full.grad, count: shardViews[block].count * group.size)
+        Kernels.zero(buffer.full.grad, count: paddedCount(block))
     }
 
     /// A split backward (zero-bubble pipelines) computes the parameter gradients later, after
     /// other blocks have used the gather buffer: start them from zero again.
     public func willRunWeightPass(_ block: Int) {
-        Kernels.zero(buffer.full.grad, count: shardViews[block].count * group.size)
+        Kernels.zero(buffer.full.grad, count: paddedCount(block))
     }
 
     public func didRunBackward(_ block: Int) {
-        let shard = shardViews[block]
-        group.reduceScatterSum(buffer.full.grad, into: buffer.reduced, count: shard.count)
-        Kernels.add(buffer.reduced, into: shard.grad, count: shard.count)
+        for part in parts[block] {
+            part.group.reduceScatterSum(buffer.full.grad + part.offset, into: buffer.reduced, count: part.view.count)
+            Kernels.add(buffer.reduced, into: part.view.grad, count: part.view.count)
+        }
     }
 }
 

@@ -28,6 +28,19 @@ import Distributed
 /// the partial gradients of the parameters used outside the pairs — this rank's FSDP shards of
 /// them, after the dp reduce-scatter — are summed over tp (``PartialGradientSum``), as is the
 /// loss (4 bytes).
+///
+/// **Mixtures of experts** (`--experts E`, `--micro-batches 1`) are replicated blocks of the
+/// tensor-parallel pairing (the tp ranks of a (dp, pp) position compute the same block on the
+/// same rows), routed, capped and balanced over the whole batch through an allgather of 2E
+/// floats over dp (``DataParallelExpertExchange``, as in `train_dp`). With `--ep E'` expert
+/// parallelism is a fourth axis carved out of dp, as Megatron-Core carves expert-parallel
+/// groups out of data parallelism: the dp group is itself the mesh `[expert E', replicate D/E']`
+/// (`train_ep`'s mesh, over dp instead of the world). Rank j of an expert group holds experts
+/// `[j·E/E', (j+1)·E/E')` of every block and computes them for the group's rows
+/// (``ExpertShards``: all-to-all-v there and back, forward and backward). FSDP shards the
+/// router over dp like every dense float and the experts over `replicate`, the D/E' ranks that
+/// hold the same ones (``ShardedParameters/Part``). Per step the stages' load-balancing losses
+/// and loads are allgathered over pp (8 bytes per stage).
 public final class ThreeDimensional: TrainingLayout {
     public let mesh: ProcessMesh
     /// The data-parallel group, over which the pipelines' losses are summed.
@@ -47,13 +60,24 @@ public final class ThreeDimensional: TrainingLayout {
     let sequenceGroup: Communicator?
     let scratch: SequenceParallelScratch?
     let partials: PartialGradientSum?
+    /// This stage's mixture-of-experts blocks, and every stage's (aux loss, imbalance) gathered
+    /// over pp (`2·P` floats; nil for a dense model).
+    let mixtures: [MixtureOfExperts]
+    let stageStatistics: UnsafeMutablePointer<Float>?
+    public private(set) var expertStatistics: ExpertStatistics?
+    /// How the experts are laid out, for the start-up summary (nil for a dense model).
+    let expertLayout: String?
 
     public init(_ context: TrainingContext, tp: Int, dp: Int, pp: Int, pipeline: PipelineOptions,
-                sequenceParallel: Bool = false) throws(UsageError) {
+                sequenceParallel: Bool = false, expertGroup: Int = 1) throws(UsageError) {
         let v = pipeline.virtualStages
         var shape = LayoutShape.threeDimensional(tp: tp, dp: dp, pp: pp, microBatches: pipeline.microBatches,
                                                  partition: pipeline.partition, virtualStages: v)
         shape.sequenceParallel = sequenceParallel
+        let experts = context.config.experts
+        if experts != nil { shape.expertGroup = expertGroup }
+        try Self.checkExperts(experts, expertGroup: expertGroup, dp: dp, microBatches: pipeline.microBatches,
+                              sequenceParallel: sequenceParallel)
         let mesh = try shape.makeMesh(context)
         self.mesh = mesh
         self.dp = mesh[.dp]
@@ -76,11 +100,24 @@ public final class ThreeDimensional: TrainingLayout {
             SequenceParallelScratch(capacity: chunkPlans.map { $0.scratchCapacity(rows: microRows) }.max()!)
         }
         self.scratch = scratch
+        // Expert parallelism: the dp group as the mesh [expert E', replicate D/E'] (collective over dp).
+        let expertMesh = experts.map { _ in ProcessMesh(world: mesh[.dp], axes: [(.expert, expertGroup), (.replicate, dp / expertGroup)]) }
+        let batchExchange = DataParallelExpertExchange(group: mesh[.dp], batchRows: globalBatch)
+        expertLayout = experts.map { experts in
+            let m = experts.count / expertGroup
+            return "mixtures of experts replicated over tp, routed over the \(dp) dp rank(s); "
+                + (expertGroup == 1 ? "every dp rank holds all \(experts.count) experts of each block, sharded over dp"
+                   : "dp as the mesh [expert \(expertGroup), replicate \(dp / expertGroup)]: rank j of an expert group holds experts "
+                     + "\(m)j ..< \(m)(j+1) of \(experts.count), sharded over replicate")
+        }
         let sharded = ShardedParameters(
             blocks: chunkPlans.flatMap { plan in
                 plan.blocks.map { block in
-                    ShardedParameters.Block(count: block.parameterCount, map: block.map,
-                                            make: { plan.makeLayer(block, tp: mesh[.tp], parameters: $0, rows: microRows, scratch: scratch) })
+                    if let experts, let expertMesh, block.block.kind == .mixtureOfExperts {
+                        return Self.mixture(block.block, experts, mesh: expertMesh, rows: microRows, exchange: batchExchange)
+                    }
+                    return ShardedParameters.Block(count: block.parameterCount, map: block.map,
+                                                   make: { plan.makeLayer(block, tp: mesh[.tp], parameters: $0, rows: microRows, scratch: scratch) })
                 }
             },
             group: mesh[.dp], initialParameters: context.initialParameters)
@@ -100,6 +137,56 @@ public final class ThreeDimensional: TrainingLayout {
                               pp: mesh[.pp], seqLen: context.config.seqLen, lossScale: 1 / Float(globalBatch), recompute: pipeline.recompute)
         local = LocalParameters(map: sharded.map, values: sharded.shards.value, gradients: sharded.shards.grad,
                                 optimizer: Optimizer(config: context.optimizer, count: sharded.shards.count))
+        mixtures = sharded.layers.compactMap { $0 as? MixtureOfExperts }
+        stageStatistics = experts.map { _ in
+            let figures = UnsafeMutablePointer<Float>.allocate(capacity: 2 + 2 * pp)
+            figures.initialize(repeating: 0, count: 2 + 2 * pp)
+            return figures
+        }
+    }
+
+    deinit { stageStatistics?.deallocate() }
+
+    /// The refusals of `--experts` and `--ep` (one line each; the flags' own checks ran when parsed).
+    public static func checkExperts(_ experts: ExpertsConfig?, expertGroup: Int, dp: Int, microBatches: Int,
+                             sequenceParallel: Bool) throws(UsageError) {
+        guard let experts else {
+            if expertGroup > 1 { throw UsageError("--ep needs --experts E (expert parallelism shards the experts of a mixture-of-experts model)") }
+            return
+        }
+        if microBatches > 1 {
+            throw UsageError("--experts needs --micro-batches 1 in train_3d: a mixture of experts routes, caps and balances the whole batch in one forward (got --micro-batches \(microBatches))")
+        }
+        if sequenceParallel { throw UsageError("--experts cannot be combined with --sequence-parallel yet") }
+        if dp % expertGroup != 0 {
+            throw UsageError("--ep \(expertGroup) does not divide --dp \(dp) (expert groups are carved out of the data-parallel ranks)")
+        }
+        if experts.count % expertGroup != 0 {
+            throw UsageError("--experts \(experts.count) is not divisible by --ep \(expertGroup) (each rank of a group holds E/E' experts)")
+        }
+    }
+
+    /// A mixture of experts in two parts: the router, sharded over dp like every dense float, and
+    /// this rank's experts (its place on the `expert` axis), sharded over `replicate`, the ranks
+    /// holding the same experts. With E' > 1 the block computes its experts where they are held.
+    static func mixture(_ block: Block, _ experts: ExpertsConfig, mesh: ProcessMesh, rows: Int,
+                        exchange: DataParallelExpertExchange) -> ShardedParameters.Block {
+        let group = mesh.size(.expert), m = experts.count / group, first = mesh.coordinates[0] * m
+        let router = block.weightRows * experts.count, stride = block.weightRows * block.weightColumns + block.weightColumns
+        let expertGroup = group > 1 ? ExpertGroupExchange(group: mesh[.expert]) : nil
+        // The most rows one rank may compute: every assignment of its group's rows, or m experts at capacity.
+        let maxReceived = max(1, min(group * rows * min(experts.topK, m), m * experts.capacity(rows: exchange.batchRows)))
+        return ShardedParameters.Block(
+            parts: [.init(count: router, map: .contiguous(block.parameterOffset, router)),
+                    .init(count: m * stride, map: .contiguous(block.parameterOffset + router + first * stride, m * stride),
+                          group: mesh[.replicate])],
+            make: { views in
+                let mixture = MixtureOfExperts(inputs: block.weightRows, outputs: block.weightColumns, experts: experts, rows: rows,
+                                               router: views[0], localExperts: first ..< first + m, expertParameters: views[1])
+                mixture.attach(exchange)
+                if let expertGroup { mixture.shard(over: expertGroup, maxReceived: maxReceived) }
+                return mixture
+            })
     }
 
     public func forwardBackward(batch index: Int, from sampler: BatchSampler) -> Float {
@@ -111,7 +198,24 @@ public final class ThreeDimensional: TrainingLayout {
         }
         partials?.sum()
         if let sequenceGroup { lossSum = sequenceGroup.sum(lossSum) }
-        return dp.sum(lossSum) / Float(globalBatch)
+        return dp.sum(lossSum) / Float(globalBatch) + gatherExpertStatistics()
+    }
+
+    /// Every stage's load-balancing loss and worst load (the whole batch's: the same over tp and
+    /// dp), allgathered over pp; returns their aux loss, part of the trained loss (0 when dense).
+    func gatherExpertStatistics() -> Float {
+        guard let figures = stageStatistics else { return 0 }
+        let pp = mesh[.pp]
+        figures[0] = mixtures.reduce(0) { $0 + $1.auxiliaryLoss }
+        figures[1] = mixtures.reduce(0) { max($0, $1.imbalance) }
+        pp.allgather(figures, count: 2, into: figures + 2)
+        var statistics = ExpertStatistics(auxiliaryLoss: 0, imbalance: 0)
+        for stage in 0..<pp.size {
+            statistics.auxiliaryLoss += figures[2 + 2 * stage]
+            statistics.imbalance = max(statistics.imbalance, figures[3 + 2 * stage])
+        }
+        expertStatistics = statistics
+        return statistics.auxiliaryLoss
     }
 
     /// Where ``TensorParallelPlan/partialGradients(_:)`` of each block fall in this rank's FSDP
@@ -137,7 +241,11 @@ public final class ThreeDimensional: TrainingLayout {
 
     public func trainingFinished() -> String? { stage.waitingReport(world: mesh.world) }
 
-    public var summary: String? { PipelinePartition.describe(modelPlan, cut, stages: mesh[.pp].size) }
+    public var summary: String? {
+        let stages = PipelinePartition.describe(modelPlan, cut, stages: mesh[.pp].size)
+        guard let expertLayout else { return stages }
+        return stages + "\n" + expertLayout
+    }
 
     public func evaluate(batch index: Int, from sampler: BatchSampler) -> Float {
         var lossSum: Float = 0

@@ -5,7 +5,8 @@ extension Planner {
     /// E experts; without `--recompute`, whose rerun forwards would route again) and
     /// `train_ep --ep E'` for every E' > 1 that divides N — those whose E' does not divide E are
     /// refused with training's reason (``expertsRefusal(_:)``) — then the dense layouts, which
-    /// are all refused: only `train`, `train_dp` and `train_ep` train experts.
+    /// are all refused: only `train`, `train_dp`, `train_ep` and `train_3d` train experts, and the
+    /// planner does not model `train_3d`'s.
     func expertCandidates(dense: [LayoutDescription]) -> [LayoutDescription] {
         let n = ranks
         var result: [LayoutDescription] = [.dataParallel(ranks: n, bucketBytes: bucketBytes)]
@@ -22,7 +23,8 @@ extension Planner {
         }
         switch layout.kind {
         case .singleRank, .dataParallel: return nil
-        default: return "--experts is not supported by \(layout.command.split(separator: " ").first ?? ""): use train, train_dp or train_ep"
+        case .threeDimensional: return "the planner does not model train_3d with --experts (it trains them; plan train_dp and train_ep instead)"
+        default: return "--experts is not supported by \(layout.command.split(separator: " ").first ?? ""): use train, train_dp, train_ep or train_3d"
         }
     }
 }

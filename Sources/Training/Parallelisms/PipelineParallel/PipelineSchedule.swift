@@ -9,14 +9,18 @@ import Core
 /// **By cost, by default.** A stage's time is its blocks' compute, and the slowest stage sets the
 /// pipeline's pace, so the cut minimises the largest stage cost (the linear-partition problem,
 /// solved exactly by dynamic programming over the few blocks). A block's cost is its forward and
-/// backward FLOPs per row, 6·in·out for a Linear; the embedding only copies rows and costs 0. Among
+/// backward FLOPs per row, 6·in·out for a Linear, 6·in·E + 6·K·in·out for a mixture of experts
+/// (the router, and the K experts each row visits when none is dropped); the embedding only
+/// copies rows and costs 0. Among
 /// cuts with the same largest cost, earlier stages take more blocks. `--partition 3,2` (blocks per
 /// stage) overrides the cut.
 public enum PipelinePartition {
     /// Forward plus backward FLOPs per row of `block` (the matrix products; the embedding's row
     /// copies count as free).
     public static func cost(_ block: Block) -> Double {
-        block.kind.isLinear ? 6 * Double(block.weightRows) * Double(block.weightColumns) : 0
+        let linear = 6 * Double(block.weightRows) * Double(block.weightColumns)
+        if let experts = block.experts { return 6 * Double(block.weightRows) * Double(experts.count) + Double(experts.topK) * linear }
+        return block.kind.isLinear ? linear : 0
     }
 
     /// Blocks per stage for `costs` over `stages` stages, minimising the most expensive stage.
