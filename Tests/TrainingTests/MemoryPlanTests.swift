@@ -46,15 +46,23 @@ final class MemoryPlanTests: XCTestCase {
         XCTAssertEqual(m.wholeModel, 4 * psi, "the initial model, and nothing at the end without samples or dump")
     }
 
-    /// FSDP pads every block to N·⌈c/N⌉ and keeps one shard of each, plus one gather buffer (full
-    /// floats and gradients of the largest block) and its reduce-scatter output.
+    /// FSDP pads every block to N·⌈c/N⌉ and keeps one shard of each, plus two gather buffers
+    /// (full floats and gradients of the largest even and the largest odd block: the blocks
+    /// alternate between them) and their reduce-scatter outputs; with recomputation, one buffer.
     func testFullyShardedPadsShardsAndCountsTheGatherBuffer() throws {
         let n = 4
         let plans = try MemoryPlan.perRank(plan, .fullySharded(ranks: n), sgd)
         let shards = plan.blocks.map { ($0.parameterCount + n - 1) / n }
+        let even = stride(from: 0, to: shards.count, by: 2).map { shards[$0] }.max()!
+        let odd = stride(from: 1, to: shards.count, by: 2).map { shards[$0] }.max()!
+        var recomputing = LayoutDescription.fullySharded(ranks: n)
+        recomputing.recompute = true
+        for m in try MemoryPlan.perRank(plan, recomputing, sgd) {
+            XCTAssertEqual(m[.buffers], 8 * shards.max()! * n + 4 * shards.max()!)
+        }
         for m in plans {
             XCTAssertEqual(m[.parameters], 4 * shards.reduce(0, +))
-            XCTAssertEqual(m[.buffers], 8 * shards.max()! * n + 4 * shards.max()!)
+            XCTAssertEqual(m[.buffers], 8 * even * n + 4 * even + 8 * odd * n + 4 * odd)
             XCTAssertEqual(m[.activations], activations(rows: 24 / n, widths: plan.widths(0..<plan.count)))
             XCTAssertEqual(m.largestMessage, shards.max()! * n)
         }

@@ -33,7 +33,8 @@ public struct Transfer: Sendable, Equatable {
 /// - **DP** (``DataParallel``): one allreduce per gradient bucket (Ψ floats in all, whatever K),
 ///   and the 4-byte loss.
 /// - **FSDP** (``FullyShardedDataParallel``) over shard groups of S: ZeRO-3 allgathers every block
-///   twice and reduce-scatters it once per micro-step (`S·⌈c/S⌉` floats each); ZeRO-2
+///   twice (the last two once, kept from forward into backward, unless recomputing) and
+///   reduce-scatters it once per micro-step (`S·⌈c/S⌉` floats each); ZeRO-2
 ///   reduce-scatters every block (its `c` floats) per micro-step and allgathers Ψ' = `S·⌈Ψ/S⌉`
 ///   once; ZeRO-1 reduce-scatters and allgathers Ψ' once. HSDP adds one allreduce of the rank's
 ///   shard over the replicas; the loss is summed over the world.
@@ -157,7 +158,9 @@ extension CommunicationPlan {
                 let reruns = Self.reruns(plan.count, recompute: layout.recompute, slots: nil)
                 held = shards.reduce(0, +)
                 for (i, shard) in shards.enumerated() {
-                    result.add(.allgather, .shard, size: s, stride: 1, calls: (2 + reruns[i]) * k, bytesPerCall: 4 * s * shard)
+                    // Without recomputation the last two blocks stay gathered from forward into backward.
+                    let kept = !layout.recompute && i >= shards.count - 2 ? 1 : 0
+                    result.add(.allgather, .shard, size: s, stride: 1, calls: (2 + reruns[i] - kept) * k, bytesPerCall: 4 * s * shard)
                     result.add(.reduceScatter, .shard, size: s, stride: 1, calls: k, bytesPerCall: 4 * s * shard)
                 }
             }

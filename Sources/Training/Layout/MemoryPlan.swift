@@ -269,11 +269,17 @@ extension MemoryPlan {
             }
             let shards = parts.map { $0.map { ($0.0 + $0.1 - 1) / $0.1 } }
             held = shards.joined().reduce(0, +)
-            let largest = shards.joined().max() ?? 0
             let gathered = zip(shards, parts).map { zip($0, $1).reduce(0) { checked.plus($0, checked.times($1.0, $1.1.1)) } }
             memory[.parameters] = checked.times(4, max(1, held))
             memory[.gradients] = memory[.parameters]
-            memory[.buffers] = checked.plus(checked.times(8, max(1, gathered.max() ?? 0)), checked.times(4, max(1, largest)))
+            // The gather buffers: one, or under train_fsdp without recomputation two that the
+            // blocks alternate between (``ShardedParameters``), each with its reduce-scatter output.
+            let count = layout.kind == .fullySharded && !layout.recompute ? 2 : 1
+            for b in 0..<count {
+                let mine = local.indices.filter { $0 % count == b }
+                let full = mine.map { gathered[$0] }.max() ?? 0, shard = mine.flatMap { shards[$0] }.max() ?? 0
+                memory[.buffers] = checked.plus(memory[.buffers], checked.plus(checked.times(8, max(1, full)), checked.times(4, max(1, shard))))
+            }
             for (s, part) in zip(shards.joined(), parts.joined()) where part.1 > 1 {
                 memory.largestMessage = max(memory.largestMessage, checked.times(s, part.1))
             }

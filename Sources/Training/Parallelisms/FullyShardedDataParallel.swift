@@ -11,7 +11,8 @@ import Distributed
 ///                                      update the shard, allgather the parameters
 ///     stage 2 (ShardedGradients):      full parameters; reduce-scatter each block's ∇ during
 ///                                      backward into the shard; update, allgather
-///     stage 3 (ShardedParameters):     allgather each block before forward and backward,
+///     stage 3 (ShardedParameters):     allgather each block before forward and backward (the
+///                                      last two stay gathered from forward into backward),
 ///                                      reduce-scatter its ∇ after; update the shard
 ///
 /// **HSDP.** On the mesh `[shard, replicate]` (S·R = N, shard fastest) the parameters are
@@ -59,7 +60,8 @@ public final class FullyShardedDataParallel: TrainingLayout {
                                             map: .contiguous(block.parameterOffset, block.parameterCount),
                                             make: block.makeLayer(parameters:))
                 },
-                group: shardGroup, initialParameters: context.initialParameters)
+                group: shardGroup, initialParameters: context.initialParameters,
+                gatherBuffers: recompute ? 1 : 2)  // the last two blocks stay gathered into backward
         }
         chain = LayerChain(layers: stage.layers, widths: plan.widths(0..<plan.count), rows: steps.rowsPerStep,
                            loss: SoftmaxCrossEntropy(gradientScale: 1 / Float(globalBatch)), hooks: stage.hooks,

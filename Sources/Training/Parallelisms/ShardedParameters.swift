@@ -69,25 +69,39 @@ public final class ShardedParameters: LayerChainHooks {
         var padded: Int { view.count * group.size }
     }
 
-    /// The blocks' layers, in chain order, all over ``buffer``.
+    /// The blocks' layers, in chain order, each over its gather buffer.
     public let layers: [Layer]
     /// This rank's shards of every block, back to back.
     public let shards: ParameterBuffer
     /// Where `shards` sit in the canonical vector.
     public let map: ParameterMap
-    public let buffer: GatherBuffer
+    /// One gather buffer, or two that the blocks alternate between (block `i` in buffer `i % 2`).
+    let buffers: [GatherBuffer]
     /// This rank's shard of each part of each block.
     let parts: [[Shard]]
+    /// With two buffers: the block whose parameters each one holds, gathered in this step's
+    /// forward (−1: none). Parameters change only between steps, after every backward.
+    var resident: [Int]
 
-    public init(blocks: [Block], group: Communicator, initialParameters: [Float]) {
+    /// - Parameter gatherBuffers: 1, or 2 to keep the last two blocks of a forward gathered for
+    ///   the backward that follows it (a single chain: `train_fsdp` without recomputation). The
+    ///   blocks alternate between two buffers, so when the forward ends, blocks n − 1 and n − 2
+    ///   are still whole and the backward starts without gathering them: per micro-step 2n − 2
+    ///   allgathers instead of 2n, for one more buffer of the largest block (Megatron-FSDP also
+    ///   keeps at most two units unsharded).
+    public init(blocks: [Block], group: Communicator, initialParameters: [Float], gatherBuffers: Int = 1) {
+        precondition(gatherBuffers == 1 || gatherBuffers == 2)
         let groups = blocks.map { $0.parts.map { $0.group ?? group } }
         let shardCounts = zip(blocks, groups).map { block, groups in zip(block.parts, groups).map { ($0.count + $1.size - 1) / $1.size } }
         let padded = zip(shardCounts, groups).map { counts, groups in zip(counts, groups).reduce(0) { $0 + $1.0 * $1.1.size } }
-        let buffer = GatherBuffer(capacity: padded.max() ?? 0, shardCapacity: shardCounts.joined().max() ?? 0)
+        let buffers = (0..<gatherBuffers).map { b in
+            let mine = blocks.indices.filter { $0 % gatherBuffers == b }
+            return GatherBuffer(capacity: mine.map { padded[$0] }.max() ?? 0, shardCapacity: mine.flatMap { shardCounts[$0] }.max() ?? 0)
+        }
         let shards = ParameterBuffer(count: shardCounts.joined().reduce(0, +))
         var map = ParameterMap()
         var offset = 0
-        parts = blocks.indices.map { b in
+        let parts = blocks.indices.map { b in
             var gathered = 0
             return blocks[b].parts.indices.map { p in
                 let s = shardCounts[b][p], g = groups[b][p]
@@ -98,16 +112,24 @@ public final class ShardedParameters: LayerChainHooks {
                 return Shard(group: g, view: shards.view(offset: offset, count: s), offset: gathered)
             }
         }
-        layers = zip(blocks, parts).map { block, parts in
-            block.make(zip(block.parts, parts).map { buffer.full.view(offset: $1.offset, count: $0.count) })
+        layers = blocks.indices.map { b in
+            let buffer = buffers[b % gatherBuffers]
+            return blocks[b].make(zip(blocks[b].parts, parts[b]).map { buffer.full.view(offset: $1.offset, count: $0.count) })
         }
+        self.parts = parts
         self.shards = shards
         self.map = map
-        self.buffer = buffer
+        self.buffers = buffers
+        resident = Array(repeating: -1, count: gatherBuffers)
     }
 
+    @inline(__always)
+    func buffer(_ block: Int) -> GatherBuffer { buffers[block % buffers.count] }
+
     func gather(_ block: Int) {
-        for part in parts[block] { part.group.allgather(part.view.value, count: part.view.count, into: buffer.full.value + part.offset) }
+        let full = buffer(block).full.value
+        for part in parts[block] { part.group.allgather(part.view.value, count: part.view.count, into: full + part.offset) }
+        if buffers.count > 1 { resident[block % buffers.count] = block }
     }
 
     /// Floats of block `block` in the gather buffer, padding included.
@@ -116,17 +138,18 @@ public final class ShardedParameters: LayerChainHooks {
     public func willRunForward(_ block: Int) { gather(block) }
 
     public func willRunBackward(_ block: Int) {
-        gather(block)
-        Kernels.zero(buffer.full.grad, count: paddedCount(block))
+        if buffers.count == 1 || resident[block % buffers.count] != block { gather(block) }
+        Kernels.zero(buffer(block).full.grad, count: paddedCount(block))
     }
 
     /// A split backward (zero-bubble pipelines) computes the parameter gradients later, after
     /// other blocks have used the gather buffer: start them from zero again.
     public func willRunWeightPass(_ block: Int) {
-        Kernels.zero(buffer.full.grad, count: paddedCount(block))
+        Kernels.zero(buffer(block).full.grad, count: paddedCount(block))
     }
 
     public func didRunBackward(_ block: Int) {
+        let buffer = buffer(block)
         for part in parts[block] {
             part.group.reduceScatterSum(buffer.full.grad + part.offset, into: buffer.reduced, count: part.view.count)
             Kernels.add(buffer.reduced, into: part.view.grad, count: part.view.count)
