@@ -68,11 +68,18 @@ public final class RowParallelLinear: Layer {
         self.outputs = outputs
         self.relu = relu
         self.tp = tp
+        (local, bias, biasGrad) = Self.split(localInputs: localInputs, outputs: outputs, parameters: parameters)
+    }
+
+    /// A row-parallel layer's floats (`W[rows_t, :]`, then the whole bias) as this rank's rows of
+    /// W in a bias-free ``Linear`` and the bias, which is added only after the partial sums are
+    /// summed (here and in ``SequenceParallelRowLinear``).
+    static func split(localInputs: Int, outputs: Int, parameters: ParameterView)
+        -> (weights: Linear, bias: UnsafeMutablePointer<Float>, biasGrad: UnsafeMutablePointer<Float>) {
         let weights = localInputs * outputs
-        local = Linear(inputs: localInputs, outputs: outputs, relu: false, bias: false,
-                       parameters: ParameterView(value: parameters.value, grad: parameters.grad, count: weights))
-        bias = parameters.value + weights
-        biasGrad = parameters.grad + weights
+        let linear = Linear(inputs: localInputs, outputs: outputs, relu: false, bias: false,
+                            parameters: ParameterView(value: parameters.value, grad: parameters.grad, count: weights))
+        return (linear, parameters.value + weights, parameters.grad + weights)
     }
 
     public func forward(_ input: Activation, _ output: Activation) {

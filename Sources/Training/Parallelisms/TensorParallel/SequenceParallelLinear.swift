@@ -94,11 +94,7 @@ public final class SequenceParallelRowLinear: Layer {
         self.outputs = outputs
         self.relu = relu
         self.tp = tp
-        let weights = localInputs * outputs
-        local = Linear(inputs: localInputs, outputs: outputs, relu: false, bias: false,
-                       parameters: ParameterView(value: parameters.value, grad: parameters.grad, count: weights))
-        bias = parameters.value + weights
-        biasGrad = parameters.grad + weights
+        (local, bias, biasGrad) = RowParallelLinear.split(localInputs: localInputs, outputs: outputs, parameters: parameters)
         full = scratch.activation(rows: rows, cols: outputs)
     }
 
