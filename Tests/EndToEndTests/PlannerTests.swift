@@ -85,8 +85,10 @@ final class PlannerTests: XCTestCase {
     /// step, where the routing is known in advance. `train_ep` with K = E (every row goes to
     /// every expert, so uniform routing is the routing taken) on one group of two, on two groups
     /// of two, and with a capacity that drops the later ranks' rows; `train_dp` at K < E (its
-    /// routing-statistics allgather does not depend on the routing). The memory column is
-    /// `train_ep`'s memory plan, as the run reports it, plus the runtime reserve.
+    /// routing-statistics allgather does not depend on the routing); `train_3d` with K = E at
+    /// (tp, dp, pp, ep) = (1, 2, 2, 2) and (2, 2, 1, 2), with a capacity at (2, 2, 1, 2), and at
+    /// K < E without `--ep` (no all-to-all). The memory column is the layout's memory plan, as
+    /// the run reports it, plus the runtime reserve.
     func testExpertPlanEqualsLedger() throws {
         let config = ["--seq-len", "8", "--emb", "5", "--hidden", "12", "--layers", "2", "--batch-size", "24"]
         // (executable, ranks, the model's flags (the plan's too), the layout's flags, the plan's command)
@@ -95,6 +97,14 @@ final class PlannerTests: XCTestCase {
             ("train_ep", 4, ["--experts", "4", "--top-k", "4"], ["--ep", "2"], "train_ep -np 4 --ep 2"),
             ("train_ep", 4, ["--experts", "2", "--top-k", "2", "--capacity-factor", "0.5"], ["--ep", "2"], "train_ep -np 4 --ep 2"),
             ("train_dp", 2, ["--experts", "4", "--top-k", "2"], [], "train_dp -np 2"),
+            ("train_3d", 4, ["--experts", "4", "--top-k", "4"], ["--tp", "1", "--dp", "2", "--pp", "2", "--ep", "2"],
+             "train_3d -np 4 --tp 1 --dp 2 --pp 2 --ep 2 --micro-batches 1"),
+            ("train_3d", 4, ["--experts", "2", "--top-k", "2", "--capacity-factor", "0.5"], ["--tp", "2", "--dp", "2", "--pp", "1", "--ep", "2"],
+             "train_3d -np 4 --tp 2 --dp 2 --pp 1 --ep 2 --micro-batches 1"),
+            ("train_3d", 4, ["--experts", "4", "--top-k", "4"], ["--tp", "2", "--dp", "2", "--pp", "1", "--ep", "2"],
+             "train_3d -np 4 --tp 2 --dp 2 --pp 1 --ep 2 --micro-batches 1"),
+            ("train_3d", 4, ["--experts", "4", "--top-k", "2"], ["--tp", "2", "--dp", "1", "--pp", "2"],
+             "train_3d -np 4 --tp 2 --dp 1 --pp 2 --micro-batches 1"),
         ]
         let steps = 3
         for (executable, np, model, layout, command) in cases {
@@ -121,19 +131,26 @@ final class PlannerTests: XCTestCase {
         }
     }
 
-    /// With experts the candidates are `train_dp` and `train_ep --ep E'` for E' > 1 dividing N;
-    /// an E' that does not divide E, and every other layout, is refused with the line the
-    /// executable itself prints for it.
+    /// With experts the candidates are `train_dp`, `train_ep --ep E'` for E' > 1 dividing N, and
+    /// the `train_3d` grids with one micro-batch, each with every E' dividing D; an E' that does
+    /// not divide E, a grid with more micro-batches, and every other layout, is refused with the
+    /// line the executable itself prints for it.
     func testExpertLayoutsAndRefusals() throws {
         let json = try plan(["--ranks", "4", "--experts", "6", "--top-k", "2", "--memory-per-rank", "64"])
-        XCTAssertEqual(Set(layouts(json).compactMap { $0["command"] as? String }), ["train_dp -np 4", "train_ep -np 4 --ep 2"])
+        XCTAssertEqual(Set(layouts(json).compactMap { $0["command"] as? String }),
+                       ["train_dp -np 4", "train_ep -np 4 --ep 2",
+                        "train_3d -np 4 --tp 2 --dp 2 --pp 1 --micro-batches 1", "train_3d -np 4 --tp 2 --dp 2 --pp 1 --ep 2 --micro-batches 1",
+                        "train_3d -np 4 --tp 1 --dp 2 --pp 2 --micro-batches 1", "train_3d -np 4 --tp 1 --dp 2 --pp 2 --ep 2 --micro-batches 1",
+                        "train_3d -np 4 --tp 2 --dp 1 --pp 2 --micro-batches 1"])
         XCTAssertEqual([json["experts"] as? Int, json["top_k"] as? Int], [6, 2])
         XCTAssertTrue(json["capacity_factor"] is NSNull, "dropless")
         let refused = (json["refused"] as? [[String: Any]] ?? []).compactMap { entry in
             (entry["command"] as? String).map { ($0, entry["reason"] as? String ?? "") }
         }
         for (executable, flags, command) in [("train_ep", ["--ep", "4"], "train_ep -np 4 --ep 4"), ("train_fsdp", [], "train_fsdp -np 4"),
-                                             ("train_tp", [], "train_tp -np 4"), ("train_pp", [], "train_pp -np 4 --schedule 1f1b --micro-batches 4")] {
+                                             ("train_tp", [], "train_tp -np 4"), ("train_pp", [], "train_pp -np 4 --schedule 1f1b --micro-batches 4"),
+                                             ("train_3d", ["--tp", "1", "--dp", "2", "--pp", "2", "--micro-batches", "4"],
+                                              "train_3d -np 4 --tp 1 --dp 2 --pp 2 --micro-batches 4")] {
             let reason = try XCTUnwrap(refused.first { $0.0 == command }?.1, "\(command) not refused: \(refused)")
             // One rank: these flag checks run before MPI starts, the same at any rank count, and under
             // mpirun only rank 0 prints them (on four ranks mpirun may abort the job before it has).

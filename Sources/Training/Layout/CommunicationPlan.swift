@@ -175,8 +175,9 @@ extension CommunicationPlan {
             let sequenceParallel = layout.sequenceParallel && tp > 1
             let runs = k * m  // chain runs per step and chunk: micro-steps × micro-batches
             var partial = 0  // sequence parallelism's partial gradients
+            let expertGroup = layout.kind == .threeDimensional ? shape.expertGroup ?? 1 : 1
             for (c, range) in ranges.enumerated() {
-                let local = MemoryPlan.localBlocks(plan, range, tpSize: tp)
+                let local = MemoryPlan.localBlocks(plan, range, tpSize: tp, expertGroup: expertGroup)
                 let reruns = Self.reruns(local.count, recompute: layout.recompute, slots: schedule?.chunkSlots[c])
                 for (i, block) in local.enumerated() where tp > 1 && block.sharding != .replicated {
                     let bytes = 4 * chainRows * (block.sharding == .column ? block.input : block.output)
@@ -194,10 +195,16 @@ extension CommunicationPlan {
                 }
                 if layout.kind == .threeDimensional {  // ZeRO-3 of the local blocks over dp, per chain run
                     for (i, block) in local.enumerated() {
-                        let bytes = 4 * dp * ((block.count + dp - 1) / dp)
-                        result.add(.allgather, .dp, size: dp, stride: tp, calls: runs * (2 + reruns[i]), bytesPerCall: bytes)
-                        result.add(.reduceScatter, .dp, size: dp, stride: tp, calls: runs, bytesPerCall: bytes)
+                        // A mixture of experts in two parts: the router over dp, the experts over `replicate`.
+                        let parts = block.router.map { [($0, dp, MeshAxis.dp, tp), (block.count - $0, dp / expertGroup, .replicate, tp * expertGroup)] }
+                            ?? [(block.count, dp, .dp, tp)]
+                        for (count, size, axis, stride) in parts {
+                            let bytes = 4 * size * ((count + size - 1) / size)
+                            result.add(.allgather, axis, size: size, stride: stride, calls: runs * (2 + reruns[i]), bytesPerCall: bytes)
+                            result.add(.reduceScatter, axis, size: size, stride: stride, calls: runs, bytesPerCall: bytes)
+                        }
                     }
+                    result.addExperts3D(plan, range, layout, settings, dp: coordinate[.dp] ?? 0, runs: runs, reruns: reruns)
                 }
                 if pp > 1 {  // the chunk's boundaries: activation forward, its gradient back
                     let activationRows: [Int] = sequenceParallel
@@ -222,7 +229,11 @@ extension CommunicationPlan {
                 if partial > 0 { result.add(.allreduce, .tp, size: tp, stride: 1, bytesPerCall: 4 * partial) }
                 result.add(.allreduce, .tp, size: tp, stride: 1, bytesPerCall: 4)
             }
-            if layout.kind == .threeDimensional { result.add(.allreduce, .dp, size: dp, stride: tp, bytesPerCall: 4) }
+            if layout.kind == .threeDimensional {
+                result.add(.allreduce, .dp, size: dp, stride: tp, bytesPerCall: 4)
+                // Every stage's aux loss and load, gathered over pp (``ThreeDimensional``).
+                if plan.config.experts != nil { result.add(.allgather, .pp, size: pp, stride: ppStride, bytesPerCall: 4 * 2 * pp) }
+            }
         }
 
         // The training loop's own calls.

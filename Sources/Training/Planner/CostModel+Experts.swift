@@ -10,11 +10,15 @@ extension CostModel {
     /// group's, `Σ_q (E/E')·kept(q)` — without a capacity `b·K` either way (with K = E exactly what runs),
     /// the experts' term of ``BlockPlan/trainingFlops(batchSize:)`` for a rank's share of the batch.
     /// Also the rows each of the rank's experts computes (what sets their products' rate).
-    static func mixtureOfExpertsFlops(rank: Int, _ block: Block, _ layout: LayoutDescription,
+    ///
+    /// `rank` is the rank's place among the `ranks` that split the batch: its world rank among all
+    /// N (`train_dp`, `train_ep`), or its dp coordinate among D (`train_3d`, whose tp ranks all
+    /// compute the block).
+    static func mixtureOfExpertsFlops(rank: Int, ranks: Int, _ block: Block, _ layout: LayoutDescription,
                                       _ settings: PlanSettings) -> (routerPerRow: Double, experts: Double, rowsPerExpert: Double) {
         guard let experts = block.experts else { return (0, 0, 0) }
         let inputs = Double(block.weightRows), outputs = Double(block.weightColumns)
-        let routing = UniformRouting(experts: experts, batchRows: settings.batchSize, ranks: layout.shape.ranks)
+        let routing = UniformRouting(experts: experts, batchRows: settings.batchSize, ranks: ranks)
         let group = layout.shape.expertGroup ?? 1
         let assignments = routing.computed(rank: rank, group: group)
         return (6 * inputs * Double(experts.count), 6 * inputs * outputs * assignments, assignments / Double(experts.count / group))

@@ -9,7 +9,7 @@ import Foundation
 /// tensor-parallel slices, its pipeline stage's blocks), for the rows it runs (B/D, in K·M chain
 /// runs), plus `2 · rows · in · out` per rerun forward under `--recompute`; a mixture of experts
 /// adds its router and the assignments its experts compute on the rank under uniform routing
-/// (``mixtureOfExpertsFlops(rank:_:_:_:)``). They run at the
+/// (``mixtureOfExpertsFlops(rank:ranks:_:_:_:)``). They run at the
 /// calibrated rate for chain runs of that many rows (``Calibration/rate(forRows:)``) or at `--flops`;
 /// when more ranks than cores share a host, each gets `cores / ranks` of that rate. Apart from the
 /// chain, a rank zeroes its gradients and updates its parameters every step: the calibration's
@@ -141,7 +141,9 @@ public struct CostModel: Sendable {
                 if plan[block.0].kind.isLinear {
                     perRow += Double(6 + 2 * reruns[i]) * Double(block.1.input) * Double(block.1.output)
                 } else if plan[block.0].kind == .mixtureOfExperts {
-                    let (router, assignments, rowsPerExpert) = mixtureOfExpertsFlops(rank: rank, plan[block.0], layout, settings)
+                    let (router, assignments, rowsPerExpert) = layout.kind == .threeDimensional
+                        ? mixtureOfExpertsFlops(rank: coordinate[.dp] ?? 0, ranks: shape.size(.dp), plan[block.0], layout, settings)
+                        : mixtureOfExpertsFlops(rank: rank, ranks: shape.ranks, plan[block.0], layout, settings)
                     perRow += router
                     experts += assignments
                     expertRows = rowsPerExpert

@@ -2,20 +2,35 @@ import Core
 
 extension Planner {
     /// The candidates for a mixture-of-experts model on N > 1 ranks: `train_dp` (every rank all
-    /// E experts; without `--recompute`, whose rerun forwards would route again) and
-    /// `train_ep --ep E'` for every E' > 1 that divides N — those whose E' does not divide E are
-    /// refused with training's reason (``expertsRefusal(_:)``) — then the dense layouts, which
-    /// are all refused: only `train`, `train_dp`, `train_ep` and `train_3d` train experts, and the
-    /// planner does not model `train_3d`'s.
+    /// E experts; without `--recompute`, whose rerun forwards would route again),
+    /// `train_ep --ep E'` for every E' > 1 that divides N, and every `train_3d` grid of the dense
+    /// candidates with one micro-batch, each with `--ep E'` for every E' dividing D (E' = 1: every
+    /// dp rank holds all experts); an E' that does not divide E is refused with training's reason
+    /// (``expertsRefusal(_:)``). Then the other dense layouts, which are refused: only `train`,
+    /// `train_dp`, `train_ep` and `train_3d` (with `--micro-batches 1`) train experts.
     func expertCandidates(dense: [LayoutDescription]) -> [LayoutDescription] {
         let n = ranks
         var result: [LayoutDescription] = [.dataParallel(ranks: n, bucketBytes: bucketBytes)]
         for group in 2...n where n % group == 0 { result.append(.expertParallel(ranks: n, expertGroup: group)) }
-        return result + dense.filter { $0.kind != .dataParallel }
+        var refused: [LayoutDescription] = []
+        for layout in dense where layout.kind != .dataParallel {
+            guard layout.kind == .threeDimensional, layout.shape.microBatches == 1, !layout.sequenceParallel, !layout.recompute else {
+                refused.append(layout)
+                continue
+            }
+            let d = layout.shape.size(.dp)
+            for group in 1...d where d % group == 0 {
+                var grid = layout
+                grid.shape.expertGroup = group
+                result.append(grid)
+            }
+        }
+        return result + refused
     }
 
     /// Why `layout` cannot train this model's experts, in the words the executable uses
-    /// (`TrainingCommand.launch`, `train_ep`'s validation); nil when it can or the model is dense.
+    /// (`TrainingCommand.launch`, `train_ep`'s and `train_3d`'s validation); nil when it can or
+    /// the model is dense.
     func expertsRefusal(_ layout: LayoutDescription) -> String? {
         guard let experts = plan.config.experts else { return nil }
         if let group = layout.shape.expertGroup, experts.count % group != 0 {
@@ -23,7 +38,12 @@ extension Planner {
         }
         switch layout.kind {
         case .singleRank, .dataParallel: return nil
-        case .threeDimensional: return "the planner does not model train_3d with --experts (it trains them; plan train_dp and train_ep instead)"
+        case .threeDimensional:
+            if let m = layout.shape.microBatches, m > 1 {
+                return "--experts needs --micro-batches 1 in train_3d: a mixture of experts routes, caps and balances the whole batch in one forward (got --micro-batches \(m))"
+            }
+            if layout.sequenceParallel { return "--experts cannot be combined with --sequence-parallel yet" }
+            return nil
         default: return "--experts is not supported by \(layout.command.split(separator: " ").first ?? ""): use train, train_dp, train_ep or train_3d"
         }
     }

@@ -75,6 +75,7 @@ extension Trainer {
                                            accumulation: settings.accumulation)) != nil,
                   layout.shape.size(.pp) == 1 || plan.count <= 2000,  // the cost-balanced cut is quadratic in the blocks
                   plan.config.experts == nil || layout.kind == .singleRank || layout.kind == .dataParallel  // who takes --experts
+                    || (layout.kind == .threeDimensional && layout.shape.microBatches == 1)
             else { continue }
             if let need = try? MemoryPlan.largestNeed(plan, layout, settings) { needs.append((layout.command, need + Self.reserve)) }
         }
