@@ -31,8 +31,8 @@ struct Train3D: TrainingCommand {
 
     func validate() throws {
         for (flag, value) in [("tp", tp), ("dp", dp), ("pp", pp), ("ep", expertGroup)] { try requirePositive(value, flag) }
-        try ThreeDimensional.checkExperts(options.expertsConfig, expertGroup: expertGroup, dp: dp,
-                                          microBatches: pipeline.microBatches, sequenceParallel: sequenceParallel.enabled)
+        try ThreeDimensional.checkExperts(options.expertsConfig, expertGroup: expertGroup, dp: dp, pipeline: pipeline,
+                                          sequenceParallel: sequenceParallel.enabled)
     }
 
     func makeLayout(_ context: TrainingContext) throws(UsageError) -> TrainingLayout {

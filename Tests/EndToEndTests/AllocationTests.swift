@@ -71,6 +71,8 @@ final class AllocationTests: XCTestCase {
         try check("train_ep", np: 4, extra: ["--experts", "4", "--top-k", "2", "--capacity-factor", "1", "--ep", "2", "--layers", "2"])
         try check("train_3d", np: 4, extra: ["--tp", "1", "--dp", "2", "--pp", "2", "--ep", "2", "--experts", "4", "--top-k", "2",
                                              "--capacity-factor", "1", "--layers", "2", "--optimizer", "adam"])
+        try check("train_3d", np: 4, extra: ["--tp", "1", "--dp", "2", "--pp", "2", "--ep", "2", "--experts", "4", "--top-k", "2",
+                                             "--micro-batches", "4", "--schedule", "gpipe", "--layers", "2"])
     }
 
     func testMixtureOfExpertsStepDoesNotAllocate() throws {

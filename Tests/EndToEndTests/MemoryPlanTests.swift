@@ -76,6 +76,8 @@ final class MemoryPlanTests: XCTestCase {
             ("train_3d", 4, ["--tp", "1", "--dp", "2", "--pp", "2", "--ep", "2", "--experts", "4", "--top-k", "2"]),
             ("train_3d", 4, ["--tp", "2", "--dp", "2", "--pp", "1", "--ep", "2", "--experts", "2", "--top-k", "1", "--capacity-factor", "0.5"]),
             ("train_3d", 4, ["--tp", "1", "--dp", "4", "--pp", "1", "--ep", "2", "--experts", "4", "--top-k", "2"]),
+            ("train_3d", 4, ["--tp", "1", "--dp", "2", "--pp", "2", "--ep", "2", "--experts", "4", "--top-k", "2",
+                             "--micro-batches", "2", "--schedule", "gpipe"]),
             ("train_dp", 2, ["--bucket-kb", "1"]),
             ("train_dp", 2, ["--accumulate", "2"]),
             ("train_fsdp", 3, []),

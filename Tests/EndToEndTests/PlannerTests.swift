@@ -105,6 +105,9 @@ final class PlannerTests: XCTestCase {
              "train_3d -np 4 --tp 2 --dp 2 --pp 1 --ep 2 --micro-batches 1"),
             ("train_3d", 4, ["--experts", "4", "--top-k", "2"], ["--tp", "2", "--dp", "1", "--pp", "2"],
              "train_3d -np 4 --tp 2 --dp 1 --pp 2 --micro-batches 1"),
+            ("train_3d", 4, ["--experts", "4", "--top-k", "4"], ["--tp", "1", "--dp", "2", "--pp", "2", "--ep", "2", "--micro-batches", "2",
+                                                                "--schedule", "gpipe"],
+             "train_3d -np 4 --tp 1 --dp 2 --pp 2 --schedule gpipe --ep 2 --micro-batches 2"),
         ]
         let steps = 3
         for (executable, np, model, layout, command) in cases {
@@ -137,11 +140,16 @@ final class PlannerTests: XCTestCase {
     /// line the executable itself prints for it.
     func testExpertLayoutsAndRefusals() throws {
         let json = try plan(["--ranks", "4", "--experts", "6", "--top-k", "2", "--memory-per-rank", "64"])
-        XCTAssertEqual(Set(layouts(json).compactMap { $0["command"] as? String }),
-                       ["train_dp -np 4", "train_ep -np 4 --ep 2",
-                        "train_3d -np 4 --tp 2 --dp 2 --pp 1 --micro-batches 1", "train_3d -np 4 --tp 2 --dp 2 --pp 1 --ep 2 --micro-batches 1",
-                        "train_3d -np 4 --tp 1 --dp 2 --pp 2 --micro-batches 1", "train_3d -np 4 --tp 1 --dp 2 --pp 2 --ep 2 --micro-batches 1",
-                        "train_3d -np 4 --tp 2 --dp 1 --pp 2 --micro-batches 1"])
+        let commands = Set(layouts(json).compactMap { $0["command"] as? String })
+        XCTAssertTrue(commands.isSuperset(of: ["train_dp -np 4", "train_ep -np 4 --ep 2",
+                                               "train_3d -np 4 --tp 2 --dp 2 --pp 1 --micro-batches 1",
+                                               "train_3d -np 4 --tp 2 --dp 2 --pp 1 --ep 2 --micro-batches 1",
+                                               "train_3d -np 4 --tp 1 --dp 2 --pp 2 --ep 2 --micro-batches 1",
+                                               "train_3d -np 4 --tp 1 --dp 2 --pp 2 --schedule gpipe --ep 2 --micro-batches 4"]), "\(commands)")
+        XCTAssertTrue(commands.allSatisfy { $0.hasPrefix("train_dp ") || $0.hasPrefix("train_ep ") || $0.hasPrefix("train_3d ") }, "\(commands)")
+        XCTAssertFalse(commands.contains("train_ep -np 4 --ep 4"), "E' = 4 does not divide E = 6")
+        XCTAssertFalse(commands.contains { $0.hasPrefix("train_3d") && $0.contains("--micro-batches ") && !$0.contains("--micro-batches 1")
+                                           && !$0.contains("--schedule gpipe") }, "micro-batches only under GPipe: \(commands)")
         XCTAssertEqual([json["experts"] as? Int, json["top_k"] as? Int], [6, 2])
         XCTAssertTrue(json["capacity_factor"] is NSNull, "dropless")
         let refused = (json["refused"] as? [[String: Any]] ?? []).compactMap { entry in

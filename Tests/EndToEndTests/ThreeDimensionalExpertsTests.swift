@@ -28,6 +28,29 @@ final class ThreeDimensionalExpertsTests: XCTestCase {
         }
     }
 
+    /// Micro-batches under GPipe: every micro-batch in flight in its own copy of each mixture
+    /// (its routing state, its all-to-all buffers), the step's routing statistics summed over
+    /// the micro-batches and the dp ranks at the first backward (StepRouting).
+    func testMicroBatchesUnderGPipeMatchTrain() throws {
+        try Equivalence.check("train_3d", np: 4, ["--experts", "4", "--top-k", "2", "--layers", "2"],
+                              extra: ["--tp", "1", "--dp", "2", "--pp", "2", "--ep", "2", "--micro-batches", "4", "--schedule", "gpipe"],
+                              data: Self.data, steps: 300)
+        try Equivalence.check("train_3d", np: 4, ["--experts", "2", "--top-k", "1", "--layers", "3"],
+                              extra: ["--tp", "2", "--dp", "2", "--pp", "1", "--micro-batches", "2", "--schedule", "gpipe"],
+                              data: Self.data, steps: 300)
+        // The aux loss and load of every step are the whole batch's.
+        let flags = ["--steps", "20", "--experts", "4", "--layers", "3"]
+        let (run, metrics) = try train(flags + ["--tp", "1", "--dp", "2", "--pp", "2", "--ep", "2", "--micro-batches", "4", "--schedule", "gpipe"], np: 4)
+        XCTAssertEqual(run.status, 0, run.stderr)
+        let (_, reference) = try train(flags, executable: "train")
+        let ours = try XCTUnwrap(metrics).records.filter { $0["loss"] != nil }, theirs = try XCTUnwrap(reference).records.filter { $0["loss"] != nil }
+        XCTAssertEqual(ours.count, 20)
+        for (a, b) in zip(ours, theirs) {
+            XCTAssertEqual(try XCTUnwrap(a["aux_loss"] as? Double), try XCTUnwrap(b["aux_loss"] as? Double), accuracy: 1e-6)
+            XCTAssertEqual(a["expert_imbalance"] as? Double, b["expert_imbalance"] as? Double)
+        }
+    }
+
     /// Tensor × expert parallel: the tp pair computes the (replicated) mixtures on the same rows,
     /// the dp pair splits the batch and the experts; with a capacity factor, and top-1 over three blocks.
     func testTensorAndExpertParallelMatchTrain() throws {
@@ -116,7 +139,11 @@ final class ThreeDimensionalExpertsTests: XCTestCase {
             (["--tp", "1", "--dp", "4", "--pp", "1", "--experts", "6", "--ep", "4", "--batch-size", "32"], "--experts 6 is not divisible by --ep 4"),
             (grid + ["--ep", "2"], "--ep needs --experts"),
             (grid + ["--experts", "4", "--ep", "0"], "--ep must be a positive integer (got 0)"),
-            (grid + ["--experts", "4", "--micro-batches", "2"], "--experts needs --micro-batches 1 in train_3d"),
+            (grid + ["--experts", "4", "--micro-batches", "2"], "--experts with --micro-batches 2 needs --schedule gpipe"),
+            (grid + ["--experts", "4", "--micro-batches", "2", "--schedule", "gpipe", "--capacity-factor", "1"],
+             "--capacity-factor needs --micro-batches 1 in train_3d"),
+            (grid + ["--experts", "4", "--micro-batches", "2", "--schedule", "gpipe", "--recompute"],
+             "--experts with --micro-batches 2 cannot be combined with --recompute"),
             (["--tp", "2", "--dp", "2", "--pp", "1", "--experts", "4", "--sequence-parallel"], "--experts cannot be combined with --sequence-parallel"),
         ]
         for (args, expected) in cases {

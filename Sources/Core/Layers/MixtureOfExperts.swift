@@ -38,6 +38,12 @@ import Darwin
 /// ``ExpertBatchExchange`` (``attach(_:)``) makes the capacity count, f and P the whole batch's:
 /// one allgather of 2E floats per forward, and the block then computes exactly as on one rank.
 ///
+/// **Micro-batches** (a `train_3d` pipeline with `--micro-batches M > 1`, GPipe, dropless): each
+/// micro-batch in flight runs in its own copy of the block (``copyForSlot()``: the same
+/// parameters, its own routing state), and the copies share one ``StepRouting``, which adds up
+/// the micro-batches' statistics and exchanges them once, at the step's first backward — after
+/// every forward under GPipe — so that f, P, the aux loss and its gradient are the whole batch's.
+///
 /// **Experts over ranks.** Under expert parallelism (`train_ep`) the block holds the router and
 /// only ``localExperts``; ``ExpertShards`` (``shard(over:maxReceived:)``) sends the packed rows of
 /// the other experts to the ranks that hold them and brings their outputs back (all-to-all-v),
@@ -90,12 +96,18 @@ public final class MixtureOfExperts: Layer {
     var batchRows = 0
     var capacity = 0
 
-    /// The last forward's load-balancing loss, α · E · Σ_e f_e · P_e.
-    public private(set) var auxiliaryLoss: Float = 0
+    /// With micro-batches: the step's statistics, shared with the block's other slots (nil otherwise).
+    var stepRouting: StepRouting?
+
+    /// The last forward's load-balancing loss, α · E · Σ_e f_e · P_e (the last step's with
+    /// micro-batches).
+    public var auxiliaryLoss: Float { stepRouting?.auxiliaryLoss ?? ownAuxiliaryLoss }
+    var ownAuxiliaryLoss: Float = 0
 
     /// The last forward's load over the whole batch: the most assignments one expert computed
     /// (after the capacity rule: min(routed, capacity)) over the mean per expert.
     public var imbalance: Float {
+        if let stepRouting { return stepRouting.imbalance }
         var most = 0, total = 0
         for x in 0..<experts.count {
             let computed = Swift.min(Int(routed[x]), capacity)
@@ -207,7 +219,7 @@ public final class MixtureOfExperts: Layer {
         for x in 0..<e {
             sum += Float(routed[x]) / Float(batchRows * k) * (statistics[e + x] / Float(batchRows))
         }
-        auxiliaryLoss = experts.auxiliaryLossCoefficient * Float(e) * sum
+        ownAuxiliaryLoss = experts.auxiliaryLossCoefficient * Float(e) * sum
     }
 
     /// Top-K per row (ties to the lower expert) and the gates; then, over the whole batch, the
@@ -257,6 +269,7 @@ public final class MixtureOfExperts: Layer {
                 statistics[e + x] = sum
             }
         }
+        stepRouting?.add(statistics, rows: rows)  // micro-batches: the whole batch's come at the first backward
         capacity = experts.capacity(rows: batchRows)
         for a in 0..<rows * k {
             let x = Int(choices[a])
@@ -319,6 +332,11 @@ public final class MixtureOfExperts: Layer {
     public func backward(_ input: Activation, _ output: Activation) {
         let rows = input.rows, e = experts.count, k = experts.topK
         let p = routing.value, dz = routing.grad, dg = gates.grad
+        if let stepRouting {  // the whole batch's f (routed counts) and B for the aux gradient
+            stepRouting.exchangeIfNeeded()
+            routed.update(from: stepRouting.routed, count: e)
+            batchRows = stepRouting.batchRows
+        }
         // dg and dh per kept assignment.
         for a in 0..<rows * k {
             guard positions[a] >= 0 else { dg[a] = 0; continue }
@@ -364,5 +382,28 @@ public final class MixtureOfExperts: Layer {
         for a in 0..<rows * k where positions[a] >= 0 {
             Kernels.add(packedInput.grad + Int(positions[a]) * inputs, into: input.grad + (a / k) * inputs, count: inputs)
         }
+    }
+}
+
+extension MixtureOfExperts {
+    /// Makes the block, and the copies ``copyForSlot()`` makes of it, route a pipeline's
+    /// micro-batches as one batch through `routing` (instead of ``attach(_:)``).
+    public func shareStepRouting(_ routing: StepRouting) {
+        precondition(exchange == nil && stepRouting == nil && experts.capacityFactor == nil)
+        stepRouting = routing
+    }
+
+    /// A block over the same parameters with its own routing state and exchange buffers, for
+    /// another micro-batch in flight (pipelines with ``StepRouting`` only).
+    public func copyForSlot() -> Layer {
+        guard let stepRouting else { preconditionFailure("a mixture of experts is copied for a pipeline slot only with a StepRouting") }
+        let copy = MixtureOfExperts(inputs: inputs, outputs: outputs, experts: experts, rows: maxRows,
+                                    router: ParameterView(value: router, grad: routerGrad, count: inputs * experts.count),
+                                    localExperts: localExperts,
+                                    expertParameters: ParameterView(value: expertValues, grad: expertGrads,
+                                                                    count: localExperts.count * expertStride))
+        copy.stepRouting = stepRouting
+        if let shards { copy.shard(over: shards.exchange, maxReceived: shards.maxReceived) }
+        return copy
     }
 }

@@ -118,10 +118,15 @@ public protocol Layer: AnyObject {
     func backwardInput(_ input: Activation, _ output: Activation)
     /// The parameter gradients only (added in), after ``backwardInput(_:_:)``.
     func backwardWeights(_ input: Activation, _ output: Activation)
+    /// The layer a pipeline's other slot (another micro-batch in flight) runs: the same
+    /// parameters and, for a layer that keeps state between its forward and backward (a mixture
+    /// of experts' routing), its own copy of that state. Stateless layers return themselves.
+    func copyForSlot() -> Layer
 }
 
 extension Layer {
     public var splitsBackward: Bool { false }
+    public func copyForSlot() -> Layer { self }
     public func backwardInput(_ input: Activation, _ output: Activation) { backward(input, output) }
     public func backwardWeights(_ input: Activation, _ output: Activation) {}
 }

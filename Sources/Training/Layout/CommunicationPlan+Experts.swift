@@ -91,10 +91,11 @@ extension CommunicationPlan {
     /// The mixture-of-experts calls of `train_3d` in one chunk of blocks `range`, for a rank at
     /// dp coordinate `dp` (the FSDP gathers of the two parts are the caller's): per block and
     /// forward (`runs·(1 + reruns)` of them), the routing-statistics allgather over dp (`4·D·2E`
-    /// bytes); with `--ep E'` per forward the counts' all-to-all over the `expert` axis and per run
-    /// four all-to-all-v, as ``addExperts(rank:_:_:_:)`` counts them for `train_ep`, with the dp
-    /// group in place of the world (``UniformRouting`` over D ranks). The expert group is E'
-    /// consecutive dp ranks: world stride T.
+    /// bytes; with M > 1 micro-batches once per step, by ``StepRouting``); with `--ep E'` per
+    /// forward the counts' all-to-all over the `expert` axis and per run four all-to-all-v, as
+    /// ``addExperts(rank:_:_:_:)`` counts them for `train_ep`, with the dp group in place of the
+    /// world (``UniformRouting`` over D ranks: its rows per step, whatever M). The expert group is
+    /// E' consecutive dp ranks: world stride T.
     mutating func addExperts3D(_ plan: BlockPlan, _ range: Range<Int>, _ layout: LayoutDescription, _ settings: PlanSettings,
                                dp rank: Int, runs: Int, reruns: [Int]) {
         guard let experts = plan.config.experts else { return }
@@ -105,13 +106,14 @@ extension CommunicationPlan {
         let sent = Double((group - 1) * m) * routing.kept(rank: rank)
         let received = (first ..< first + group).filter { $0 != rank }.reduce(0.0) { $0 + Double(m) * routing.kept(rank: $1) }
         var rows = 0.0, mixtures = 0
+        let micro = shape.microBatches ?? 1, steps = runs / micro
         for (i, index) in range.enumerated() where plan[index].kind == .mixtureOfExperts {
             let block = plan[index], forwards = runs * (1 + reruns[i])
-            add(.allgather, .dp, size: d, stride: tp, calls: forwards, bytesPerCall: 4 * d * 2 * e)
+            add(.allgather, .dp, size: d, stride: tp, calls: micro > 1 ? steps : forwards, bytesPerCall: 4 * d * 2 * e)
             guard group > 1 else { continue }
             add(.allToAll, .expert, size: group, stride: tp, calls: forwards, bytesPerCall: 4 * (group - 1) * m)
             mixtures += runs
-            rows += Double(runs) * 4 * (sent + received) * Double(block.weightRows + block.weightColumns)
+            rows += Double(steps) * 4 * (sent + received) * Double(block.weightRows + block.weightColumns)
         }
         if mixtures > 0 {
             if let i = transfers.firstIndex(where: { $0.kind == .allToAllV && $0.axis == .expert }) {

@@ -87,7 +87,7 @@ public struct LayoutDescription: Sendable {
         case .pipeline: return "train_pp -np \(n) --schedule \(schedule.rawValue)" + chunks + (recompute ? " --recompute" : "")
         case .threeDimensional:
             return "train_3d -np \(n) --tp \(shape.size(.tp)) --dp \(shape.size(.dp)) --pp \(shape.size(.pp))"
-                + (schedule == .interleaved ? " --schedule interleaved" + chunks : "")
+                + (schedule != .oneForwardOneBackward ? " --schedule \(schedule.rawValue)" + chunks : "")
                 + (recompute ? " --recompute" : "") + (sequenceParallel ? " --sequence-parallel" : "")
                 + (shape.expertGroup.map { $0 > 1 ? " --ep \($0)" : "" } ?? "")
         }
@@ -300,17 +300,25 @@ extension MemoryPlan {
         // (2·rows·K + 3E + 1) and the 2E floats of routing statistics. Under DP and 3D, every dp
         // rank's statistics (D · 2E floats); under `train_3d --ep E'`, the receive buffers of
         // ``ExpertShards``.
-        for range in ranges {
+        // A pipeline keeps one copy of the block per slot (each micro-batch in flight its own
+        // routing state and receive buffers), and with M > 1 micro-batches one ``StepRouting``
+        // (4·(2E + D·2E + E) bytes) in place of the statistics buffer.
+        for (c, range) in ranges.enumerated() {
+            let slots = schedule?.chunkSlots[c] ?? 1
             for i in range where plan[i].kind == .mixtureOfExperts {
                 let e = plan[i].experts!.count, k = plan[i].experts!.topK, assignments = checked.times(chainRows, k)
                 let floats = [checked.times(chainRows, e), assignments, checked.times(assignments, plan[i].weightRows),
                               checked.times(assignments, plan[i].weightColumns)].reduce(0) { checked.plus($0, checked.times(8, max(1, $1))) }
                 let state = checked.times(4, checked.plus(checked.times(2, assignments), 5 * e + 1))
-                memory[.activations] = checked.plus(memory[.activations], checked.plus(floats, state))
-                if layout.kind == .dataParallel || layout.kind == .threeDimensional {
+                memory[.activations] = checked.plus(memory[.activations], checked.times(slots, checked.plus(floats, state)))
+                if m > 1 {
+                    memory[.buffers] = checked.plus(memory[.buffers], checked.times(4, checked.plus(3 * e, checked.times(dp, 2 * e))))
+                } else if layout.kind == .dataParallel || layout.kind == .threeDimensional {
                     memory[.buffers] = checked.plus(memory[.buffers], checked.times(4, checked.times(dp, 2 * e)))
                 }
-                if expertGroup > 1 { expertShardBuffers(&memory, plan[i], group: expertGroup, rows: chainRows, settings, &checked) }
+                for _ in 0..<(expertGroup > 1 ? slots : 0) {
+                    expertShardBuffers(&memory, plan[i], group: expertGroup, rows: chainRows, settings, &checked)
+                }
             }
         }
         if sequenceParallel {

@@ -29,10 +29,12 @@ import Distributed
 /// them, after the dp reduce-scatter — are summed over tp (``PartialGradientSum``), as is the
 /// loss (4 bytes).
 ///
-/// **Mixtures of experts** (`--experts E`, `--micro-batches 1`) are replicated blocks of the
-/// tensor-parallel pairing (the tp ranks of a (dp, pp) position compute the same block on the
-/// same rows), routed, capped and balanced over the whole batch through an allgather of 2E
-/// floats over dp (``DataParallelExpertExchange``, as in `train_dp`). With `--ep E'` expert
+/// **Mixtures of experts** (`--experts E`) are replicated blocks of the tensor-parallel pairing
+/// (the tp ranks of a (dp, pp) position compute the same block on the same rows), routed, capped
+/// and balanced over the whole batch through an allgather of 2E floats over dp
+/// (``DataParallelExpertExchange``, as in `train_dp`). With `--micro-batches M > 1` (GPipe,
+/// dropless) each micro-batch in flight runs in its own copy of the block, and the copies sum
+/// the step's statistics and exchange them once, at the first backward (``StepRouting``). With `--ep E'` expert
 /// parallelism is a fourth axis carved out of dp, as Megatron-Core carves expert-parallel
 /// groups out of data parallelism: the dp group is itself the mesh `[expert E', replicate D/E']`
 /// (`train_ep`'s mesh, over dp instead of the world). Rank j of an expert group holds experts
@@ -76,8 +78,7 @@ public final class ThreeDimensional: TrainingLayout {
         shape.sequenceParallel = sequenceParallel
         let experts = context.config.experts
         if experts != nil { shape.expertGroup = expertGroup }
-        try Self.checkExperts(experts, expertGroup: expertGroup, dp: dp, microBatches: pipeline.microBatches,
-                              sequenceParallel: sequenceParallel)
+        try Self.checkExperts(experts, expertGroup: expertGroup, dp: dp, pipeline: pipeline, sequenceParallel: sequenceParallel)
         let mesh = try shape.makeMesh(context)
         self.mesh = mesh
         self.dp = mesh[.dp]
@@ -114,7 +115,8 @@ public final class ThreeDimensional: TrainingLayout {
             blocks: chunkPlans.flatMap { plan in
                 plan.blocks.map { block in
                     if let experts, let expertMesh, block.block.kind == .mixtureOfExperts {
-                        return Self.mixture(block.block, experts, mesh: expertMesh, rows: microRows, exchange: batchExchange)
+                        return Self.mixture(block.block, experts, mesh: expertMesh, rows: microRows, exchange: batchExchange,
+                                            microBatches: pipeline.microBatches)
                     }
                     return ShardedParameters.Block(count: block.parameterCount, map: block.map,
                                                    make: { plan.makeLayer(block, tp: mesh[.tp], parameters: $0, rows: microRows, scratch: scratch) })
@@ -148,14 +150,23 @@ public final class ThreeDimensional: TrainingLayout {
     deinit { stageStatistics?.deallocate() }
 
     /// The refusals of `--experts` and `--ep` (one line each; the flags' own checks ran when parsed).
-    public static func checkExperts(_ experts: ExpertsConfig?, expertGroup: Int, dp: Int, microBatches: Int,
-                             sequenceParallel: Bool) throws(UsageError) {
+    public static func checkExperts(_ experts: ExpertsConfig?, expertGroup: Int, dp: Int, pipeline: PipelineOptions,
+                                    sequenceParallel: Bool) throws(UsageError) {
         guard let experts else {
             if expertGroup > 1 { throw UsageError("--ep needs --experts E (expert parallelism shards the experts of a mixture-of-experts model)") }
             return
         }
-        if microBatches > 1 {
-            throw UsageError("--experts needs --micro-batches 1 in train_3d: a mixture of experts routes, caps and balances the whole batch in one forward (got --micro-batches \(microBatches))")
+        // Micro-batches: the whole batch's routing statistics are summed at the first backward
+        // (StepRouting), which must come after every forward (GPipe) and cannot cap experts.
+        let m = pipeline.microBatches
+        if m > 1 && pipeline.schedule != .gpipe {
+            throw UsageError("--experts with --micro-batches \(m) needs --schedule gpipe: a mixture of experts balances the whole batch, and under \(pipeline.schedule.rawValue) the first backward runs before the last micro-batch is routed")
+        }
+        if m > 1 && experts.capacityFactor != nil {
+            throw UsageError("--capacity-factor needs --micro-batches 1 in train_3d: the capacity counts the whole batch's assignments in row order in one forward")
+        }
+        if m > 1 && pipeline.recompute {
+            throw UsageError("--experts with --micro-batches \(m) cannot be combined with --recompute: a rerun forward would route its micro-batch twice")
         }
         if sequenceParallel { throw UsageError("--experts cannot be combined with --sequence-parallel yet") }
         if dp % expertGroup != 0 {
@@ -170,12 +181,14 @@ public final class ThreeDimensional: TrainingLayout {
     /// this rank's experts (its place on the `expert` axis), sharded over `replicate`, the ranks
     /// holding the same experts. With E' > 1 the block computes its experts where they are held.
     static func mixture(_ block: Block, _ experts: ExpertsConfig, mesh: ProcessMesh, rows: Int,
-                        exchange: DataParallelExpertExchange) -> ShardedParameters.Block {
+                        exchange: DataParallelExpertExchange, microBatches: Int) -> ShardedParameters.Block {
         let group = mesh.size(.expert), m = experts.count / group, first = mesh.coordinates[0] * m
         let router = block.weightRows * experts.count, stride = block.weightRows * block.weightColumns + block.weightColumns
         let expertGroup = group > 1 ? ExpertGroupExchange(group: mesh[.expert]) : nil
         // The most rows one rank may compute: every assignment of its group's rows, or m experts at capacity.
         let maxReceived = max(1, min(group * rows * min(experts.topK, m), m * experts.capacity(rows: exchange.batchRows)))
+        // With micro-batches the block and its slot copies route the step as one batch (StepRouting).
+        let routing = microBatches > 1 ? StepRouting(experts: experts, microBatches: microBatches, exchange: exchange) : nil
         return ShardedParameters.Block(
             parts: [.init(count: router, map: .contiguous(block.parameterOffset, router)),
                     .init(count: m * stride, map: .contiguous(block.parameterOffset + router + first * stride, m * stride),
@@ -183,7 +196,7 @@ public final class ThreeDimensional: TrainingLayout {
             make: { views in
                 let mixture = MixtureOfExperts(inputs: block.weightRows, outputs: block.weightColumns, experts: experts, rows: rows,
                                                router: views[0], localExperts: first ..< first + m, expertParameters: views[1])
-                mixture.attach(exchange)
+                if let routing { mixture.shareStepRouting(routing) } else { mixture.attach(exchange) }
                 if let expertGroup { mixture.shard(over: expertGroup, maxReceived: maxReceived) }
                 return mixture
             })

@@ -4,23 +4,29 @@ extension Planner {
     /// The candidates for a mixture-of-experts model on N > 1 ranks: `train_dp` (every rank all
     /// E experts; without `--recompute`, whose rerun forwards would route again),
     /// `train_ep --ep E'` for every E' > 1 that divides N, and every `train_3d` grid of the dense
-    /// candidates with one micro-batch, each with `--ep E'` for every E' dividing D (E' = 1: every
-    /// dp rank holds all experts); an E' that does not divide E is refused with training's reason
-    /// (``expertsRefusal(_:)``). Then the other dense layouts, which are refused: only `train`,
-    /// `train_dp`, `train_ep` and `train_3d` (with `--micro-batches 1`) train experts.
+    /// candidates, each with `--ep E'` for every E' dividing D (E' = 1: every dp rank holds all
+    /// experts) — with more than one micro-batch under GPipe, and only when dropless; an E' that
+    /// does not divide E is refused with training's reason (``expertsRefusal(_:)``). Then the
+    /// other dense layouts, which are refused: only `train`, `train_dp`, `train_ep` and
+    /// `train_3d` train experts.
     func expertCandidates(dense: [LayoutDescription]) -> [LayoutDescription] {
         let n = ranks
         var result: [LayoutDescription] = [.dataParallel(ranks: n, bucketBytes: bucketBytes)]
         for group in 2...n where n % group == 0 { result.append(.expertParallel(ranks: n, expertGroup: group)) }
         var refused: [LayoutDescription] = []
         for layout in dense where layout.kind != .dataParallel {
-            guard layout.kind == .threeDimensional, layout.shape.microBatches == 1, !layout.sequenceParallel, !layout.recompute else {
+            guard layout.kind == .threeDimensional, !layout.sequenceParallel, !layout.recompute else {
                 refused.append(layout)
                 continue
             }
+            var grid = layout
+            if (layout.shape.microBatches ?? 1) > 1 {  // 1F1B is refused; dropless, GPipe runs them
+                refused.append(layout)
+                guard plan.config.experts?.capacityFactor == nil else { continue }
+                grid.schedule = .gpipe
+            }
             let d = layout.shape.size(.dp)
             for group in 1...d where d % group == 0 {
-                var grid = layout
                 grid.shape.expertGroup = group
                 result.append(grid)
             }
@@ -38,11 +44,17 @@ extension Planner {
         }
         switch layout.kind {
         case .singleRank, .dataParallel: return nil
-        case .threeDimensional:
-            if let m = layout.shape.microBatches, m > 1 {
-                return "--experts needs --micro-batches 1 in train_3d: a mixture of experts routes, caps and balances the whole batch in one forward (got --micro-batches \(m))"
+        case .threeDimensional:  // train_3d's own checks
+            var pipeline = PipelineOptions()
+            pipeline.microBatches = layout.shape.microBatches ?? 1
+            pipeline.schedule = layout.schedule
+            pipeline.recompute = layout.recompute
+            do {
+                try ThreeDimensional.checkExperts(experts, expertGroup: layout.shape.expertGroup ?? 1, dp: layout.shape.size(.dp),
+                                                  pipeline: pipeline, sequenceParallel: layout.sequenceParallel)
+            } catch {
+                return error.description
             }
-            if layout.sequenceParallel { return "--experts cannot be combined with --sequence-parallel yet" }
             return nil
         default: return "--experts is not supported by \(layout.command.split(separator: " ").first ?? ""): use train, train_dp, train_ep or train_3d"
         }
