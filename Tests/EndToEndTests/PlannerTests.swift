@@ -60,25 +60,35 @@ final class PlannerTests: XCTestCase {
             ("train_3d", 4, ["--tp", "1", "--dp", "2", "--pp", "2", "--micro-batches", "4"],
              "train_3d -np 4 --tp 1 --dp 2 --pp 2 --micro-batches 4", []),
         ]
-        let steps = 3
         for (executable, np, flags, command, planFlags) in cases {
-            let label = "\(executable) -np \(np) \(flags.joined(separator: " "))"
-            let metrics = try Launch.temporaryDirectory().appendingPathComponent("m.jsonl").path
-            let run = try Launch.run(executable, np: np, ["--data", Self.data, "--steps", "\(steps)", "--samples", "0", "--val-batches", "1",
-                                                          "--metrics", metrics] + config + flags, timeout: 120)
-            XCTAssertEqual(run.status, 0, "\(label): \(run.stderr)")
-            let last = try XCTUnwrap(Metrics(path: metrics).records.last, label)
-            let ledger = perStep(try XCTUnwrap(last["comm_per_rank"] as? [[String: [String: Any]]], label), steps: steps)
-            let json = try plan(config + ["--ranks", "\(np)", "--metrics"] + planFlags)
-            let entry = try XCTUnwrap(layouts(json).first { $0["command"] as? String == command },
-                                      "\(label): the plan has no '\(command)': \(layouts(json).map { $0["command"] ?? "" })")
-            let planned = perStep(try XCTUnwrap(entry["comm_per_rank"] as? [[String: [String: Any]]], label), steps: 1)
-            XCTAssertEqual(planned.count, np, label)
-            XCTAssertEqual(ledger.count, np, label)
-            for rank in 0..<min(np, ledger.count, planned.count) {
-                XCTAssertEqual(planned[rank], ledger[rank], "\(label), rank \(rank)")
-            }
+            try comparePlanWithLedger(executable, np: np, config + flags, plan: config + ["--ranks", "\(np)", "--metrics"] + planFlags,
+                                      command: command)
         }
+    }
+
+    /// Runs `executable` for 3 steps with `flags` and asserts that the entry `command` of the
+    /// plan `plan` (its flags) has, on every rank, the calls and bytes per step of every kind the
+    /// ledger counted; returns that entry and the run's last metrics record.
+    @discardableResult
+    func comparePlanWithLedger(_ executable: String, np: Int, _ flags: [String], plan planFlags: [String], command: String)
+        throws -> (entry: [String: Any], last: [String: Any]) {
+        let steps = 3, label = "\(executable) -np \(np) \(flags.joined(separator: " "))"
+        let metrics = try Launch.temporaryDirectory().appendingPathComponent("m.jsonl").path
+        let run = try Launch.run(executable, np: np, ["--data", Self.data, "--steps", "\(steps)", "--samples", "0", "--val-batches", "1",
+                                                      "--metrics", metrics] + flags, timeout: 120)
+        XCTAssertEqual(run.status, 0, "\(label): \(run.stderr)")
+        let last = try XCTUnwrap(Metrics(path: metrics).records.last, label)
+        let ledger = perStep(try XCTUnwrap(last["comm_per_rank"] as? [[String: [String: Any]]], label), steps: steps)
+        let json = try plan(planFlags)
+        let entry = try XCTUnwrap(layouts(json).first { $0["command"] as? String == command },
+                                  "\(label): the plan has no '\(command)': \(layouts(json).map { $0["command"] ?? "" })")
+        let planned = perStep(try XCTUnwrap(entry["comm_per_rank"] as? [[String: [String: Any]]], label), steps: 1)
+        XCTAssertEqual(planned.count, np, label)
+        XCTAssertEqual(ledger.count, np, label)
+        for rank in 0..<min(np, ledger.count, planned.count) {
+            XCTAssertEqual(planned[rank], ledger[rank], "\(label), rank \(rank)")
+        }
+        return (entry, last)
     }
 
     /// Mixture of experts: the plan equals the ledger, every rank and kind, calls and bytes per
@@ -109,25 +119,11 @@ final class PlannerTests: XCTestCase {
                                                                 "--schedule", "gpipe"],
              "train_3d -np 4 --tp 1 --dp 2 --pp 2 --schedule gpipe --ep 2 --micro-batches 2"),
         ]
-        let steps = 3
         for (executable, np, model, layout, command) in cases {
-            let flags = model + layout
-            let label = "\(executable) -np \(np) \(flags.joined(separator: " "))"
-            let metrics = try Launch.temporaryDirectory().appendingPathComponent("m.jsonl").path
-            let run = try Launch.run(executable, np: np, ["--data", Self.data, "--steps", "\(steps)", "--samples", "0", "--val-batches", "1",
-                                                          "--metrics", metrics] + config + flags, timeout: 120)
-            XCTAssertEqual(run.status, 0, "\(label): \(run.stderr)")
-            let last = try XCTUnwrap(Metrics(path: metrics).records.last, label)
-            let ledger = perStep(try XCTUnwrap(last["comm_per_rank"] as? [[String: [String: Any]]], label), steps: steps)
-            let json = try plan(config + ["--ranks", "\(np)", "--metrics", "--memory-per-rank", "64"] + model)
-            let entry = try XCTUnwrap(layouts(json).first { $0["command"] as? String == command },
-                                      "\(label): the plan has no '\(command)': \(layouts(json).map { $0["command"] ?? "" })")
-            let planned = perStep(try XCTUnwrap(entry["comm_per_rank"] as? [[String: [String: Any]]], label), steps: 1)
-            XCTAssertEqual(planned.count, np, label)
-            XCTAssertEqual(ledger.count, np, label)
-            for rank in 0..<min(np, ledger.count, planned.count) {
-                XCTAssertEqual(planned[rank], ledger[rank], "\(label), rank \(rank)")
-            }
+            let label = "\(executable) -np \(np) \((model + layout).joined(separator: " "))"
+            let (entry, last) = try comparePlanWithLedger(executable, np: np, config + model + layout,
+                                                          plan: config + ["--ranks", "\(np)", "--metrics", "--memory-per-rank", "64"] + model,
+                                                          command: command)
             let memory = try XCTUnwrap(last["memory_plan_per_rank"] as? [[String: Int]], label)
             let toAllocate = memory.map { $0.filter { $0.key != "dataset" }.values.reduce(0, +) }.max() ?? 0
             XCTAssertEqual(entry["memory_per_rank"] as? Int, toAllocate + 32 << 20, label)
