@@ -104,3 +104,35 @@ enum Equivalence {
         XCTAssertTrue(errors.first?.contains(expected) ?? false, "\(label): \(run.stderr)", file: file, line: line)
     }
 }
+
+extension Launch {
+    /// Runs `executable` with `arguments` and `--metrics` into a fresh file: the outcome and the
+    /// records (nil when the run wrote none).
+    static func runWithMetrics(_ executable: String, np: Int?, _ arguments: [String], timeout: Double = 180) throws -> (Outcome, Metrics?) {
+        let metrics = try temporaryDirectory().appendingPathComponent("m.jsonl").path
+        let run = try run(executable, np: np, arguments + ["--metrics", metrics], timeout: timeout)
+        return (run, try? Metrics(path: metrics))
+    }
+}
+
+extension Equivalence {
+    /// Runs `executable` on `np` ranks with `flags + extra` and `train` with `flags` (both with
+    /// `--steps steps`), and asserts that every step reports train's aux loss (within 1e-6) and
+    /// expert load: the whole batch's, in every layout.
+    static func checkExpertStatistics(_ executable: String, np: Int, _ flags: [String], extra: [String], steps: Int = 20,
+                                      file: StaticString = #filePath, line: UInt = #line) throws {
+        let common = flags + ["--steps", "\(steps)"]
+        let (run, metrics) = try Launch.runWithMetrics(executable, np: np, common + extra)
+        XCTAssertEqual(run.status, 0, run.stderr, file: file, line: line)
+        let (_, reference) = try Launch.runWithMetrics("train", np: nil, common)
+        let ours = try XCTUnwrap(metrics, file: file, line: line).records.filter { $0["loss"] != nil }
+        let theirs = try XCTUnwrap(reference, file: file, line: line).records.filter { $0["loss"] != nil }
+        XCTAssertEqual(ours.count, steps, file: file, line: line)
+        XCTAssertEqual(theirs.count, steps, file: file, line: line)
+        for (a, b) in zip(ours, theirs) {
+            XCTAssertEqual(try XCTUnwrap(a["aux_loss"] as? Double, file: file, line: line),
+                           try XCTUnwrap(b["aux_loss"] as? Double, file: file, line: line), accuracy: 1e-6, file: file, line: line)
+            XCTAssertEqual(a["expert_imbalance"] as? Double, b["expert_imbalance"] as? Double, file: file, line: line)
+        }
+    }
+}

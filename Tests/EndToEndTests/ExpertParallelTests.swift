@@ -10,9 +10,7 @@ final class ExpertParallelTests: XCTestCase {
     static let flags = ["--data", data, "--val-batches", "2", "--samples", "0", "--log-every", "1000"]
 
     func train(_ extra: [String], np: Int? = nil, executable: String = "train_ep") throws -> (Launch.Outcome, Metrics?) {
-        let metrics = try Launch.temporaryDirectory().appendingPathComponent("m.jsonl").path
-        let run = try Launch.run(executable, np: np, Self.flags + ["--metrics", metrics] + extra, timeout: 180)
-        return (run, try? Metrics(path: metrics))
+        try Launch.runWithMetrics(executable, np: np, Self.flags + extra, timeout: 180)
     }
 
     /// E' = N = 2: each rank holds half the experts and the group is the whole world; K = 1 and 2,
@@ -24,16 +22,7 @@ final class ExpertParallelTests: XCTestCase {
                        ["--experts", "4", "--top-k", "1", "--capacity-factor", "1", "--layers", "2"]] {
             try Equivalence.check("train_ep", np: 2, common, extra: ["--ep", "2"], data: Self.data, steps: 300)
         }
-        let flags = ["--steps", "20", "--experts", "4", "--layers", "2"]
-        let (run, metrics) = try train(flags + ["--ep", "2"], np: 2)
-        XCTAssertEqual(run.status, 0, run.stderr)
-        let (_, reference) = try train(flags, executable: "train")
-        let ours = try XCTUnwrap(metrics).records.filter { $0["loss"] != nil }, theirs = try XCTUnwrap(reference).records.filter { $0["loss"] != nil }
-        XCTAssertEqual(ours.count, 20)
-        for (a, b) in zip(ours, theirs) {
-            XCTAssertEqual(try XCTUnwrap(a["aux_loss"] as? Double), try XCTUnwrap(b["aux_loss"] as? Double), accuracy: 1e-6)
-            XCTAssertEqual(a["expert_imbalance"] as? Double, b["expert_imbalance"] as? Double)
-        }
+        try Equivalence.checkExpertStatistics("train_ep", np: 2, Self.flags + ["--experts", "4", "--layers", "2"], extra: ["--ep", "2"])
     }
 
     /// E' = 2 < N = 4: two groups, each expert held twice (its gradient summed over `replicate`).

@@ -11,9 +11,7 @@ final class MixtureOfExpertsTrainingTests: XCTestCase {
     static let vocab = Set(SmallData.names.filter { $0 != "\n" }).count + 1
 
     func train(_ extra: [String], np: Int? = nil, executable: String = "train") throws -> (Launch.Outcome, Metrics?) {
-        let metrics = try Launch.temporaryDirectory().appendingPathComponent("m.jsonl").path
-        let run = try Launch.run(executable, np: np, Self.flags + ["--metrics", metrics] + extra, timeout: 120)
-        return (run, try? Metrics(path: metrics))
+        try Launch.runWithMetrics(executable, np: np, Self.flags + extra, timeout: 120)
     }
 
     func testTrainsReportsDumpsAndExportsEveryExpert() throws {

@@ -13,9 +13,7 @@ final class ThreeDimensionalExpertsTests: XCTestCase {
     static let flags = ["--data", data, "--val-batches", "2", "--samples", "0", "--log-every", "1000"]
 
     func train(_ extra: [String], np: Int? = nil, executable: String = "train_3d") throws -> (Launch.Outcome, Metrics?) {
-        let metrics = try Launch.temporaryDirectory().appendingPathComponent("m.jsonl").path
-        let run = try Launch.run(executable, np: np, Self.flags + ["--metrics", metrics] + extra, timeout: 180)
-        return (run, try? Metrics(path: metrics))
+        try Launch.runWithMetrics(executable, np: np, Self.flags + extra, timeout: 180)
     }
 
     /// Pipeline × expert parallel: stage 0 holds the embedding (and a block), stage 1 the rest;
@@ -39,16 +37,8 @@ final class ThreeDimensionalExpertsTests: XCTestCase {
                               extra: ["--tp", "2", "--dp", "2", "--pp", "1", "--micro-batches", "2", "--schedule", "gpipe"],
                               data: Self.data, steps: 300)
         // The aux loss and load of every step are the whole batch's.
-        let flags = ["--steps", "20", "--experts", "4", "--layers", "3"]
-        let (run, metrics) = try train(flags + ["--tp", "1", "--dp", "2", "--pp", "2", "--ep", "2", "--micro-batches", "4", "--schedule", "gpipe"], np: 4)
-        XCTAssertEqual(run.status, 0, run.stderr)
-        let (_, reference) = try train(flags, executable: "train")
-        let ours = try XCTUnwrap(metrics).records.filter { $0["loss"] != nil }, theirs = try XCTUnwrap(reference).records.filter { $0["loss"] != nil }
-        XCTAssertEqual(ours.count, 20)
-        for (a, b) in zip(ours, theirs) {
-            XCTAssertEqual(try XCTUnwrap(a["aux_loss"] as? Double), try XCTUnwrap(b["aux_loss"] as? Double), accuracy: 1e-6)
-            XCTAssertEqual(a["expert_imbalance"] as? Double, b["expert_imbalance"] as? Double)
-        }
+        try Equivalence.checkExpertStatistics("train_3d", np: 4, Self.flags + ["--experts", "4", "--layers", "3"],
+                                              extra: ["--tp", "1", "--dp", "2", "--pp", "2", "--ep", "2", "--micro-batches", "4", "--schedule", "gpipe"])
     }
 
     /// Tensor × expert parallel: the tp pair computes the (replicated) mixtures on the same rows,
@@ -72,17 +62,11 @@ final class ThreeDimensionalExpertsTests: XCTestCase {
     /// The aux loss and load reported each step are the whole model's (every stage's blocks),
     /// as train's; the start-up summary names the expert mesh.
     func testAuxLossAndLoadAreTheWholeModels() throws {
-        let flags = ["--steps", "20", "--experts", "4", "--layers", "3", "--capacity-factor", "1"]
-        let (run, metrics) = try train(flags + ["--tp", "1", "--dp", "2", "--pp", "2", "--ep", "2"], np: 4)
+        let flags = ["--experts", "4", "--layers", "3", "--capacity-factor", "1"], grid = ["--tp", "1", "--dp", "2", "--pp", "2", "--ep", "2"]
+        try Equivalence.checkExpertStatistics("train_3d", np: 4, Self.flags + flags, extra: grid)
+        let (run, _) = try train(flags + grid + ["--steps", "2"], np: 4)
         XCTAssertEqual(run.status, 0, run.stderr)
         XCTAssertTrue(run.stdout.contains("dp as the mesh [expert 2, replicate 1]"), run.stdout)
-        let (_, reference) = try train(flags, executable: "train")
-        let ours = try XCTUnwrap(metrics).records.filter { $0["loss"] != nil }, theirs = try XCTUnwrap(reference).records.filter { $0["loss"] != nil }
-        XCTAssertEqual(ours.count, 20)
-        for (a, b) in zip(ours, theirs) {
-            XCTAssertEqual(try XCTUnwrap(a["aux_loss"] as? Double), try XCTUnwrap(b["aux_loss"] as? Double), accuracy: 1e-6)
-            XCTAssertEqual(a["expert_imbalance"] as? Double, b["expert_imbalance"] as? Double)
-        }
     }
 
     /// With K = E every row goes to every expert: the ledger's all-to-all-v bytes per rank are
