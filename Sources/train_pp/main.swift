@@ -7,11 +7,17 @@ struct TrainPP: TrainingCommand {
     static let configuration = CommandConfiguration(
         commandName: "train_pp",
         abstract: "Train with pipeline parallelism: one stage of contiguous blocks per MPI rank.",
-        discussion: "Run as `mpirun -np N train_pp`; N may be 1 … layers + 2.")
+        discussion: "Run as `mpirun -np N train_pp`; N may be 1 … layers + 2. With --experts and --micro-batches M > 1 the schedule must be gpipe (and no --capacity-factor).")
 
     @OptionGroup var options: TrainingOptions
 
     @OptionGroup var pipeline: PipelineOptions
+
+    static var trainsExperts: Bool { true }
+
+    func validate() throws {
+        if let experts = options.expertsConfig { try pipeline.checkExperts(experts) }
+    }
 
     func makeLayout(_ context: TrainingContext) throws(UsageError) -> TrainingLayout {
         try PipelineParallel(context, pipeline: pipeline)

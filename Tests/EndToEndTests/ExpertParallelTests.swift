@@ -140,7 +140,7 @@ final class ExpertParallelTests: XCTestCase {
             ("train_ep", 2, ["--experts", "2", "--top-k", "3", "--ep", "2"], "--top-k must be between 1 and --experts 2 (got 3)"),
             ("train_ep", 2, ["--experts", "4", "--ep", "0"], "--ep must be a positive integer (got 0)"),
             ("train_ep", 4, ["--experts", "4", "--ep", "2", "--batch-size", "30"], "--batch-size 30 is not divisible by the 4 data-parallel ranks"),
-            ("train_fsdp", 2, ["--experts", "4"], "--experts is not supported by train_fsdp: use train, train_dp, train_ep or train_3d"),
+            ("train_fsdp", 2, ["--experts", "4"], "--experts is not supported by train_fsdp: use train, train_dp, train_ep, train_pp or train_3d"),
         ]
         for (executable, np, args, expected) in cases {
             try Equivalence.expectError(executable, np: np, ["--data", Self.data, "--steps", "2"] + args, expected)

@@ -78,6 +78,7 @@ final class MemoryPlanTests: XCTestCase {
             ("train_3d", 4, ["--tp", "1", "--dp", "4", "--pp", "1", "--ep", "2", "--experts", "4", "--top-k", "2"]),
             ("train_3d", 4, ["--tp", "1", "--dp", "2", "--pp", "2", "--ep", "2", "--experts", "4", "--top-k", "2",
                              "--micro-batches", "2", "--schedule", "gpipe"]),
+            ("train_pp", 2, ["--experts", "4", "--top-k", "2", "--micro-batches", "2", "--schedule", "gpipe"]),
             ("train_dp", 2, ["--bucket-kb", "1"]),
             ("train_dp", 2, ["--accumulate", "2"]),
             ("train_fsdp", 3, []),

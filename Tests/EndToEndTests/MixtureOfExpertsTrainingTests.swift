@@ -166,6 +166,20 @@ final class MixtureOfExpertsTrainingTests: XCTestCase {
         }
     }
 
+    /// `train_pp --experts`: one micro-batch under 1F1B (the block sees the whole batch), and four
+    /// under GPipe (a copy of each mixture per micro-batch, the step's statistics summed at the
+    /// first backward); every step's aux loss and load are train's; 1F1B with micro-batches is
+    /// refused with one line.
+    func testPipelineMatchesTrain() throws {
+        try Equivalence.check("train_pp", np: 2, ["--experts", "4", "--top-k", "2", "--layers", "2"], data: Self.data, steps: 300)
+        try Equivalence.check("train_pp", np: 2, ["--experts", "4", "--top-k", "1", "--layers", "3"],
+                              extra: ["--micro-batches", "4", "--schedule", "gpipe"], data: Self.data, steps: 300)
+        try Equivalence.checkExpertStatistics("train_pp", np: 2, Self.flags + ["--experts", "4", "--layers", "3"],
+                                              extra: ["--micro-batches", "4", "--schedule", "gpipe"])
+        try Equivalence.expectError("train_pp", np: 2, ["--data", Self.data, "--steps", "2", "--experts", "4", "--micro-batches", "2"],
+                                    "--experts with --micro-batches 2 needs --schedule gpipe")
+    }
+
     func testBadFlagsFailWithOneLine() throws {
         let cases: [([String], String)] = [
             (["--experts", "2", "--top-k", "3"], "--top-k must be between 1 and --experts 2 (got 3)"),
@@ -179,8 +193,8 @@ final class MixtureOfExpertsTrainingTests: XCTestCase {
             (["--experts", "4", "--accumulate", "2"], "--experts cannot be combined with --accumulate 2 yet"),
         ]
         var runs = cases.map { ("train", nil as Int?, $0.0, $0.1) }
-        for executable in ["train_fsdp", "train_tp", "train_pp"] {
-            runs.append((executable, 2, ["--experts", "4"], "--experts is not supported by \(executable): use train, train_dp, train_ep or train_3d"))
+        for executable in ["train_fsdp", "train_tp"] {
+            runs.append((executable, 2, ["--experts", "4"], "--experts is not supported by \(executable): use train, train_dp, train_ep, train_pp or train_3d"))
         }
         for (executable, np, args, expected) in runs {
             let run = try Launch.run(executable, np: np, ["--data", Self.data] + args, timeout: 60)

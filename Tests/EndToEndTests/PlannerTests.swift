@@ -118,6 +118,8 @@ final class PlannerTests: XCTestCase {
             ("train_3d", 4, ["--experts", "4", "--top-k", "4"], ["--tp", "1", "--dp", "2", "--pp", "2", "--ep", "2", "--micro-batches", "2",
                                                                 "--schedule", "gpipe"],
              "train_3d -np 4 --tp 1 --dp 2 --pp 2 --schedule gpipe --ep 2 --micro-batches 2"),
+            ("train_pp", 2, ["--experts", "4", "--top-k", "2"], ["--micro-batches", "2", "--schedule", "gpipe"],
+             "train_pp -np 2 --schedule gpipe --micro-batches 2"),
         ]
         for (executable, np, model, layout, command) in cases {
             let label = "\(executable) -np \(np) \((model + layout).joined(separator: " "))"
@@ -142,9 +144,10 @@ final class PlannerTests: XCTestCase {
                                                "train_3d -np 4 --tp 2 --dp 2 --pp 1 --ep 2 --micro-batches 1",
                                                "train_3d -np 4 --tp 1 --dp 2 --pp 2 --ep 2 --micro-batches 1",
                                                "train_3d -np 4 --tp 1 --dp 2 --pp 2 --schedule gpipe --ep 2 --micro-batches 4"]), "\(commands)")
-        XCTAssertTrue(commands.allSatisfy { $0.hasPrefix("train_dp ") || $0.hasPrefix("train_ep ") || $0.hasPrefix("train_3d ") }, "\(commands)")
+        XCTAssertTrue(commands.allSatisfy { command in ["train_dp ", "train_ep ", "train_pp ", "train_3d "].contains { command.hasPrefix($0) } },
+                      "\(commands)")
         XCTAssertFalse(commands.contains("train_ep -np 4 --ep 4"), "E' = 4 does not divide E = 6")
-        XCTAssertFalse(commands.contains { $0.hasPrefix("train_3d") && $0.contains("--micro-batches ") && !$0.contains("--micro-batches 1")
+        XCTAssertFalse(commands.contains { $0.contains("--micro-batches ") && !$0.hasSuffix("--micro-batches 1")
                                            && !$0.contains("--schedule gpipe") }, "micro-batches only under GPipe: \(commands)")
         XCTAssertEqual([json["experts"] as? Int, json["top_k"] as? Int], [6, 2])
         XCTAssertTrue(json["capacity_factor"] is NSNull, "dropless")
@@ -152,7 +155,7 @@ final class PlannerTests: XCTestCase {
             (entry["command"] as? String).map { ($0, entry["reason"] as? String ?? "") }
         }
         for (executable, flags, command) in [("train_ep", ["--ep", "4"], "train_ep -np 4 --ep 4"), ("train_fsdp", [], "train_fsdp -np 4"),
-                                             ("train_tp", [], "train_tp -np 4"), ("train_pp", [], "train_pp -np 4 --schedule 1f1b --micro-batches 4"),
+                                             ("train_tp", [], "train_tp -np 4"), ("train_pp", ["--micro-batches", "4"], "train_pp -np 4 --schedule 1f1b --micro-batches 4"),
                                              ("train_3d", ["--tp", "1", "--dp", "2", "--pp", "2", "--micro-batches", "4"],
                                               "train_3d -np 4 --tp 1 --dp 2 --pp 2 --micro-batches 4")] {
             let reason = try XCTUnwrap(refused.first { $0.0 == command }?.1, "\(command) not refused: \(refused)")

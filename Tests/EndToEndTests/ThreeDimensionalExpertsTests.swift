@@ -125,7 +125,7 @@ final class ThreeDimensionalExpertsTests: XCTestCase {
             (grid + ["--experts", "4", "--ep", "0"], "--ep must be a positive integer (got 0)"),
             (grid + ["--experts", "4", "--micro-batches", "2"], "--experts with --micro-batches 2 needs --schedule gpipe"),
             (grid + ["--experts", "4", "--micro-batches", "2", "--schedule", "gpipe", "--capacity-factor", "1"],
-             "--capacity-factor needs --micro-batches 1 in train_3d"),
+             "--capacity-factor needs --micro-batches 1 in a pipeline"),
             (grid + ["--experts", "4", "--micro-batches", "2", "--schedule", "gpipe", "--recompute"],
              "--experts with --micro-batches 2 cannot be combined with --recompute"),
             (["--tp", "2", "--dp", "2", "--pp", "1", "--experts", "4", "--sequence-parallel"], "--experts cannot be combined with --sequence-parallel"),

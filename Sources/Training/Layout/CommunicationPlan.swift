@@ -229,11 +229,9 @@ extension CommunicationPlan {
                 if partial > 0 { result.add(.allreduce, .tp, size: tp, stride: 1, bytesPerCall: 4 * partial) }
                 result.add(.allreduce, .tp, size: tp, stride: 1, bytesPerCall: 4)
             }
-            if layout.kind == .threeDimensional {
-                result.add(.allreduce, .dp, size: dp, stride: tp, bytesPerCall: 4)
-                // Every stage's aux loss and load, gathered over pp (``ThreeDimensional``).
-                if plan.config.experts != nil { result.add(.allgather, .pp, size: pp, stride: ppStride, bytesPerCall: 4 * 2 * pp) }
-            }
+            if layout.kind == .threeDimensional { result.add(.allreduce, .dp, size: dp, stride: tp, bytesPerCall: 4) }
+            // Every stage's aux loss and load, gathered over pp (``PipelineExpertStatistics``).
+            if plan.config.experts != nil { result.add(.allgather, .pp, size: pp, stride: ppStride, bytesPerCall: 4 * 2 * pp) }
         }
 
         // The training loop's own calls.

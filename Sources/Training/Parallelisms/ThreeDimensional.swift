@@ -62,11 +62,9 @@ public final class ThreeDimensional: TrainingLayout {
     let sequenceGroup: Communicator?
     let scratch: SequenceParallelScratch?
     let partials: PartialGradientSum?
-    /// This stage's mixture-of-experts blocks, and every stage's (aux loss, imbalance) gathered
-    /// over pp (`2·P` floats; nil for a dense model).
-    let mixtures: [MixtureOfExperts]
-    let stageStatistics: UnsafeMutablePointer<Float>?
-    public private(set) var expertStatistics: ExpertStatistics?
+    /// Every stage's aux loss and load, gathered over pp after each step (nil for a dense model).
+    let expertFigures: PipelineExpertStatistics?
+    public var expertStatistics: ExpertStatistics? { expertFigures?.last }
     /// How the experts are laid out, for the start-up summary (nil for a dense model).
     let expertLayout: String?
 
@@ -139,15 +137,8 @@ public final class ThreeDimensional: TrainingLayout {
                               pp: mesh[.pp], seqLen: context.config.seqLen, lossScale: 1 / Float(globalBatch), recompute: pipeline.recompute)
         local = LocalParameters(map: sharded.map, values: sharded.shards.value, gradients: sharded.shards.grad,
                                 optimizer: Optimizer(config: context.optimizer, count: sharded.shards.count))
-        mixtures = sharded.layers.compactMap { $0 as? MixtureOfExperts }
-        stageStatistics = experts.map { _ in
-            let figures = UnsafeMutablePointer<Float>.allocate(capacity: 2 + 2 * pp)
-            figures.initialize(repeating: 0, count: 2 + 2 * pp)
-            return figures
-        }
+        expertFigures = PipelineExpertStatistics(layers: sharded.layers, model: context.config, pp: mesh[.pp])
     }
-
-    deinit { stageStatistics?.deallocate() }
 
     /// The refusals of `--experts` and `--ep` (one line each; the flags' own checks ran when parsed).
     public static func checkExperts(_ experts: ExpertsConfig?, expertGroup: Int, dp: Int, pipeline: PipelineOptions,
@@ -156,18 +147,7 @@ public final class ThreeDimensional: TrainingLayout {
             if expertGroup > 1 { throw UsageError("--ep needs --experts E (expert parallelism shards the experts of a mixture-of-experts model)") }
             return
         }
-        // Micro-batches: the whole batch's routing statistics are summed at the first backward
-        // (StepRouting), which must come after every forward (GPipe) and cannot cap experts.
-        let m = pipeline.microBatches
-        if m > 1 && pipeline.schedule != .gpipe {
-            throw UsageError("--experts with --micro-batches \(m) needs --schedule gpipe: a mixture of experts balances the whole batch, and under \(pipeline.schedule.rawValue) the first backward runs before the last micro-batch is routed")
-        }
-        if m > 1 && experts.capacityFactor != nil {
-            throw UsageError("--capacity-factor needs --micro-batches 1 in train_3d: the capacity counts the whole batch's assignments in row order in one forward")
-        }
-        if m > 1 && pipeline.recompute {
-            throw UsageError("--experts with --micro-batches \(m) cannot be combined with --recompute: a rerun forward would route its micro-batch twice")
-        }
+        try pipeline.checkExperts(experts)
         if sequenceParallel { throw UsageError("--experts cannot be combined with --sequence-parallel yet") }
         if dp % expertGroup != 0 {
             throw UsageError("--ep \(expertGroup) does not divide --dp \(dp) (expert groups are carved out of the data-parallel ranks)")
@@ -211,24 +191,8 @@ public final class ThreeDimensional: TrainingLayout {
         }
         partials?.sum()
         if let sequenceGroup { lossSum = sequenceGroup.sum(lossSum) }
-        return dp.sum(lossSum) / Float(globalBatch) + gatherExpertStatistics()
-    }
-
-    /// Every stage's load-balancing loss and worst load (the whole batch's: the same over tp and
-    /// dp), allgathered over pp; returns their aux loss, part of the trained loss (0 when dense).
-    func gatherExpertStatistics() -> Float {
-        guard let figures = stageStatistics else { return 0 }
-        let pp = mesh[.pp]
-        figures[0] = mixtures.reduce(0) { $0 + $1.auxiliaryLoss }
-        figures[1] = mixtures.reduce(0) { max($0, $1.imbalance) }
-        pp.allgather(figures, count: 2, into: figures + 2)
-        var statistics = ExpertStatistics(auxiliaryLoss: 0, imbalance: 0)
-        for stage in 0..<pp.size {
-            statistics.auxiliaryLoss += figures[2 + 2 * stage]
-            statistics.imbalance = max(statistics.imbalance, figures[3 + 2 * stage])
-        }
-        expertStatistics = statistics
-        return statistics.auxiliaryLoss
+        // The aux loss is the whole batch's, from every stage's blocks (PipelineExpertStatistics).
+        return dp.sum(lossSum) / Float(globalBatch) + (expertFigures?.gather() ?? 0)
     }
 
     /// Where ``TensorParallelPlan/partialGradients(_:)`` of each block fall in this rank's FSDP

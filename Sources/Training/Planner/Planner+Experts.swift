@@ -5,25 +5,30 @@ extension Planner {
     /// E experts; without `--recompute`, whose rerun forwards would route again),
     /// `train_ep --ep E'` for every E' > 1 that divides N, and every `train_3d` grid of the dense
     /// candidates, each with `--ep E'` for every E' dividing D (E' = 1: every dp rank holds all
-    /// experts) — with more than one micro-batch under GPipe, and only when dropless; an E' that
-    /// does not divide E is refused with training's reason (``expertsRefusal(_:)``). Then the
-    /// other dense layouts, which are refused: only `train`, `train_dp`, `train_ep` and
-    /// `train_3d` train experts.
+    /// experts) — with more than one micro-batch under GPipe, and only when dropless; `train_pp`
+    /// with one micro-batch, or under GPipe (its own candidates); an E' that does not divide E,
+    /// and every pipeline those rules refuse, is refused with training's reason
+    /// (``expertsRefusal(_:)``). Then the other dense layouts, which are refused: only `train`,
+    /// `train_dp`, `train_ep`, `train_pp` and `train_3d` train experts.
     func expertCandidates(dense: [LayoutDescription]) -> [LayoutDescription] {
         let n = ranks
         var result: [LayoutDescription] = [.dataParallel(ranks: n, bucketBytes: bucketBytes)]
         for group in 2...n where n % group == 0 { result.append(.expertParallel(ranks: n, expertGroup: group)) }
         var refused: [LayoutDescription] = []
         for layout in dense where layout.kind != .dataParallel {
-            guard layout.kind == .threeDimensional, !layout.sequenceParallel, !layout.recompute else {
+            guard layout.kind == .threeDimensional || layout.kind == .pipeline, !layout.sequenceParallel, !layout.recompute else {
                 refused.append(layout)
                 continue
             }
             var grid = layout
-            if (layout.shape.microBatches ?? 1) > 1 {  // 1F1B is refused; dropless, GPipe runs them
+            if (layout.shape.microBatches ?? 1) > 1 && layout.schedule != .gpipe {  // refused; dropless, GPipe runs them
                 refused.append(layout)
-                guard plan.config.experts?.capacityFactor == nil else { continue }
+                guard plan.config.experts?.capacityFactor == nil, layout.kind == .threeDimensional else { continue }
                 grid.schedule = .gpipe
+            }
+            guard layout.kind == .threeDimensional else {
+                result.append(grid)
+                continue
             }
             let d = layout.shape.size(.dp)
             for group in 1...d where d % group == 0 {
@@ -44,6 +49,13 @@ extension Planner {
         }
         switch layout.kind {
         case .singleRank, .dataParallel: return nil
+        case .pipeline:  // train_pp's own checks
+            var pipeline = PipelineOptions()
+            pipeline.microBatches = layout.shape.microBatches ?? 1
+            pipeline.schedule = layout.schedule
+            pipeline.recompute = layout.recompute
+            do { try pipeline.checkExperts(experts) } catch { return error.description }
+            return nil
         case .threeDimensional:  // train_3d's own checks
             var pipeline = PipelineOptions()
             pipeline.microBatches = layout.shape.microBatches ?? 1
@@ -56,7 +68,7 @@ extension Planner {
                 return error.description
             }
             return nil
-        default: return "--experts is not supported by \(layout.command.split(separator: " ").first ?? ""): use train, train_dp, train_ep or train_3d"
+        default: return "--experts is not supported by \(layout.command.split(separator: " ").first ?? ""): use train, train_dp, train_ep, train_pp or train_3d"
         }
     }
 }

@@ -34,7 +34,7 @@ extension TrainingCommand {
         do {
             command = try Self.parse(Array(CommandLine.arguments.dropFirst()))
             if command.options.experts > 0 && !trainsExperts {
-                throw UsageError("--experts is not supported by \(name): use train, train_dp, train_ep or train_3d")
+                throw UsageError("--experts is not supported by \(name): use train, train_dp, train_ep, train_pp or train_3d")
             }
         } catch {
             if Self.exitCode(for: error) == .success {

@@ -11,6 +11,12 @@ import Distributed
 /// Gradients accumulate over the micro-batches (each is scaled by `1/B` already, so the sum is
 /// exactly the full-batch gradient), and each rank updates only its own blocks. With
 /// `--accumulate K` the schedule runs K times per step, each over B/K rows in M micro-batches.
+///
+/// A mixture of experts (`--experts`) sees the whole batch in one forward when M = 1; with
+/// M > 1 (GPipe, dropless) each micro-batch in flight runs its own copy of the block and the
+/// copies sum the step's routing statistics at the first backward (``StepRouting``, no
+/// communication: the pipeline holds every row). Every stage's aux loss and load are
+/// allgathered over pp after each step (``PipelineExpertStatistics``, 8 bytes per stage).
 public final class PipelineParallel: TrainingLayout {
     public let stage: PipelineStage
     let mesh: ProcessMesh
@@ -20,6 +26,8 @@ public final class PipelineParallel: TrainingLayout {
     let plan: BlockPlan
     let steps: MicroSteps
     public let local: LocalParameters
+    let expertFigures: PipelineExpertStatistics?
+    public var expertStatistics: ExpertStatistics? { expertFigures?.last }
 
     /// - Parameter pipeline: `M ≥ 1` micro-batches dividing the global batch, the schedule (GPipe
     ///   or 1F1B), and the cut (``PipelinePartition``: by cost unless `--partition` says).
@@ -43,10 +51,15 @@ public final class PipelineParallel: TrainingLayout {
         map.extract(from: context.initialParameters, into: parameters.value)
         steps = MicroSteps(rows: 0..<context.batchSize, count: context.options.accumulate)
         var offset = 0
+        let microRows = context.batchSize / context.options.accumulate / microBatches
         let chunks = chunkBlocks.map { blocks in
             let layers = blocks.map { block in
                 defer { offset += block.parameterCount }
-                return block.makeLayer(parameters: parameters.view(offset: offset, count: block.parameterCount))
+                let layer = block.makeLayer(parameters: parameters.view(offset: offset, count: block.parameterCount), rows: microRows)
+                if let mixture = layer as? MixtureOfExperts, microBatches > 1 {
+                    mixture.shareStepRouting(StepRouting(experts: mixture.experts, microBatches: microBatches, exchange: nil))
+                }
+                return layer
             }
             return (layers: layers, widths: plan.widths(blocks.indices), split: SequenceSplit?.none)
         }
@@ -54,6 +67,7 @@ public final class PipelineParallel: TrainingLayout {
             chunks: chunks, rows: steps.rows(0),
             schedule: PipelineSchedule(pipeline.schedule, stage: pp.rank, stages: n, microBatches: microBatches, virtualStages: v),
             pp: pp, seqLen: context.config.seqLen, lossScale: 1 / Float(context.batchSize), recompute: pipeline.recompute)
+        expertFigures = PipelineExpertStatistics(layers: stage.layers, model: context.config, pp: pp)
         local = LocalParameters(map: map, values: parameters.value, gradients: parameters.grad,
                                 optimizer: Optimizer(config: context.optimizer, count: map.count))
     }
@@ -65,7 +79,7 @@ public final class PipelineParallel: TrainingLayout {
             stage.rows = steps.rows(j)
             lossSum += stage.trainingStep(batch: index, from: sampler)
         }
-        return lossSum / Float(steps.rows.count)
+        return lossSum / Float(steps.rows.count) + (expertFigures?.gather() ?? 0)
     }
 
     public func trainingFinished() -> String? { stage.waitingReport(world: mesh.world) }
