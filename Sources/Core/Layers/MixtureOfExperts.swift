@@ -38,7 +38,8 @@ import Darwin
 /// ``ExpertBatchExchange`` (``attach(_:)``) makes the capacity count, f and P the whole batch's:
 /// one allgather of 2E floats per forward, and the block then computes exactly as on one rank.
 ///
-/// **Micro-batches** (a `train_3d` pipeline with `--micro-batches M > 1`, GPipe, dropless): each
+/// **Micro-batches** (a pipeline, `train_pp` or `train_3d`, with `--micro-batches M > 1`, GPipe,
+/// dropless): each
 /// micro-batch in flight runs in its own copy of the block (``copyForSlot()``: the same
 /// parameters, its own routing state), and the copies share one ``StepRouting``, which adds up
 /// the micro-batches' statistics and exchanges them once, at the step's first backward — after

@@ -1,5 +1,5 @@
 /// A mixture of experts' routing statistics over one step of a pipeline's micro-batches
-/// (`train_3d --micro-batches M --schedule gpipe`, dropless): what makes f, P and the
+/// (`train_pp` or `train_3d` with `--micro-batches M --schedule gpipe`, dropless): what makes f, P and the
 /// load-balancing loss the whole batch's when the batch reaches the block in M pieces.
 ///
 /// Every micro-batch's forward adds its `2E` statistics (per expert the assignments routed there
