@@ -6,7 +6,7 @@ struct Train3D: TrainingCommand {
     static let configuration = CommandConfiguration(
         commandName: "train_3d",
         abstract: "Tensor × data (FSDP) × pipeline parallel training on a T × D × P grid of ranks.",
-        discussion: "Run as `mpirun -np N train_3d --tp T --dp D --pp P` with T·D·P = N. Tensor-parallel ranks are neighbours (rank % T), then data-parallel, then pipeline stages. With --experts E (and --micro-batches 1), --ep E' splits each block's experts over E' ranks of every data-parallel group.")
+        discussion: "Run as `mpirun -np N train_3d --tp T --dp D --pp P` with T·D·P = N. Tensor-parallel ranks are neighbours (rank % T), then data-parallel, then pipeline stages. With --experts E (more than one micro-batch only under --schedule gpipe, dropless), --ep E' splits each block's experts over E' ranks of every data-parallel group.")
 
     @OptionGroup var options: TrainingOptions
 

@@ -34,9 +34,9 @@ import Distributed
 /// and balanced over the whole batch through an allgather of 2E floats over dp
 /// (``DataParallelExpertExchange``, as in `train_dp`). With `--micro-batches M > 1` (GPipe,
 /// dropless) each micro-batch in flight runs in its own copy of the block, and the copies sum
-/// the step's statistics and exchange them once, at the first backward (``StepRouting``). With `--ep E'` expert
-/// parallelism is a fourth axis carved out of dp, as Megatron-Core carves expert-parallel
-/// groups out of data parallelism: the dp group is itself the mesh `[expert E', replicate D/E']`
+/// the step's statistics and exchange them once, at the first backward (``StepRouting``).
+/// With `--ep E'` expert parallelism is a fourth axis carved out of dp, as Megatron-Core carves
+/// expert-parallel groups out of data parallelism: the dp group is itself the mesh `[expert E', replicate D/E']`
 /// (`train_ep`'s mesh, over dp instead of the world). Rank j of an expert group holds experts
 /// `[j·E/E', (j+1)·E/E')` of every block and computes them for the group's rows
 /// (``ExpertShards``: all-to-all-v there and back, forward and backward). FSDP shards the
@@ -101,7 +101,8 @@ public final class ThreeDimensional: TrainingLayout {
         self.scratch = scratch
         // Expert parallelism: the dp group as the mesh [expert E', replicate D/E'] (collective over dp).
         let expertMesh = experts.map { _ in ProcessMesh(world: mesh[.dp], axes: [(.expert, expertGroup), (.replicate, dp / expertGroup)]) }
-        let batchExchange = DataParallelExpertExchange(group: mesh[.dp], batchRows: globalBatch)
+        let batchRows = globalBatch
+        let batchExchange = experts.map { _ in DataParallelExpertExchange(group: mesh[.dp], batchRows: batchRows) }
         expertLayout = experts.map { experts in
             let m = experts.count / expertGroup
             return "mixtures of experts replicated over tp, routed over the \(dp) dp rank(s); "
@@ -112,7 +113,7 @@ public final class ThreeDimensional: TrainingLayout {
         let sharded = ShardedParameters(
             blocks: chunkPlans.flatMap { plan in
                 plan.blocks.map { block in
-                    if let experts, let expertMesh, block.block.kind == .mixtureOfExperts {
+                    if let experts, let expertMesh, let batchExchange, block.block.kind == .mixtureOfExperts {
                         return Self.mixture(block.block, experts, mesh: expertMesh, rows: microRows, exchange: batchExchange,
                                             microBatches: pipeline.microBatches)
                     }
