@@ -50,6 +50,21 @@ final class GemmShapeTests: XCTestCase {
                 }
             }
         } } }
+        // The same product from B packed ahead of time (a pipeline stage's weights) is bit for bit
+        // the product from B as stored. The panels start as NaN: a float the packing left unwritten
+        // and the product read would show.
+        var panels = [Float](repeating: .nan, count: max(1, Kernels.panelsCount(n: n, k: k)))
+        var fromPanels = c0
+        a.withUnsafeBufferPointer { a in b.withUnsafeBufferPointer { b in bias.withUnsafeBufferPointer { bias in
+            panels.withUnsafeMutableBufferPointer { panels in fromPanels.withUnsafeMutableBufferPointer { c in
+                Kernels.packPanels(b.baseAddress!, ldb: ldb, n: n, k: k, transposed: transposedB, into: panels.baseAddress!)
+                let e = Kernels.Epilogue(accumulate: accumulate, bias: withBias ? bias.baseAddress! : nil, relu: relu)
+                Kernels.gemm(m: m, n: n, k: k, a: a.baseAddress!, rowStride: rs, depthStride: ds,
+                             panels: panels.baseAddress!, c: c.baseAddress!, ldc: ldc, epilogue: e)
+            } }
+        } } }
+        XCTAssertEqual(fromPanels.map(\.bitPattern), c.map(\.bitPattern),
+                       "\(m)×\(n)×\(k) Aᵀ \(transposedA) Bᵀ \(transposedB) ldb+\(ldbExtra): packed panels differ", file: file, line: line)
         let expected = reference(m: m, n: n, k: k, a: a, rs: rs, ds: ds, b: b, ldb: ldb, transposedB: transposedB,
                                  c0: c0, ldc: ldc, bias: withBias ? bias : nil, accumulate: accumulate, relu: relu)
         let label = "\(m)×\(n)×\(k) Aᵀ \(transposedA) Bᵀ \(transposedB) ldb+\(ldbExtra) ldc+\(ldcExtra) acc \(accumulate) bias \(withBias) relu \(relu)"

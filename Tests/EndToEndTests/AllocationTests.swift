@@ -91,6 +91,7 @@ final class AllocationTests: XCTestCase {
     func testPipelineStepDoesNotAllocate() throws {
         try check("train_pp", np: 3, extra: ["--micro-batches", "4", "--schedule", "gpipe"])
         try check("train_pp", np: 2, extra: ["--micro-batches", "4", "--schedule", "1f1b"])
+        try check("train_pp", np: 2, extra: ["--micro-batches", "4", "--schedule", "1f1b", "--batch-weight-gradients"])
         try check("train_pp", np: 3, extra: ["--micro-batches", "4", "--schedule", "zb1p"])
         try check("train_pp", np: 2, extra: ["--micro-batches", "4", "--schedule", "gpipe", "--recompute"])
         try check("train_pp", np: 2, extra: ["--micro-batches", "4", "--schedule", "interleaved", "--virtual-stages", "2", "--layers", "2"])

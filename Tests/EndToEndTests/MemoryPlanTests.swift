@@ -90,6 +90,8 @@ final class MemoryPlanTests: XCTestCase {
             ("train_pp", 3, ["--micro-batches", "4", "--schedule", "1f1b"]),
             ("train_pp", 3, ["--micro-batches", "4", "--schedule", "zb1p"]),
             ("train_pp", 3, ["--micro-batches", "4", "--recompute"]),
+            ("train_pp", 3, ["--micro-batches", "4", "--batch-weight-gradients"]),
+            ("train_pp", 2, ["--micro-batches", "4", "--schedule", "interleaved", "--virtual-stages", "2", "--batch-weight-gradients"]),
             ("train_3d", 8, ["--tp", "2", "--dp", "2", "--pp", "2", "--micro-batches", "3"]),
             ("train_3d", 8, ["--tp", "2", "--dp", "2", "--pp", "2", "--micro-batches", "3", "--accumulate", "2", "--recompute"]),
             ("train_3d", 6, ["--tp", "2", "--dp", "1", "--pp", "3", "--micro-batches", "2", "--schedule", "gpipe"]),

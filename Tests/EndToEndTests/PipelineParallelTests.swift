@@ -88,6 +88,22 @@ final class PipelineParallelTests: XCTestCase {
         XCTAssertTrue(records[0].contains("\"step\":49"))
     }
 
+    /// `--batch-weight-gradients`: each micro-batch runs only its input-gradient pass and one
+    /// weight pass per step covers every row. Under 1F1B with Adam, GPipe on three stages,
+    /// interleaved, and with a mixture of experts (which does not split its backward).
+    func testBatchedWeightGradientsMatchTrain() throws {
+        let data = try SmallData.write()
+        try Equivalence.check("train_pp", np: 2, ["--layers", "2", "--optimizer", "adam", "--lr", "0.003"],
+                              extra: ["--micro-batches", "8", "--batch-weight-gradients"], data: data)
+        try Equivalence.check("train_pp", np: 3, ["--layers", "1"],
+                              extra: ["--micro-batches", "4", "--schedule", "gpipe", "--batch-weight-gradients"], data: data)
+        try Equivalence.check("train_pp", np: 2, ["--layers", "3"],
+                              extra: ["--micro-batches", "4", "--schedule", "interleaved", "--virtual-stages", "2",
+                                      "--batch-weight-gradients"], data: data)
+        try Equivalence.check("train_pp", np: 2, ["--layers", "2", "--experts", "4", "--top-k", "2"],
+                              extra: ["--micro-batches", "2", "--schedule", "gpipe", "--batch-weight-gradients"], data: data)
+    }
+
     func testBadLayoutsAreOneError() throws {
         let data = try SmallData.write()
         let base = ["--data", data, "--steps", "5"]
@@ -95,5 +111,11 @@ final class PipelineParallelTests: XCTestCase {
         try Equivalence.expectError("train_pp", np: 2, base + ["--micro-batches", "5"], "--batch-size 32 is not divisible by --micro-batches 5")
         try Equivalence.expectError("train_pp", np: 2, base + ["--micro-batches", "0"], "--micro-batches must be a positive integer")
         try Equivalence.expectError("train_pp", np: 3, base + ["--schedule", "interleaved"], "--schedule interleaved needs --virtual-stages")
+        try Equivalence.expectError("train_pp", np: 2, base + ["--micro-batches", "4", "--schedule", "zb1p", "--batch-weight-gradients"],
+                                    "--batch-weight-gradients cannot be combined with --schedule zb1p")
+        try Equivalence.expectError("train_pp", np: 2, base + ["--micro-batches", "4", "--recompute", "--batch-weight-gradients"],
+                                    "--batch-weight-gradients cannot be combined with --recompute")
+        try Equivalence.expectError("train_3d", np: 2, base + ["--pp", "2", "--micro-batches", "4", "--batch-weight-gradients"],
+                                    "--batch-weight-gradients is train_pp's only")
     }
 }

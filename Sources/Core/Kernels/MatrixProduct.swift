@@ -116,21 +116,44 @@ extension Kernels {
         }
     }
 
+    /// `C[m×n] (+)= a·B` with `a` as in ``gemm(m:n:k:a:rowStride:depthStride:b:ldb:c:ldc:epilogue:)``
+    /// and B already packed by ``packPanels(_:ldb:n:k:transposed:into:)`` for this `n` and `k`. Bit
+    /// for bit the product from B as stored: the same panels, the same sums in the same order.
+    public static func gemm(
+        m: Int, n: Int, k: Int,
+        a: UnsafePointer<Float>, rowStride: Int, depthStride: Int,
+        panels: UnsafePointer<Float>,
+        c: UnsafeMutablePointer<Float>, ldc: Int,
+        epilogue: Epilogue = Epilogue()
+    ) {
+        if m <= 0 || n <= 0 { return }
+        sweep(m: m, n: n, k: k, a: a, rowStride: rowStride, depthStride: depthStride,
+              b: panels, ldb: 0, transposedB: false, c: c, ldc: ldc, epilogue: epilogue, panel: nil, panels: panels)
+    }
+
+    /// The depth of each block of a product of depth `k`: blocks of equal size, at most
+    /// ``blockDepth``, a multiple of 16 where possible (for the 16 × 16 transposes).
+    @inline(__always)
+    static func depthOfBlocks(_ k: Int) -> Int {
+        let blocks = Swift.max(1, (k + blockDepth - 1) / blockDepth)
+        let depth = (k + blocks - 1) / blocks
+        return blocks > 1 ? Swift.min(blockDepth, (depth + 15) & ~15) : depth
+    }
+
     /// Depth blocks outermost (the rows of A they touch stay in L2 across column panels), then
-    /// 64-column panels (packed into `panel` if given), then balanced row tiles of 5–6 rows.
+    /// 64-column panels (packed into `panel` if given, or read from `panels` packed ahead of
+    /// time), then balanced row tiles of 5–6 rows.
     @inline(always)
     static func sweep(
         m: Int, n: Int, k: Int,
         a: UnsafePointer<Float>, rowStride: Int, depthStride: Int,
         b: UnsafePointer<Float>, ldb: Int, transposedB: Bool,
         c: UnsafeMutablePointer<Float>, ldc: Int,
-        epilogue: Epilogue, panel: UnsafeMutablePointer<Float>?
+        epilogue: Epilogue, panel: UnsafeMutablePointer<Float>?, panels: UnsafePointer<Float>? = nil
     ) {
         let transposedA = rowStride == 1 && m > 1
-        // Depth blocks of equal size (a multiple of 16 where possible, for the 16 × 16 transposes).
-        let blocks = Swift.max(1, (k + blockDepth - 1) / blockDepth)
-        var depth = (k + blocks - 1) / blocks
-        if blocks > 1 { depth = Swift.min(blockDepth, (depth + 15) & ~15) }
+        let depth = depthOfBlocks(k)
+        var packed = panels
         let rowTiles = (m + tileRows - 1) / tileRows
         let shortRows = m / rowTiles, tallTiles = m % rowTiles
 
@@ -145,7 +168,12 @@ extension Kernels {
                 let lastStart = n >= width ? Swift.min(j0 + width * (vectors - 1), n - width) : 0
                 let fresh = j0 + width * (vectors - 1) - lastStart
                 var tileB: UnsafePointer<Float>, tileLdb: Int, bLast: Int
-                if let panel {
+                if let panels = packed {  // packed ahead of time (``packPanels``), panel after panel
+                    tileB = panels
+                    tileLdb = width * vectors
+                    bLast = width * (vectors - 1)
+                    packed = panels + kb * tileLdb
+                } else if let panel {
                     if transposedB {
                         packTransposed(b, ldb: ldb, p0: p0, depth: kb, j0: j0, vectors: vectors, lastStart: lastStart, n: n, into: panel)
                     } else {

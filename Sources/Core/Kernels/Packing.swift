@@ -50,6 +50,50 @@ extension Kernels {
         }
     }
 
+    // MARK: - Packing B ahead of time
+
+    /// Floats of ``packPanels(_:ldb:n:k:transposed:into:)``'s output for a `k × n` B: every panel
+    /// of the product, `depth × 16·vectors` floats each (n rounded up to whole vectors).
+    public static func panelsCount(n: Int, k: Int) -> Int {
+        var vectors = 0, j0 = 0
+        while j0 < n {
+            vectors += Swift.min(tileVectors, (n - j0 + width - 1) / width)
+            j0 += tileColumns
+        }
+        return k * width * vectors
+    }
+
+    /// Packs a `k × n` B (`B(p, j) = b[p·ldb + j]`, or `b[j·ldb + p]` if `transposed`) into the
+    /// panels the product would pack on the fly, in the order it reads them, so that
+    /// ``gemm(m:n:k:a:rowStride:depthStride:panels:c:ldc:epilogue:)`` reads one contiguous
+    /// stream instead of `depth` rows `ldb` apart per panel.
+    ///
+    /// This pays when one B meets several small A's: a pipeline stage's weights, the same for all
+    /// of a step's micro-batches. Each product of a 32-row micro-batch reads all of W for only 32
+    /// rows of work, and packing it on the fly reads W `depth` strided rows at a time, which the
+    /// hardware prefetchers do not follow; packed once per step, W streams in order.
+    public static func packPanels(_ b: UnsafePointer<Float>, ldb: Int, n: Int, k: Int, transposed: Bool,
+                                  into panels: UnsafeMutablePointer<Float>) {
+        let depth = depthOfBlocks(k)
+        var p0 = 0, out = panels
+        repeat {
+            let kb = Swift.min(depth, k - p0)
+            var j0 = 0
+            while j0 < n {
+                let vectors = Swift.min(tileVectors, (n - j0 + width - 1) / width)
+                let lastStart = n >= width ? Swift.min(j0 + width * (vectors - 1), n - width) : 0
+                if transposed {
+                    packTransposed(b, ldb: ldb, p0: p0, depth: kb, j0: j0, vectors: vectors, lastStart: lastStart, n: n, into: out)
+                } else {
+                    packRows(b, ldb: ldb, p0: p0, depth: kb, j0: j0, vectors: vectors, lastStart: lastStart, n: n, into: out)
+                }
+                out += kb * width * vectors
+                j0 += tileColumns
+            }
+            p0 += kb
+        } while p0 < k
+    }
+
     // MARK: - Transposes
 
     /// Rows `2i`, `2i+1` → the even lanes of both, then the odd lanes of both. Four rounds of

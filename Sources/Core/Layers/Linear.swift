@@ -12,6 +12,10 @@ public final class Linear: Layer {
     public let weightGrad: UnsafeMutablePointer<Float>
     public let bias: UnsafeMutablePointer<Float>?
     public let biasGrad: UnsafeMutablePointer<Float>?
+    /// W packed for the forward (`x·W`) and for the input gradient (`dy·Wᵀ`), both as the
+    /// products read it (``Kernels/packPanels(_:ldb:n:k:transposed:into:)``), or nil; `current`
+    /// while they hold the weights as they are.
+    var packed: (forward: UnsafeMutablePointer<Float>, backward: UnsafeMutablePointer<Float>, current: Bool)?
 
     public static func parameterCount(inputs: Int, outputs: Int, bias: Bool = true) -> Int {
         inputs * outputs + (bias ? outputs : 0)
@@ -31,7 +35,49 @@ public final class Linear: Layer {
         self.biasGrad = bias ? parameters.grad + inputs * outputs : nil
     }
 
+    deinit {
+        if let packed {
+            packed.forward.deallocate()
+            packed.backward.deallocate()
+            MemoryLedger.add(.buffers, bytes: -4 * Self.packedCount(inputs: inputs, outputs: outputs))
+        }
+    }
+
+    // MARK: Packed weights
+
+    /// Floats of the two packed copies of a `[inputs × outputs]` W (each rounded up to whole
+    /// 16-float vectors across).
+    public static func packedCount(inputs: Int, outputs: Int) -> Int {
+        Kernels.panelsCount(n: outputs, k: inputs) + Kernels.panelsCount(n: inputs, k: outputs)
+    }
+
+    public func keepPackedWeights() {
+        guard packed == nil else { return }
+        packed = (.allocate(capacity: Kernels.panelsCount(n: outputs, k: inputs)),
+                  .allocate(capacity: Kernels.panelsCount(n: inputs, k: outputs)), false)
+        MemoryLedger.add(.buffers, bytes: 4 * Self.packedCount(inputs: inputs, outputs: outputs))
+    }
+
+    public func packWeights() {
+        guard let copy = packed else { return }
+        Kernels.packPanels(weight, ldb: outputs, n: outputs, k: inputs, transposed: false, into: copy.forward)
+        Kernels.packPanels(weight, ldb: outputs, n: inputs, k: outputs, transposed: true, into: copy.backward)
+        packed!.current = true
+    }
+
+    public func releasePackedWeights() {
+        if packed != nil { packed!.current = false }
+    }
+
+    // MARK: Forward and backward
+
     public func forward(_ input: Activation, _ output: Activation) {
+        if let packed, packed.current {
+            Kernels.gemm(m: input.rows, n: outputs, k: inputs, a: input.value, rowStride: inputs, depthStride: 1,
+                         panels: packed.forward, c: output.value, ldc: outputs,
+                         epilogue: .init(bias: bias.map { UnsafePointer($0) }, relu: relu))
+            return
+        }
         Kernels.gemm(m: input.rows, n: outputs, k: inputs,
                      a: input.value, rowStride: inputs, depthStride: 1,
                      b: weight, ldb: outputs, c: output.value, ldc: outputs,
@@ -79,6 +125,11 @@ public final class Linear: Layer {
     @inline(__always)
     func inputGradient(_ input: Activation, _ output: Activation) {
         // dx = dy · Wᵀ (W transposed on the fly, 16 × 16 at a time, as the kernel packs it)
+        if let packed, packed.current {
+            Kernels.gemm(m: input.rows, n: inputs, k: outputs, a: output.grad, rowStride: outputs, depthStride: 1,
+                         panels: packed.backward, c: input.grad, ldc: inputs)
+            return
+        }
         Kernels.gemm(m: input.rows, n: inputs, k: outputs,
                      a: output.grad, rowStride: outputs, depthStride: 1,
                      transposedB: weight, ldb: outputs, c: input.grad, ldc: inputs)

@@ -122,11 +122,24 @@ public protocol Layer: AnyObject {
     /// parameters and, for a layer that keeps state between its forward and backward (a mixture
     /// of experts' routing), its own copy of that state. Stateless layers return themselves.
     func copyForSlot() -> Layer
+    /// Gives the layer a packed copy of its weights (allocated now, once), for a caller that runs
+    /// many small products over the same weights: a pipeline stage's micro-batches. Layers with
+    /// nothing to pack ignore it.
+    func keepPackedWeights()
+    /// Packs the current weights into that copy; forwards and input gradients read it until
+    /// ``releasePackedWeights()``. The weights must not change in between.
+    func packWeights()
+    /// The packed copy is stale from now on (the weights are about to change): products read the
+    /// weights as stored again.
+    func releasePackedWeights()
 }
 
 extension Layer {
     public var splitsBackward: Bool { false }
     public func copyForSlot() -> Layer { self }
+    public func keepPackedWeights() {}
+    public func packWeights() {}
+    public func releasePackedWeights() {}
     public func backwardInput(_ input: Activation, _ output: Activation) { backward(input, output) }
     public func backwardWeights(_ input: Activation, _ output: Activation) {}
 }

@@ -23,6 +23,9 @@ public struct LayoutDescription: Sendable {
     public var recompute = false
     /// `--sequence-parallel` (`train_tp`, `train_3d`): rows split over tp outside the pairs.
     public var sequenceParallel = false
+    /// `train_pp --batch-weight-gradients`: each chunk stages every micro-batch's inputs and
+    /// output gradients of its splitting layers, for one weight pass per run.
+    public var batchWeightGradients = false
 
     public static var singleRank: LayoutDescription { LayoutDescription(kind: .singleRank, shape: .singleRank) }
 
@@ -60,6 +63,7 @@ public struct LayoutDescription: Sendable {
         var layout = LayoutDescription.pipeline(stages: stages, microBatches: options.microBatches, schedule: options.schedule,
                                                 partition: options.partition)
         layout.recompute = options.recompute
+        layout.batchWeightGradients = options.batchWeightGradients
         layout.shape.virtualStages = options.virtualStages
         return layout
     }
@@ -84,7 +88,9 @@ public struct LayoutDescription: Sendable {
                 + (recompute ? " --recompute" : "")
         case .tensorParallel:
             return "train_tp -np \(n)" + (sequenceParallel ? " --sequence-parallel" : "") + (recompute ? " --recompute" : "")
-        case .pipeline: return "train_pp -np \(n) --schedule \(schedule.rawValue)" + chunks + (recompute ? " --recompute" : "")
+        case .pipeline:
+            return "train_pp -np \(n) --schedule \(schedule.rawValue)" + chunks + (recompute ? " --recompute" : "")
+                + (batchWeightGradients ? " --batch-weight-gradients" : "")
         case .threeDimensional:
             return "train_3d -np \(n) --tp \(shape.size(.tp)) --dp \(shape.size(.dp)) --pp \(shape.size(.pp))"
                 + (schedule != .oneForwardOneBackward ? " --schedule \(schedule.rawValue)" + chunks : "")
@@ -288,6 +294,14 @@ extension MemoryPlan {
             perChain = segments.scratchCapacities(sizes).reduce(perChain) { checked.plus($0, checked.times(8, max(1, $1))) }
         }
             memory[.activations] = checked.plus(memory[.activations], checked.times(chains, perChain))
+            if layout.batchWeightGradients, let schedule {
+                // ``BatchedWeightGradients``: each splitting layer's (not a mixture's) input and
+                // output gradient over all of the run's micro-batches.
+                let runRows = checked.times(schedule.microBatches, chainRows)
+                let staged = (0..<range.count).filter { plan[range.lowerBound + $0].kind != .mixtureOfExperts }
+                    .reduce(0) { checked.plus($0, checked.times(runRows, widths[$1] + widths[$1 + 1])) }
+                memory[.activations] = checked.plus(memory[.activations], checked.times(4, staged))
+            }
             memory.staging = checked.plus(memory.staging, checked.times(chains, checked.times(4, max(1, activationRows.last!))))
         }
         if shape.microBatches != nil {
@@ -319,6 +333,14 @@ extension MemoryPlan {
                 for _ in 0..<(expertGroup > 1 ? slots : 0) {
                     expertShardBuffers(&memory, plan[i], group: expertGroup, rows: chainRows, settings, &checked)
                 }
+            }
+        }
+        if layout.kind == .pipeline && m > 1 {
+            // `train_pp` packs each Linear's weights once per run for its micro-batches
+            // (``Linear/keepPackedWeights()``): two packed copies of W.
+            for i in ranges.joined() where plan[i].kind == .dense || plan[i].kind == .head {
+                let copies = Linear.packedCount(inputs: plan[i].weightRows, outputs: plan[i].weightColumns)
+                memory[.buffers] = checked.plus(memory[.buffers], checked.times(4, copies))
             }
         }
         if sequenceParallel {

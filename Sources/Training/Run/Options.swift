@@ -196,6 +196,10 @@ public struct PipelineOptions: ParsableArguments, Sendable {
     @Flag(help: "Activation recomputation: keep only each micro-batch's stage input and output, and rerun its forward inside the backward (less memory, one more forward).")
     public var recompute = false
 
+    @Flag(name: .customLong("batch-weight-gradients"),
+          help: "train_pp: compute the weight gradients once per step over all micro-batches' rows instead of once per micro-batch (keeps every micro-batch's layer inputs and output gradients; not with zb1p or --recompute).")
+    public var batchWeightGradients = false
+
     @Option(name: .customLong("virtual-stages"), parsing: .unconditional,
             help: "With --schedule interleaved: model chunks per pipeline stage (V ≥ 2; stage s holds chunks s, s+N, …; --micro-batches a multiple of the stages).")
     public var virtualStagesFlag: Int?
@@ -214,6 +218,12 @@ public struct PipelineOptions: ParsableArguments, Sendable {
         try requirePositive(microBatches, "micro-batches")
         if recompute && schedule == .zeroBubble {
             throw UsageError("--recompute cannot be combined with --schedule zb1p: its deferred weight passes need the activations that recomputation drops")
+        }
+        if batchWeightGradients && schedule == .zeroBubble {
+            throw UsageError("--batch-weight-gradients cannot be combined with --schedule zb1p, which runs each micro-batch's weight pass in the bubble")
+        }
+        if batchWeightGradients && recompute {
+            throw UsageError("--batch-weight-gradients cannot be combined with --recompute: it keeps every micro-batch's layer inputs, which recomputation drops")
         }
         try validateInterleaving()
         if let text = partitionText, let counts = partition, counts.contains(where: { $0 <= 0 }) {

@@ -41,13 +41,19 @@ final class PipelineChunk {
     let targetRowOffset: Int
     var forwardSends: [Request]
     var backwardSends: [Request]
+    /// With `--batch-weight-gradients`, the staged rows of the run's one weight pass (nil otherwise).
+    let batched: BatchedWeightGradients?
 
     /// - Parameters:
     ///   - hooks: the stage's hooks, addressed by the block's position among all the stage's
     ///     layers; `firstLayer` is this chunk's first layer's position there.
     ///   - split: the activations that hold only this tp rank's rows (sequence parallelism), or nil.
+    ///   - batchWeightGradients: stage every micro-batch's rows for one weight pass per run
+    ///     (``BatchedWeightGradients``; no recomputation, no split rows).
     init(index: Int, layers: [Layer], widths: [Int], split: SequenceSplit?, hooks: LayerChainHooks?, firstLayer: Int,
-         schedule: PipelineSchedule, microRows: Int, seqLen: Int, lossScale: Float, recompute: Bool) {
+         schedule: PipelineSchedule, microRows: Int, seqLen: Int, lossScale: Float, recompute: Bool,
+         batchWeightGradients: Bool = false) {
+        precondition(!batchWeightGradients || (split == nil && !recompute && schedule.kind != .zeroBubble))
         precondition(!layers.isEmpty && widths.count == layers.count + 1)
         let n = schedule.stages, s = schedule.stage, g = index * n + s
         self.index = index
@@ -75,6 +81,8 @@ final class PipelineChunk {
                                             output: next == nil ? 0 : outputRows * widths[widths.count - 1]) : nil
         forwardSends = Array(repeating: Request(), count: slots)
         backwardSends = Array(repeating: Request(), count: slots)
+        batched = batchWeightGradients
+            ? BatchedWeightGradients(layers: layers, widths: widths, rows: microRows * schedule.microBatches) : nil
     }
 
     /// Waits for every send still on its way.

@@ -66,7 +66,8 @@ public final class PipelineParallel: TrainingLayout {
         stage = PipelineStage(
             chunks: chunks, rows: steps.rows(0),
             schedule: PipelineSchedule(pipeline.schedule, stage: pp.rank, stages: n, microBatches: microBatches, virtualStages: v),
-            pp: pp, seqLen: context.config.seqLen, lossScale: 1 / Float(context.batchSize), recompute: pipeline.recompute)
+            pp: pp, seqLen: context.config.seqLen, lossScale: 1 / Float(context.batchSize), recompute: pipeline.recompute,
+            packsWeights: true, batchWeightGradients: pipeline.batchWeightGradients)
         expertFigures = PipelineExpertStatistics(layers: stage.layers, model: context.config, pp: pp)
         local = LocalParameters(map: map, values: parameters.value, gradients: parameters.grad,
                                 optimizer: Optimizer(config: context.optimizer, count: map.count))

@@ -44,6 +44,14 @@ import Distributed
 /// `train_3d`, one more allgather per block); the results are bit-identical, the rerun forward
 /// being the same arithmetic on the same input. A chunk that holds one micro-batch at a time
 /// (slots = 1, 1F1B's last stage) keeps its chain: recomputing there would only add.
+///
+/// **Packed weights** (`train_pp`, more than one micro-batch). Every micro-batch's forward and
+/// input gradient read all of each Linear's W for only `b` rows of work, and the product packs W
+/// into panels on the fly each time, reading it `depth` strided rows at a time. So the stage packs
+/// each W once per run, as both products read it (``Layer/packWeights()``), and the products
+/// stream the packed copy: the same floats in the same order, bit for bit; two more copies of the
+/// stage's Linear weights (buffers). Not in `train_3d`, whose FSDP hooks gather weights into the
+/// layers inside the run.
 public final class PipelineStage {
     /// Every chunk's layers, chunk after chunk.
     public let layers: [Layer]
@@ -63,6 +71,8 @@ public final class PipelineStage {
     let batchTokens: UnsafeMutablePointer<Float>
     let batchTargets: UnsafeMutablePointer<Int32>
     let seqLen: Int
+    /// Whether each run packs the layers' weights first (``Layer/packWeights()``).
+    let packsWeights: Bool
 
     /// Seconds spent waiting on a neighbour (blocked in a receive, a send's completion or the
     /// loss broadcast) and seconds in training steps, since the stage was made.
@@ -72,9 +82,9 @@ public final class PipelineStage {
     /// A stage of one chunk.
     public convenience init(layers: [Layer], widths: [Int], hooks: LayerChainHooks? = nil, rows: Range<Int>,
                             schedule: PipelineSchedule, pp: Communicator, seqLen: Int, lossScale: Float, recompute: Bool = false,
-                            split: SequenceSplit? = nil) {
+                            split: SequenceSplit? = nil, packsWeights: Bool = false, batchWeightGradients: Bool = false) {
         self.init(chunks: [(layers, widths, split)], hooks: hooks, rows: rows, schedule: schedule, pp: pp, seqLen: seqLen,
-                  lossScale: lossScale, recompute: recompute)
+                  lossScale: lossScale, recompute: recompute, packsWeights: packsWeights, batchWeightGradients: batchWeightGradients)
     }
 
     /// - Parameters:
@@ -88,8 +98,14 @@ public final class PipelineStage {
     ///   - lossScale: the loss's gradient scale, `1 / global batch`.
     ///   - recompute: keep only each micro-batch's chunk boundary and rerun its forward in backward
     ///     (not with split backwards, whose deferred weight passes need the activations).
+    ///   - packsWeights: with more than one micro-batch, pack the layers' weights once per run for
+    ///     all the micro-batches' products (``Layer/keepPackedWeights()``); the layers' weights must
+    ///     not change during a run (no FSDP gathers into them).
+    ///   - batchWeightGradients: one weight pass per run over every micro-batch's rows
+    ///     (``BatchedWeightGradients``; not with zero-bubble, recomputation or sequence parallelism).
     public init(chunks parts: [(layers: [Layer], widths: [Int], split: SequenceSplit?)], hooks: LayerChainHooks? = nil, rows: Range<Int>,
-                schedule: PipelineSchedule, pp: Communicator, seqLen: Int, lossScale: Float, recompute: Bool = false) {
+                schedule: PipelineSchedule, pp: Communicator, seqLen: Int, lossScale: Float, recompute: Bool = false,
+                packsWeights: Bool = false, batchWeightGradients: Bool = false) {
         precondition(!recompute || schedule.kind != .zeroBubble)
         precondition(parts.count == schedule.virtualStages)
         precondition(schedule.stages == pp.size && schedule.stage == pp.rank && rows.count % schedule.microBatches == 0)
@@ -104,9 +120,11 @@ public final class PipelineStage {
             defer { firstLayer += part.layers.count }
             return PipelineChunk(index: c, layers: part.layers, widths: part.widths, split: part.split, hooks: hooks, firstLayer: firstLayer,
                                  schedule: schedule, microRows: microRows, seqLen: seqLen, lossScale: lossScale,
-                                 recompute: recompute)
+                                 recompute: recompute, batchWeightGradients: batchWeightGradients)
         }
         layers = parts.flatMap(\.layers)
+        self.packsWeights = packsWeights && schedule.microBatches > 1
+        if self.packsWeights { for layer in layers { layer.keepPackedWeights() } }
         let ends = chunks.contains { $0.previous == nil || $0.next == nil }
         holdsModelEnds = ends
         batchTokens = .allocate(capacity: ends ? rows.count * seqLen : 1)
@@ -141,6 +159,8 @@ public final class PipelineStage {
         if holdsModelEnds {
             sampler.fill(index: index, rows: rows, tokens: batchTokens, targets: batchTargets)
         }
+        if packsWeights { for layer in layers { layer.packWeights() } }
+        defer { if packsWeights { for layer in layers { layer.releasePackedWeights() } } }
         var total: Float = 0
         for action in actions {
             let chunk = chunks[action.chunk]
@@ -151,7 +171,15 @@ public final class PipelineStage {
             case .weightGradient: chunk.chains[action.microBatch % chunk.chains.count].backwardWeights()
             }
         }
-        let start = MPI.time()
+        var start = MPI.time()
+        if chunks.contains(where: { $0.batched != nil }) && actions.contains(where: { $0.direction != .forward }) {
+            // The neighbours wait on the last sends (a large message moves only while its sender
+            // is inside MPI): let them go before the weight pass, which makes no MPI call.
+            for chunk in chunks { chunk.waitForSends() }
+            waitingSeconds += MPI.time() - start
+            for chunk in chunks { chunk.batched?.weightPass(chunk.layers, hooks: chunk.chains[0].hooks) }
+            start = MPI.time()
+        }
         for chunk in chunks { chunk.waitForSends() }
         pp.broadcast(&total, count: 1, root: pp.size - 1)
         waitingSeconds += MPI.time() - start
@@ -217,7 +245,8 @@ public final class PipelineStage {
         chunk.backwardSends[slot].wait()  // the slot's last input gradient may still be on its way
         if let next = chunk.next { pp.receive(chain.output.grad, count: chain.output.count, from: next, tag: .pipelineGradient) }
         waitingSeconds += MPI.time() - start
-        if split { chain.backwardInput() } else { chain.backward() }
+        if split || chunk.batched != nil { chain.backwardInput() } else { chain.backward() }
+        chunk.batched?.keep(chain, microBatch: m)
         if let previous = chunk.previous {
             let inputGradient = chunk.boundaries?.keepInputGradient(chain.input, slot: slot) ?? chain.input.grad
             chunk.backwardSends[slot] = pp.startSend(inputGradient, count: chain.input.count, to: previous, tag: .pipelineGradient)
