@@ -38,6 +38,7 @@ LAYOUTS = [
     ("FSDP-2", "train_fsdp", 2, [], None),
     ("TP-2", "train_tp", 2, [], None),
     ("PP-2 M=8", "train_pp", 2, ["--micro-batches", "8"], (2, 8)),
+    ("PP-2 M=8 batched W", "train_pp", 2, ["--micro-batches", "8", "--batch-weight-gradients"], (2, 8)),
     ("3D 2×1×1", "train_3d", 2, ["--tp", "2"], None),
     ("3D 1×2×1", "train_3d", 2, ["--dp", "2"], None),
     ("3D 1×1×2 M=8", "train_3d", 2, ["--pp", "2", "--micro-batches", "8"], (2, 8)),
