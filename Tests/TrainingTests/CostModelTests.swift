@@ -77,6 +77,29 @@ final class CostModelTests: XCTestCase {
         XCTAssertEqual(piped.seconds, (piped.computeSeconds + piped.communicationSeconds) * 1.5, accuracy: 1e-12)
     }
 
+    /// `--batch-weight-gradients`: a third of each Linear's FLOPs (the weight gradient) runs once
+    /// per step over all M micro-batches' rows, so at the calibrated rate for M times the rows;
+    /// the rest at the micro-batch's. At one rate (`--flops`) nothing changes.
+    func testBatchedWeightGradientsRunAtTheRateOfTheWholeBatch() throws {
+        let config = ModelConfig(vocab: 27, seqLen: 16, emb: 16, hidden: 64, layers: 2)
+        let plan = config.plan, settings = PlanSettings(batchSize: 32, optimizer: .sgd)
+        var layouts = [LayoutDescription.pipeline(stages: 2, microBatches: 8, schedule: .oneForwardOneBackward)]
+        layouts.append(layouts[0])
+        layouts[1].batchWeightGradients = true
+        XCTAssertTrue(layouts[1].command.hasSuffix("--batch-weight-gradients"), layouts[1].command)
+        var calibrated = calibration
+        calibrated.update = [:]
+        calibrated.collectives["broadcast"] = .init(alphaMicroseconds: 1, gigabytesPerSecond: 1)
+        let model = CostModel(calibration: calibrated), flat = CostModel(calibration: nil, flops: 1e9, linkLatency: 0, linkBandwidth: 1e9)
+        let seconds = try layouts.map { try model.predict(plan, $0, settings, communication: CommunicationPlan.perRank(plan, $0, settings)).computeSeconds }
+        let flatSeconds = try layouts.map { try flat.predict(plan, $0, settings, communication: CommunicationPlan.perRank(plan, $0, settings)).computeSeconds }
+        XCTAssertEqual(flatSeconds[0], flatSeconds[1], accuracy: 1e-15)
+        // Stage 0 (the embedding and fc1, 256 → 64, cut by cost) is the busier: fc1's FLOPs over 32 rows.
+        let flops = 6 * 32 * Double(256 * 64)
+        XCTAssertEqual(seconds[0], flops / calibrated.rate(forRows: 4), accuracy: 1e-12)
+        XCTAssertEqual(seconds[1], flops * 2 / 3 / calibrated.rate(forRows: 4) + flops / 3 / calibrated.rate(forRows: 32), accuracy: 1e-12)
+    }
+
     /// The pass over the parameters is charged apart from the chain, per parameter a rank
     /// updates: DP updates all Ψ, ZeRO-1 its shard ⌈Ψ/2⌉; Adam at its own rate. The chain's
     /// FLOPs run at the rate of their chain-run size, the same in both.

@@ -121,8 +121,12 @@ public struct CostModel: Sendable {
     /// FLOPs per step of world rank `rank` (its experts' assignments apart), and the rows of its chain runs: `6·in·out` per row for each Linear
     /// it holds, `2·in·out` more for each forward rerun under `--recompute`
     /// (``CommunicationPlan/reruns(_:recompute:slots:)``). `cut`: the pipeline's `P·V` chunks.
+    ///
+    /// With `--batch-weight-gradients` the Linears' weight gradients (`2·in·out` of the 6) run once
+    /// per schedule run over all its micro-batches' rows: they are returned apart, as `weights`,
+    /// for the rate of `M` times the rows.
     static func flops(rank: Int, _ plan: BlockPlan, _ layout: LayoutDescription, _ settings: PlanSettings,
-                      cut: [Range<Int>]) -> (step: Double, rows: Double, experts: Double, expertRows: Double) {
+                      cut: [Range<Int>]) -> (step: Double, rows: Double, experts: Double, expertRows: Double, weights: Double) {
         let shape = layout.shape, k = settings.accumulation, m = shape.microBatches ?? 1
         var rest = rank, coordinate: [MeshAxis: Int] = [:]
         for (axis, size) in shape.axes {
@@ -133,13 +137,15 @@ public struct CostModel: Sendable {
         let ranges = pp > 1 ? (0..<v).map { cut[$0 * pp + stage] } : [0..<plan.count]
         let schedule = shape.microBatches.map { PipelineSchedule(layout.schedule, stage: stage, stages: pp, microBatches: $0, virtualStages: v) }
         let rows = Double(settings.batchSize / shape.dataParallelDegree / k / m)
-        var perRow = 0.0, experts = 0.0, expertRows = 0.0
+        var perRow = 0.0, experts = 0.0, expertRows = 0.0, weightsPerRow = 0.0
         for (c, range) in ranges.enumerated() {
             let local = MemoryPlan.localBlocks(plan, range, tpSize: tp)
             let reruns = CommunicationPlan.reruns(local.count, recompute: layout.recompute, slots: schedule?.chunkSlots[c])
             for (i, block) in zip(range, local).enumerated() {
                 if plan[block.0].kind.isLinear {
-                    perRow += Double(6 + 2 * reruns[i]) * Double(block.1.input) * Double(block.1.output)
+                    let batched = layout.batchWeightGradients ? 2.0 : 0
+                    perRow += (Double(6 + 2 * reruns[i]) - batched) * Double(block.1.input) * Double(block.1.output)
+                    weightsPerRow += batched * Double(block.1.input) * Double(block.1.output)
                 } else if plan[block.0].kind == .mixtureOfExperts {
                     let (router, assignments, rowsPerExpert) = layout.kind == .threeDimensional
                         ? mixtureOfExpertsFlops(rank: coordinate[.dp] ?? 0, ranks: shape.size(.dp), plan[block.0], layout, settings)
@@ -150,7 +156,7 @@ public struct CostModel: Sendable {
                 }
             }
         }
-        return (perRow * rows * Double(k * m), rows, experts, expertRows)
+        return (perRow * rows * Double(k * m), rows, experts, expertRows, weightsPerRow * rows * Double(k * m))
     }
 
     /// Predicts one step of `layout` from the ranks' communication plans.
@@ -182,7 +188,13 @@ public struct CostModel: Sendable {
                 expertRate = Calibration.interpolate(calibration.experts, rows: max(1, work.expertRows)) * share
             }
             let expertSeconds = work.experts > 0 ? work.experts / expertRate : 0
-            let compute = work.step / rate + expertSeconds + Double(memory[rank].updatedParameters) * perParameter / share
+            // Batched weight gradients: one product per run over its M micro-batches' rows.
+            var weightRate = rate
+            if work.weights > 0, flops == nil, let calibration {
+                weightRate = calibration.rate(forRows: max(1, work.rows) * Double(layout.shape.microBatches ?? 1)) * share
+            }
+            let weightSeconds = work.weights > 0 ? work.weights / weightRate : 0
+            let compute = work.step / rate + weightSeconds + expertSeconds + Double(memory[rank].updatedParameters) * perParameter / share
             var communication = 0.0
             for transfer in comm.transfers { communication += try seconds(transfer, worldSize: n) }
             if compute + communication > worst.computeSeconds + worst.communicationSeconds {

@@ -56,7 +56,8 @@ public struct Planner: Sendable {
     /// Every layout of the suite on ``ranks`` ranks: `train` (one rank); DP; FSDP with ZeRO 1, 2
     /// and 3 and each HSDP replica count; TP with and without sequence parallelism (each of these
     /// with and without `--recompute`); PP with each
-    /// schedule and micro-batch count (``microBatchCounts(stages:rows:)``; `--recompute` at the most;
+    /// schedule and micro-batch count (``microBatchCounts(stages:rows:)``; `--recompute` and
+    /// `--batch-weight-gradients` at the most;
     /// interleaved with two chunks per stage where M is a multiple of P); every 3D
     /// factorisation T·D·P = N with T, D, P > 1 in at least two axes, with 1F1B at each M (and,
     /// at the most micro-batches that allow it, sequence parallelism without and with `--recompute`).
@@ -86,6 +87,11 @@ public struct Planner: Sendable {
                 var recompute = LayoutDescription.pipeline(stages: n, microBatches: m, schedule: kind)
                 recompute.recompute = true
                 result.append(recompute)
+                if m > 1 {  // one weight pass per step over all the micro-batches' rows
+                    var batched = LayoutDescription.pipeline(stages: n, microBatches: m, schedule: kind)
+                    batched.batchWeightGradients = true
+                    result.append(batched)
+                }
             }
         }
         for m in counts where m % n == 0 {  // interleaved, two chunks per stage
