@@ -5,7 +5,7 @@
 // malloc/calloc/realloc/posix_memalign/aligned_alloc made on the main thread whose call stack has
 // no frame inside the MPI libraries (allocations inside MPI itself, and MPI's own threads, do not
 // count), and at exit writes the count to
-// $ALLOC_COUNT_DIR/<pid> (executables named train* only). Run the same job for two step counts: equal counts mean the steps
+// $ALLOC_COUNT_DIR/<world rank> (<pid> outside mpirun; executables named train* only). Run the same job for two step counts: equal counts mean the steps
 // allocate nothing.
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -43,6 +43,23 @@ static int is_mpi(const char *path) {
                     strstr(path, "mca_") || strstr(path, "libuc"));
 }
 
+// dladdr scans every loaded object, and a run makes tens of thousands of counted calls with 24
+// frames each: remember each return address's answer (a direct-mapped cache; code addresses
+// never move once loaded, and a collision only costs another dladdr).
+#define CACHE_SIZE 8192
+static void *cached_address[CACHE_SIZE];
+static signed char cached_answer[CACHE_SIZE];
+
+static int frame_is_mpi(void *address) {
+    size_t slot = ((size_t)address >> 2) % CACHE_SIZE;
+    if (cached_address[slot] == address) return cached_answer[slot];
+    Dl_info info;
+    int answer = dladdr(address, &info) ? is_mpi(info.dli_fname) : 0;
+    cached_address[slot] = address;
+    cached_answer[slot] = (signed char)answer;
+    return answer;
+}
+
 static void count(void) {
     // Only the main thread runs training steps; MPI's progress threads (PMIx, libevent) allocate
     // on their own schedule and belong to "MPI itself".
@@ -52,8 +69,7 @@ static void count(void) {
     int n = backtrace(frames, 24);
     int inside = 0;
     for (int i = 1; i < n && !inside; i++) {
-        Dl_info info;
-        if (dladdr(frames[i], &info)) inside = is_mpi(info.dli_fname);
+        inside = frame_is_mpi(frames[i]);
     }
     if (!inside) __atomic_add_fetch(&counted, 1, __ATOMIC_RELAXED);
     busy = 0;
@@ -96,7 +112,10 @@ __attribute__((destructor)) static void finish(void) {
     const char *name = strrchr(exe, '/');
     if (strncmp(name ? name + 1 : exe, "train", 5) != 0) return;
     char path[4096];
-    snprintf(path, sizeof path, "%s/%d", dir, (int)getpid());
+    // Named by the MPI world rank (Open MPI sets it in each rank's environment), else the pid.
+    const char *rank = getenv("OMPI_COMM_WORLD_RANK");
+    if (rank) snprintf(path, sizeof path, "%s/%s", dir, rank);
+    else snprintf(path, sizeof path, "%s/%d", dir, (int)getpid());
     busy = 1;
     FILE *f = fopen(path, "w");
     if (f) { fprintf(f, "%lu\n", counted); fclose(f); }

@@ -62,12 +62,16 @@ struct Fixture {
     mutating func ints(_ n: Int, below: Int) -> [Int] { (0..<n).map { _ in rng.below(below) } }
 }
 
-/// Largest violation of |a − b| ≤ atol + rtol·|b|, as a ratio (≤ 1 passes).
+/// Largest violation of |a − b| ≤ atol + rtol·|b|, as a ratio (≤ 1 passes). A NaN on either
+/// side is the worst of all (its ratio is NaN, which fails every `≤ 1`), and arrays of different
+/// lengths are infinitely far apart.
 func worstRatio(_ a: [Double], _ b: [Double], rtol: Double, atol: Double) -> (ratio: Double, index: Int) {
+    guard a.count == b.count else { return (.infinity, min(a.count, b.count)) }
     var worst = (0.0, -1)
     for i in 0..<a.count {
         let r = abs(a[i] - b[i]) / (atol + rtol * abs(b[i]))
-        if r > worst.0 { worst = (r, i) }
+        if !(r <= worst.0) { worst = (r, i) }
+        if r.isNaN { break }
     }
     return worst
 }

@@ -4,11 +4,14 @@ import XCTest
 /// The training step performs no heap allocation — checked, not assumed.
 ///
 /// `scripts/alloccount.c`, preloaded into every rank, counts the allocations whose call stack
-/// has no frame inside MPI (MPI's own allocations do not count). The same job run for 20 and
-/// for 220 steps must end with the same count on every rank: 200 more steps, 0 more allocations
-/// (up to a slack of 10 for output formatting outside the steps).
+/// has no frame inside MPI (MPI's own allocations do not count). The same job run for 10 and
+/// for 110 steps must end with the same count on every rank, up to a slack of 3 for rank 0's
+/// end-of-run output (timings formatted into strings whose length, and so whether they fit
+/// inline, varies run to run): an allocation every step would add 100, one every 30 steps 3.
 /// (Progress lines allocate, so they are switched off here; the metrics file stays on.)
 final class AllocationTests: XCTestCase {
+    static let fewSteps = 10, manySteps = 110, slack = 3
+
     static let shim: String = {
         let dir = try! Launch.temporaryDirectory()
         let out = dir.appendingPathComponent("alloccount.so").path
@@ -22,14 +25,13 @@ final class AllocationTests: XCTestCase {
     }()
 
     /// One run before any counted one, so that every counted run reads the cached MFU peak
-    /// (the first run of a test process measures and writes it, which allocates differently).
+    /// (a run that measures and writes it allocates differently).
     static let peakCached: Void = {
         _ = try? Launch.run("train", ["--data", try! SmallData.write(), "--steps", "1", "--val-batches", "1", "--samples", "0"])
     }()
 
-    /// Allocation counts per rank (sorted) for a run of `steps` steps.
-    func counts(_ executable: String, np: Int?, steps: Int, extra: [String] = []) throws -> [Int] {
-        _ = Self.peakCached
+    /// Allocation counts per rank, in rank order, for a run of `steps` steps (with the run's outcome).
+    func counts(_ executable: String, np: Int?, steps: Int, extra: [String] = []) throws -> (Launch.Outcome, [Int]) {
         let dir = try Launch.temporaryDirectory()
         let data = try SmallData.write()
         let args = ["--data", data, "--steps", "\(steps)", "--val-batches", "2", "--samples", "0", "--log-every", "1000000",
@@ -41,23 +43,27 @@ final class AllocationTests: XCTestCase {
         } else {
             run = try Launch.run(executable, args, environment: ["LD_PRELOAD": Self.shim, "ALLOC_COUNT_DIR": dir.path])
         }
-        XCTAssertEqual(run.status, 0, run.stderr)
-        let files = try FileManager.default.contentsOfDirectory(atPath: dir.path).filter { Int($0) != nil }
-        return try files.map { Int(try String(contentsOfFile: dir.appendingPathComponent($0).path, encoding: .utf8)
-            .trimmingCharacters(in: .whitespacesAndNewlines))! }.sorted()
+        // One file per rank, named by its world rank (by its pid outside mpirun): in rank order.
+        let files = try FileManager.default.contentsOfDirectory(atPath: dir.path).compactMap(Int.init).sorted()
+        return (run, try files.map { Int(try String(contentsOfFile: dir.appendingPathComponent("\($0)").path, encoding: .utf8)
+            .trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1 })
     }
 
-    func check(_ executable: String, np: Int?, extra: [String] = []) throws {
-        let few = try counts(executable, np: np, steps: 20, extra: extra)
-        let many = try counts(executable, np: np, steps: 220, extra: extra)
-        XCTAssertEqual(few.count, np ?? 1, "one count per rank")
-        XCTAssertTrue(few.allSatisfy { $0 > 100 }, "the counter sees start-up allocations: \(few)")
-        // 200 more steps: an allocation per step would add ≥ 200. Rank 0's end-of-run output
-        // (timings formatted into strings whose length, hence heap use, varies run to run) can
-        // differ by a few, so allow a slack of 10 — far below one per step.
-        XCTAssertEqual(few.count, many.count)
+    /// The two runs (10 and 110 steps) at once: counting does not depend on timing.
+    func check(_ executable: String, np: Int?, extra: [String] = [], file: StaticString = #filePath, line: UInt = #line) throws {
+        _ = Self.peakCached
+        let runs = try Launch.concurrently([Self.fewSteps, Self.manySteps].map { steps in
+            { try self.counts(executable, np: np, steps: steps, extra: extra) }
+        }, width: 2)
+        let label = "\(executable) -np \(np ?? 1) \(extra.joined(separator: " "))"
+        for (run, _) in runs { XCTAssertEqual(run.status, 0, "\(label): \(run.stderr)", file: file, line: line) }
+        let few = runs[0].1, many = runs[1].1
+        XCTAssertEqual(few.count, np ?? 1, "\(label): one count per rank", file: file, line: line)
+        XCTAssertEqual(many.count, np ?? 1, "\(label): one count per rank", file: file, line: line)
+        XCTAssertTrue(few.allSatisfy { $0 > 100 }, "\(label): the counter sees start-up allocations: \(few)", file: file, line: line)
         for (a, b) in zip(few, many) {
-            XCTAssertLessThanOrEqual(abs(a - b), 10, "\(executable): allocations grew with the step count: \(few) → \(many)")
+            XCTAssertLessThanOrEqual(abs(a - b), Self.slack,
+                                     "\(label): allocations grew with the step count: \(few) → \(many)", file: file, line: line)
         }
     }
 

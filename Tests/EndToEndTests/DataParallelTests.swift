@@ -37,14 +37,11 @@ final class DataParallelTests: XCTestCase {
 
     func testImpossibleLayoutsFailCleanlyOnEveryRank() throws {
         for executable in ["train_dp", "train_fsdp"] {
-            let run = try Launch.run(executable, np: 3, ["--data", Self.data, "--steps", "5"], timeout: 60)
-            XCTAssertNotEqual(run.status, 0)
-            XCTAssertFalse(run.timedOut)
-            let errors = run.stderrLines.filter { $0.hasPrefix("error:") }
-            XCTAssertEqual(errors, ["error: --batch-size 32 is not divisible by the 3 data-parallel ranks"], run.stderr)
+            let line = try Refusal.expect(executable, np: 3, ["--data", Self.data, "--steps", "5"],
+                                          ["--batch-size 32 is not divisible by the 3 data-parallel ranks"])
+            XCTAssertEqual(line, "error: --batch-size 32 is not divisible by the 3 data-parallel ranks")
         }
-        let run = try Launch.run("train_dp", np: 2, ["--data", Self.data, "--bucket-kb", "0"], timeout: 60)
-        XCTAssertNotEqual(run.status, 0)
-        XCTAssertTrue(run.stderr.contains("error: --bucket-kb must be a positive integer"), run.stderr)
+        try Refusal.expect("train_dp", np: 2, ["--data", Self.data, "--bucket-kb", "0"], "--bucket-kb must be a positive integer",
+                           stdoutEmpty: true)
     }
 }

@@ -6,38 +6,61 @@ import XCTest
 ///
 /// - per-step training loss and whole-model gradient norm (`grad_norm`) over `steps` steps, and the
 ///   validation loss: relative difference ≤ 1e-5;
-/// - after one step (`--steps 1 --dump`): every gathered gradient and parameter within
+/// - after one step (`--dump-steps 1`): every gathered gradient and parameter within
 ///   `|a − b| ≤ 1e-6 + 1e-5·|b|`;
-/// - after five steps: every parameter within the same tolerance.
+/// - after five steps: every parameter within the same tolerance;
+/// - and, since every run writes both, the layout's memory plan equals its ledger on every rank.
+///
+/// Each side is one launch: the dumps after steps 1 and 5 come from the same run as the losses.
 enum Equivalence {
     static let lossTolerance: Float = 1e-5
     static let rtol: Float = 1e-5, atol: Float = 1e-6
 
-    /// `train`'s outputs for a set of flags, computed once per test process.
-    nonisolated(unsafe) static var references: [[String]: (losses: Metrics, step1: Dump, step5: Dump)] = [:]
+    typealias Outputs = (losses: Metrics, step1: Dump, step5: Dump)
 
-    static func reference(_ args: [String], file: StaticString, line: UInt) throws -> (losses: Metrics, step1: Dump, step5: Dump) {
-        if let cached = references[args] { return cached }
+    /// `train`'s outputs for a set of flags, computed once per test process.
+    nonisolated(unsafe) static var references: [[String]: Outputs] = [:]
+    static let lock = NSLock()
+
+    static func reference(_ args: [String], file: StaticString, line: UInt) throws -> Outputs {
+        if let cached = lock.withLock({ references[args] }) { return cached }
         let outputs = try run("train", np: nil, args, file: file, line: line)
-        references[args] = outputs
+        lock.withLock { references[args] = outputs }
         return outputs
     }
 
-    static func run(_ executable: String, np: Int?, _ args: [String], file: StaticString, line: UInt) throws
-        -> (losses: Metrics, step1: Dump, step5: Dump) {
+    /// One run of `args` (which hold `--steps`, at least 5) writing its metrics and the dumps
+    /// after steps 1 and 5.
+    static func run(_ executable: String, np: Int?, _ args: [String], file: StaticString, line: UInt) throws -> Outputs {
         let dir = try Launch.temporaryDirectory()
-        let metrics = dir.appendingPathComponent("m.jsonl").path
-        let long = try Launch.run(executable, np: np, args + ["--metrics", metrics], timeout: 240, file: file, line: line)
-        XCTAssertEqual(long.status, 0, "\(executable) \(args): \(long.stderr)", file: file, line: line)
-        XCTAssertFalse(long.timedOut, "\(executable) \(args) timed out", file: file, line: line)
-        var dumps: [Dump] = []
-        for steps in ["1", "5"] {
-            let path = dir.appendingPathComponent("d\(steps).bin").path
-            let short = try Launch.run(executable, np: np, args + ["--steps", steps, "--dump", path], timeout: 120, file: file, line: line)
-            XCTAssertEqual(short.status, 0, "\(executable) \(args) --steps \(steps): \(short.stderr)", file: file, line: line)
-            dumps.append(try Dump(path: path))
+        let dump = dir.appendingPathComponent("d.bin").path
+        let (_, metrics) = try Launch.trained(executable, np: np, args + ["--dump", dump, "--dump-steps", "1,5"], timeout: 240,
+                                              file: file, line: line)
+        planEqualsLedger(metrics, ranks: np ?? 1, "\(executable) -np \(np ?? 1) \(args)", file: file, line: line)
+        return (metrics, try Dump(path: dump + ".step1"), try Dump(path: dump + ".step5"))
+    }
+
+    static let memoryCategories = ["parameters", "gradients", "optimizer", "activations", "buffers"]
+
+    /// The memory plan every run writes (`memory_plan_per_rank`, computed from the flags before
+    /// anything is allocated) equals the ledger (`memory_per_rank`, counted as buffers were
+    /// allocated), rank by rank and category by category; a missing rank or category fails.
+    static func planEqualsLedger(_ metrics: Metrics, ranks: Int, _ label: String, file: StaticString = #filePath, line: UInt = #line) {
+        guard let final = metrics.final,
+              let ledger = final["memory_per_rank"] as? [[String: Int]], let plan = final["memory_plan_per_rank"] as? [[String: Int]] else {
+            return XCTFail("\(label): no memory_per_rank / memory_plan_per_rank in the final record", file: file, line: line)
         }
-        return (try Metrics(path: metrics), dumps[0], dumps[1])
+        XCTAssertEqual(ledger.count, ranks, "\(label): ledger ranks", file: file, line: line)
+        XCTAssertEqual(plan.count, ranks, "\(label): plan ranks", file: file, line: line)
+        for (rank, (counted, planned)) in zip(ledger, plan).enumerated() {
+            for category in memoryCategories {
+                guard let a = counted[category], let b = planned[category] else {
+                    XCTFail("\(label): rank \(rank) has no '\(category)' in the ledger or the plan", file: file, line: line)
+                    continue
+                }
+                XCTAssertEqual(a, b, "\(label): rank \(rank) \(category): ledger \(a), plan \(b)", file: file, line: line)
+            }
+        }
     }
 
     /// Runs `executable` under `mpirun -np np` with `common + extra` and `train` with `common`,
@@ -92,26 +115,10 @@ enum Equivalence {
         XCTAssertTrue(b.allSatisfy(\.isFinite), "\(label): reference has non-finite values", file: file, line: line)
     }
 
-    /// A run that must fail: non-zero status, no hang, exactly one `error:` line containing `expected`.
+    /// A run that must fail: ``Refusal/expect(_:np:_:_:stdoutEmpty:environment:file:line:)``.
     static func expectError(_ executable: String, np: Int, _ args: [String], _ expected: String,
                             file: StaticString = #filePath, line: UInt = #line) throws {
-        let run = try Launch.run(executable, np: np, args, timeout: 60, file: file, line: line)
-        let label = "\(executable) -np \(np) \(args)"
-        XCTAssertFalse(run.timedOut, "\(label) hung", file: file, line: line)
-        XCTAssertNotEqual(run.status, 0, label, file: file, line: line)
-        let errors = run.stderrLines.filter { $0.hasPrefix("error:") }
-        XCTAssertEqual(errors.count, 1, "\(label): \(run.stderr)", file: file, line: line)
-        XCTAssertTrue(errors.first?.contains(expected) ?? false, "\(label): \(run.stderr)", file: file, line: line)
-    }
-}
-
-extension Launch {
-    /// Runs `executable` with `arguments` and `--metrics` into a fresh file: the outcome and the
-    /// records (nil when the run wrote none).
-    static func runWithMetrics(_ executable: String, np: Int?, _ arguments: [String], timeout: Double = 180) throws -> (Outcome, Metrics?) {
-        let metrics = try temporaryDirectory().appendingPathComponent("m.jsonl").path
-        let run = try run(executable, np: np, arguments + ["--metrics", metrics], timeout: timeout)
-        return (run, try? Metrics(path: metrics))
+        try Refusal.expect(executable, np: np, args, expected, file: file, line: line)
     }
 }
 
@@ -122,17 +129,24 @@ extension Equivalence {
     static func checkExpertStatistics(_ executable: String, np: Int, _ flags: [String], extra: [String], steps: Int = 20,
                                       file: StaticString = #filePath, line: UInt = #line) throws {
         let common = flags + ["--steps", "\(steps)"]
-        let (run, metrics) = try Launch.runWithMetrics(executable, np: np, common + extra)
-        XCTAssertEqual(run.status, 0, run.stderr, file: file, line: line)
-        let (_, reference) = try Launch.runWithMetrics("train", np: nil, common)
-        let ours = try XCTUnwrap(metrics, file: file, line: line).records.filter { $0["loss"] != nil }
-        let theirs = try XCTUnwrap(reference, file: file, line: line).records.filter { $0["loss"] != nil }
+        let (_, metrics) = try Launch.trained(executable, np: np, common + extra, file: file, line: line)
+        let (_, reference) = try Launch.trained("train", np: nil, common, file: file, line: line)
+        let ours = metrics.records.filter { $0["loss"] != nil }
+        let theirs = reference.records.filter { $0["loss"] != nil }
         XCTAssertEqual(ours.count, steps, file: file, line: line)
         XCTAssertEqual(theirs.count, steps, file: file, line: line)
+        try compareExpertStatistics(ours, theirs, file: file, line: line)
+    }
+
+    /// Record by record: the same aux loss (within 1e-6) and expert load imbalance (exactly);
+    /// a record without either fails.
+    static func compareExpertStatistics(_ ours: [[String: Any]], _ theirs: [[String: Any]],
+                                        file: StaticString = #filePath, line: UInt = #line) throws {
         for (a, b) in zip(ours, theirs) {
             XCTAssertEqual(try XCTUnwrap(a["aux_loss"] as? Double, file: file, line: line),
                            try XCTUnwrap(b["aux_loss"] as? Double, file: file, line: line), accuracy: 1e-6, file: file, line: line)
-            XCTAssertEqual(a["expert_imbalance"] as? Double, b["expert_imbalance"] as? Double, file: file, line: line)
+            XCTAssertEqual(try XCTUnwrap(a["expert_imbalance"] as? Double, file: file, line: line),
+                           try XCTUnwrap(b["expert_imbalance"] as? Double, file: file, line: line), file: file, line: line)
         }
     }
 }

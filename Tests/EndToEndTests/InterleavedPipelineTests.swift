@@ -81,14 +81,9 @@ final class InterleavedPipelineTests: XCTestCase {
     /// Per-step losses of a run of `steps` steps (Adam, `--layers 2`), saving into or resuming from `directory`.
     func losses(_ executable: String, np: Int?, _ extra: [String], steps: Int, save: String? = nil, resume: String? = nil,
                 file: StaticString = #filePath, line: UInt = #line) throws -> [Float] {
-        let metrics = try Launch.temporaryDirectory().appendingPathComponent("m.jsonl").path
-        var args = ["--data", Self.data, "--layers", "2", "--optimizer", "adam", "--lr", "0.005", "--samples", "0", "--val-batches", "1",
-                    "--log-every", "1000000", "--steps", "\(steps)", "--metrics", metrics] + extra
-        if let save { args += ["--checkpoint-dir", save] }
-        if let resume { args += ["--resume", resume] }
-        let run = try Launch.run(executable, np: np, args, timeout: 120)
-        XCTAssertEqual(run.status, 0, run.stderr, file: file, line: line)
-        return try Metrics(path: metrics).losses
+        let args = ["--data", Self.data, "--layers", "2", "--optimizer", "adam", "--lr", "0.005", "--samples", "0", "--val-batches", "1",
+                    "--log-every", "1000000"] + extra
+        return try Launch.losses(executable, np: np, args, steps: steps, into: save, resume: resume, file: file, line: line).1
     }
 
     /// A checkpoint holds the canonical parameters whatever the chunks: an interleaved run resumes

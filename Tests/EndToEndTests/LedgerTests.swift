@@ -27,8 +27,21 @@ final class LedgerTests: XCTestCase {
         var comm: [String: [String: Double]]
         var memory: [String: Int]
         var memoryPerRank: [[String: Int]]
-        func bytesPerStep(_ kind: String) -> Double { (comm[kind]?["bytes"] ?? 0) / Double(steps) }
-        func callsPerStep(_ kind: String) -> Double { (comm[kind]?["calls"] ?? 0) / Double(steps) }
+        func bytesPerStep(_ kind: String, file: StaticString = #filePath, line: UInt = #line) -> Double {
+            perStep(kind, "bytes", file: file, line: line)
+        }
+        func callsPerStep(_ kind: String, file: StaticString = #filePath, line: UInt = #line) -> Double {
+            perStep(kind, "calls", file: file, line: line)
+        }
+        /// A kind or field the ledger does not list fails the test and reads as NaN (never 0, which
+        /// would let a renamed kind pass an "== 0" check).
+        func perStep(_ kind: String, _ field: String, file: StaticString, line: UInt) -> Double {
+            guard let value = comm[kind]?[field] else {
+                XCTFail("no ledger kind '\(kind)' with '\(field)' in \(comm.keys.sorted())", file: file, line: line)
+                return .nan
+            }
+            return value / Double(steps)
+        }
     }
 
     /// `--metrics` records the whole model's gradient norm every step: one 8-byte allreduce over
@@ -36,17 +49,11 @@ final class LedgerTests: XCTestCase {
     static let gradientNormBytes = 8
 
     func ledger(_ executable: String, np: Int?, _ flags: [String]) throws -> Record {
-        let metrics = try Launch.temporaryDirectory().appendingPathComponent("m.jsonl").path
-        let run = try Launch.run(executable, np: np, ["--data", Self.data, "--steps", "40", "--batch-size", "24", "--samples", "0",
-                                                      "--val-batches", "1", "--metrics", metrics] + flags, timeout: 120)
-        XCTAssertEqual(run.status, 0, run.stderr)
+        let (run, m) = try Launch.trained(executable, np: np, ["--data", Self.data, "--steps", "40", "--batch-size", "24", "--samples", "0",
+                                                               "--val-batches", "1"] + flags, timeout: 120)
         XCTAssertTrue(run.stdout.contains("memory per rank (bytes):"), run.stdout)
-        let m = try Metrics(path: metrics)
-        let last = m.records.last!
-        return Record(steps: last["train_steps"] as! Int,
-                      comm: (last["comm"] as! [String: [String: Any]]).mapValues { $0.mapValues { ($0 as! NSNumber).doubleValue } },
-                      memory: last["memory"] as! [String: Int],
-                      memoryPerRank: last["memory_per_rank"] as! [[String: Int]])
+        return Record(steps: try m.value("train_steps"), comm: try m.communication(),
+                      memory: try m.value("memory"), memoryPerRank: try m.value("memory_per_rank"))
     }
 
     /// DP allreduces Ψ floats of gradients per step, in one call with the default bucket size,

@@ -5,26 +5,14 @@ import XCTest
 /// allocated (one `error:` line with need against have, non-zero exit, no crash trace, within
 /// 10 s), and the plan every executable writes into `--metrics` equals what the ledger measured.
 final class MemoryPlanTests: XCTestCase {
-    static let traces = ["Fatal error", "Stack dump", "Backtrace", "Segmentation", "Aborted", "signal", "Killed"]
-
     /// Runs `command` under `bash -c` (so `ulimit` applies to it and to mpirun's ranks) and checks
-    /// the refusal; returns the error line.
+    /// the refusal (``Refusal/check(_:label:expected:stdoutEmpty:within:file:line:)``, within
+    /// 10 s); returns the error line.
     @discardableResult
     func expectRefusal(_ command: String, containing expected: [String], file: StaticString = #filePath,
                        line: UInt = #line) throws -> String {
         let run = try Launch.runShell(command, timeout: 60)
-        XCTAssertFalse(run.timedOut, command, file: file, line: line)
-        XCTAssertLessThan(run.seconds, 10, "\(command): answered after \(run.seconds) s", file: file, line: line)
-        XCTAssertNotEqual(run.status, 0, command, file: file, line: line)
-        let errors = run.stderrLines.filter { $0.hasPrefix("error:") }
-        XCTAssertEqual(errors.count, 1, "\(command): \(run.stderr)", file: file, line: line)
-        for text in expected {
-            XCTAssertTrue(errors.first?.contains(text) ?? false, "\(command): expected '\(text)' in: \(run.stderr)", file: file, line: line)
-        }
-        for trace in Self.traces {
-            XCTAssertFalse(run.stderr.contains(trace), "\(command): \(run.stderr)", file: file, line: line)
-        }
-        return errors.first ?? ""
+        return Refusal.check(run, label: command, expected: expected, within: 10, file: file, line: line)
     }
 
     func binary(_ name: String) -> String { Launch.bin.appendingPathComponent(name).path }
@@ -102,22 +90,23 @@ final class MemoryPlanTests: XCTestCase {
             ("train_3d", 8, ["--tp", "2", "--dp", "2", "--pp", "2", "--micro-batches", "2", "--schedule", "interleaved",
                              "--virtual-stages", "2", "--recompute"]),
         ]
-        let categories = ["parameters", "gradients", "optimizer", "activations", "buffers"]
-        for config in configs {
-            for (executable, np, flags) in layouts {
-                let label = "\(executable) -np \(np ?? 1) \((config + flags).joined(separator: " "))"
+        let runs = configs.flatMap { config in layouts.map { (executable: $0.0, np: $0.1, flags: config + $0.2) } }
+        let outcomes = try Launch.concurrently(runs.map { run in
+            {
                 let metrics = try Launch.temporaryDirectory().appendingPathComponent("m.jsonl").path
-                let run = try Launch.run(executable, np: np, ["--data", data, "--steps", "3", "--samples", "0", "--val-batches", "1",
-                                                              "--metrics", metrics] + config + flags, timeout: 120)
-                XCTAssertEqual(run.status, 0, "\(label): \(run.stderr)")
-                XCTAssertTrue(run.stdout.hasPrefix("memory plan: "), "\(label): the plan is the first line: \(run.stdout)")
-                let last = try XCTUnwrap(Metrics(path: metrics).records.last)
-                let ledger = try XCTUnwrap(last["memory_per_rank"] as? [[String: Int]], label)
-                let plan = try XCTUnwrap(last["memory_plan_per_rank"] as? [[String: Int]], label)
-                XCTAssertEqual(plan.count, np ?? 1, label)
-                XCTAssertEqual(ledger.map { r in categories.map { r[$0] } }, plan.map { r in categories.map { r[$0] } }, label)
-                XCTAssertGreaterThan(plan[0]["whole_model"] ?? 0, 0, label)
+                let outcome = try Launch.run(run.executable, np: run.np, ["--data", data, "--steps", "1", "--samples", "0",
+                                                                          "--val-batches", "1", "--metrics", metrics] + run.flags, timeout: 120)
+                return (outcome, metrics)
             }
+        })
+        for (run, (outcome, path)) in zip(runs, outcomes) {
+            let label = "\(run.executable) -np \(run.np ?? 1) \(run.flags.joined(separator: " "))"
+            XCTAssertEqual(outcome.status, 0, "\(label): \(outcome.stderr)")
+            XCTAssertTrue(outcome.stdout.hasPrefix("memory plan: "), "\(label): the plan is the first line: \(outcome.stdout)")
+            let metrics = try Metrics(path: path)
+            Equivalence.planEqualsLedger(metrics, ranks: run.np ?? 1, label)
+            let plan = try metrics.value("memory_plan_per_rank", as: [[String: Int]].self)
+            XCTAssertGreaterThan(try XCTUnwrap(plan.first?["whole_model"], label), 0, label)
         }
     }
 }

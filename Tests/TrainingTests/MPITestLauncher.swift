@@ -72,6 +72,12 @@ enum MPITestLauncher {
                         + outcome.output, file: file, line: line)
             } else if outcome.status != 0 {
                 XCTFail("\(command) exited \(outcome.status)\n" + outcome.output, file: file, line: line)
+            } else {
+                // XCTest exits 0 when its filter selects nothing: each rank must say it ran the test.
+                let passed = "Test Case '\(String(describing: type(of: test))).\(name)' passed"
+                let ran = outcome.output.components(separatedBy: passed).count - 1
+                XCTAssertEqual(ran, ranks, "\(command): \(ranks) rank(s) should each have run the test once\n" + outcome.output,
+                               file: file, line: line)
             }
         } catch {
             XCTFail("could not start mpirun: \(error)", file: file, line: line)

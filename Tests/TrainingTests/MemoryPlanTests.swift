@@ -83,8 +83,10 @@ final class MemoryPlanTests: XCTestCase {
                 let slots = switch schedule {
                 case .gpipe: m
                 case .oneForwardOneBackward: min(m, n - s)
-                // Zero-bubble's slots come from its action list (the ledger test checks them end to end).
-                case .zeroBubble: PipelineSchedule(schedule, stage: s, stages: n, microBatches: m).slots
+                // ZB-H1: stage s warms up with N − s − 1 forwards, then holds one more for its
+                // steady forward, and keeps s chains alive past their input pass for the weight
+                // passes it defers: N − s − 1 + 1 + s = N at the peak, and never more than M.
+                case .zeroBubble: min(m, n)
                 case .interleaved: 0
                 }
                 XCTAssertEqual(plans[s][.activations], slots * activations(rows: 24 / m, widths: plan.widths(range)), "\(schedule) stage \(s)")

@@ -1,8 +1,9 @@
+import Distributed
 import XCTest
 @testable import Training
 
-/// `ParameterMap` without MPI: building maps, cutting shards, moving floats between local and
-/// canonical order, the wire encoding, and the reassembly that `assembleCanonical` performs.
+/// `ParameterMap`: building maps, cutting shards, moving floats between local and canonical
+/// order, the wire encoding (without MPI), and `assembleCanonical` on real ranks.
 final class ParameterMapTests: XCTestCase {
     typealias Run = ParameterMap.Run
 
@@ -119,35 +120,31 @@ final class ParameterMapTests: XCTestCase {
 
     // MARK: Canonical assembly
 
-    /// What `assembleCanonical` does on rank 0, without MPI: start from NaN, scatter rank 0's
-    /// floats with its own map, then every other rank's floats with its map as decoded from the
-    /// wire form.
-    func assemble(_ ranks: [(map: ParameterMap, values: [Float])], total: Int) -> [Float] {
-        var canonical = [Float](repeating: .nan, count: total)
-        for (rank, (map, values)) in ranks.enumerated() {
-            XCTAssertEqual(values.count, map.count)
-            let received = rank == 0 ? map : ParameterMap(encoded: map.encoded)
-            values.withUnsafeBufferPointer { received.scatter($0.baseAddress!, into: &canonical) }
-        }
-        return canonical
-    }
-
     /// Each rank's local floats, cut out of `canonical` by its map.
-    func locals(_ maps: [ParameterMap], of canonical: [Float]) -> [(map: ParameterMap, values: [Float])] {
-        maps.map { map in
-            var values = [Float](repeating: .nan, count: map.count)
-            values.withUnsafeMutableBufferPointer { map.extract(from: canonical, into: $0.baseAddress!) }
-            return (map, values)
-        }
+    func local(_ map: ParameterMap, of canonical: [Float]) -> [Float] {
+        var values = [Float](repeating: .nan, count: map.count)
+        values.withUnsafeMutableBufferPointer { map.extract(from: canonical, into: $0.baseAddress!) }
+        return values
     }
 
-    /// A model of an embedding (replicated on every rank) and one Linear `W` (inputs × outputs,
-    /// row-major) then `b`, whose columns are split over 3 ranks unevenly (3, 3, 1 of 7): a column
-    /// slice is one run per input row plus the bias slice. Every rank's floats, scattered into
-    /// one vector, reproduce the canonical vector exactly: every float written (no NaN left) and
-    /// with its own value — so a map that put a float in the wrong place, dropped one, or a
-    /// replica that disagreed would fail.
-    func testColumnSlicesAndReplicasReassembleTheCanonicalVector() {
+    /// `assembleCanonical` itself, on 3 real ranks (it sends every rank's map in its wire form and
+    /// its floats to rank 0, which scatters them into a vector that starts as NaN):
+    ///
+    /// 1. A model of an embedding (replicated on every rank) and one Linear `W` (inputs × outputs,
+    ///    row-major) then `b`, whose columns are split over the 3 ranks unevenly (3, 3, 1 of 7): a
+    ///    column slice is one run per input row plus the bias slice. The floats scattered back
+    ///    reproduce the canonical vector exactly: every float written (no NaN left), each with its
+    ///    own value — a map that put a float in the wrong place or dropped one fails. (Whether
+    ///    replicas agree is the replica check's question: `ReplicaCheckTests`.)
+    /// 2. The same with rank 1 holding nothing (an empty map): its columns are missing, and
+    ///    exactly those floats stay NaN.
+    /// 3. FSDP-style shards: the whole map cut into 3 equal slices, the last one padded. The
+    ///    padding floats, zero locally, never reach the canonical vector.
+    func testRanksReassembleTheCanonicalVector() {
+        guard MPITestLauncher.runUnderMPI(ranks: 3, test: self) else { return }
+        let world = MPI.initialize()
+        let rank = world.rank
+
         let embedding = 6, inputs = 4, outputs = 7
         let total = embedding + inputs * outputs + outputs
         let canonical = (0..<total).map { Float($0) * 0.25 - 3 }
@@ -158,32 +155,45 @@ final class ParameterMapTests: XCTestCase {
             m.append(start: embedding + inputs * outputs + cols.lowerBound, count: cols.count)
             return m
         }
-        XCTAssertEqual(maps.map(\.count), [6 + 4 * 3 + 3, 6 + 4 * 3 + 3, 6 + 4 + 1])
-        XCTAssertEqual(maps[1].runs.count, 1 + inputs + 1, "one run per input row: the slices do not touch")
-        XCTAssertEqual(maps[0].runs.count, inputs + 1, "row 0's first columns continue the embedding: merged")
+        let mine = local(maps[rank], of: canonical)
+        let whole = mine.withUnsafeBufferPointer { assembleCanonical(world: world, map: maps[rank], values: $0.baseAddress!, total: total) }
 
-        let assembled = assemble(locals(maps, of: canonical), total: total)
-        XCTAssertEqual(assembled, canonical)
+        let partialMap = rank == 1 ? ParameterMap() : maps[rank]
+        let partialValues = local(partialMap, of: canonical) + [0]  // never empty, so the pointer is valid
+        let partial = partialValues.withUnsafeBufferPointer {
+            assembleCanonical(world: world, map: partialMap, values: $0.baseAddress!, total: total)
+        }
 
-        // A rank whose floats are all held elsewhere may send an empty map.
-        XCTAssertEqual(assemble(locals([ParameterMap()] + maps, of: canonical), total: total), canonical)
-        // Without the rank holding column 6, exactly its 4 weights and 1 bias stay NaN.
-        let partial = assemble(locals(Array(maps.prefix(2)), of: canonical), total: total)
-        let missing = (0..<total).filter { partial[$0].isNaN }
-        XCTAssertEqual(missing, (0..<inputs).map { embedding + $0 * outputs + 6 } + [embedding + inputs * outputs + 6])
-    }
+        let sharded = ParameterMap.contiguous(0, 10) + ParameterMap.contiguous(20, 5) + ParameterMap.contiguous(10, 10)
+        let shardTotal = 25, shard = 9  // 25 floats in 3 shards of 9: the last holds 7 floats and 2 padding
+        let shardCanonical = (0..<shardTotal).map { Float(100 + $0) }
+        let shardMap = sharded.slice(rank * shard ..< (rank + 1) * shard)
+        let shardValues = local(shardMap, of: shardCanonical)
+        let fromShards = shardValues.withUnsafeBufferPointer {
+            assembleCanonical(world: world, map: shardMap, values: $0.baseAddress!, total: shardTotal)
+        }
 
-    /// FSDP-style shards: the whole map cut into equal slices, the last one padded. The padding
-    /// floats, zero locally, never reach the canonical vector.
-    func testPaddedShardsReassembleTheCanonicalVector() {
-        let whole = ParameterMap.contiguous(0, 10) + ParameterMap.contiguous(20, 5) + ParameterMap.contiguous(10, 10)
-        let total = 25, shard = 7  // 25 floats in 4 shards of 7: the last holds 4 floats and 3 padding
-        let canonical = (0..<total).map { Float(100 + $0) }
-        let maps = (0..<4).map { whole.slice($0 * shard ..< ($0 + 1) * shard) }
-        XCTAssertEqual(maps.map(\.count), [7, 7, 7, 7])
-        XCTAssertEqual(maps[3].runs.last, Run(start: nil, count: 3))
-        let ranks = locals(maps, of: canonical)
-        XCTAssertEqual(Array(ranks[3].values.suffix(3)), [0, 0, 0])
-        XCTAssertEqual(assemble(ranks, total: total), canonical)
+        XCTAssertEqual(shardMap.count, shard)
+        if rank == 2 {
+            XCTAssertEqual(shardMap.runs.last, Run(start: nil, count: 2))
+            XCTAssertEqual(Array(shardValues.suffix(2)), [0, 0], "padding is zero locally")
+        }
+        if rank == 0 {
+            XCTAssertEqual(maps.map(\.count), [6 + 4 * 3 + 3, 6 + 4 * 3 + 3, 6 + 4 + 1])
+            XCTAssertEqual(maps[1].runs.count, 1 + inputs + 1, "one run per input row: the slices do not touch")
+            XCTAssertEqual(maps[0].runs.count, inputs + 1, "row 0's first columns continue the embedding: merged")
+            XCTAssertEqual(whole, canonical)
+            let partialVector = partial ?? []
+            XCTAssertEqual(partialVector.count, total)
+            let missing = (0..<partialVector.count).filter { partialVector[$0].isNaN }
+            XCTAssertEqual(missing, (0..<inputs).flatMap { row in (3..<6).map { embedding + row * outputs + $0 } }
+                           + (3..<6).map { embedding + inputs * outputs + $0 })
+            for i in 0..<partialVector.count where !partialVector[i].isNaN { XCTAssertEqual(partialVector[i], canonical[i], "float \(i)") }
+            XCTAssertEqual(fromShards, shardCanonical)
+        } else {
+            XCTAssertNil(whole)
+            XCTAssertNil(partial)
+            XCTAssertNil(fromShards)
+        }
     }
 }

@@ -63,6 +63,15 @@ public struct TrainingOptions: ParsableArguments, Sendable {
     @Option(help: "After training, write the full parameters and the last step's full gradients (canonical layout, float32) here.")
     public var dump: String?
 
+    @Option(name: .customLong("dump-steps"),
+            help: "With --dump: also write the dump after each of these step counts (e.g. 1,5), to <dump>.step<N>, to find the step where two layouts part.")
+    public var dumpStepsText: String?
+
+    /// `--dump-steps` as step counts (empty when absent).
+    public var dumpSteps: Set<Int> {
+        Set((dumpStepsText ?? "").split(separator: ",").compactMap { Int($0) })
+    }
+
     @Option(name: .customLong("checkpoint-dir"), help: "Save the full training state into this directory (every --save-every steps and at the end).")
     public var checkpointDir: String?
 
@@ -159,6 +168,13 @@ public struct TrainingOptions: ParsableArguments, Sendable {
         }
         if !timeout.isFinite || timeout <= 0 { throw UsageError("--timeout must be a positive finite number of seconds (got \(timeout))") }
         if let valEvery { try positive(valEvery, "val-every") }
+        if let text = dumpStepsText {
+            let counts = text.split(separator: ",", omittingEmptySubsequences: false).map { Int($0) }
+            if counts.isEmpty || counts.contains(where: { ($0 ?? 0) <= 0 }) {
+                throw UsageError("--dump-steps must be positive step counts separated by commas, e.g. 1,5 (got '\(text)')")
+            }
+            if dump == nil { throw UsageError("--dump-steps needs --dump (the files are named after it)") }
+        }
         if initFrom != nil && resume != nil {
             throw UsageError("--init-from and --resume cannot be used together (a checkpoint already holds the parameters)")
         }

@@ -95,6 +95,7 @@ struct Trainer<Command: TrainingCommand> {
         let layout = session.layout, metrics = session.metrics, gradientNorm = session.gradientNorm
         let sampler = BatchSampler(examples: session.context.dataset.train, batchSize: options.batchSize,
                                    seed: session.seed, stream: .trainingBatches)
+        let dumpSteps = options.dumpSteps
         var progress = Progress(options: options)
         let stop = StopVote(world: world)
         progress.utilization = session.utilization
@@ -120,6 +121,11 @@ struct Trainer<Command: TrainingCommand> {
             if let norm, let maxNorm = options.clipGradNorm { gradientNorm?.clip(norm: norm, to: maxNorm) }
             layout.update(step: step + 1)
             metrics?.record(step: step, loss: loss, gradientNorm: norm, experts: layout.expertStatistics)
+            if let path = options.dump, dumpSteps.contains(step + 1) {
+                Ledger.isRecording = false
+                defer { Ledger.isRecording = true }
+                guard dump(layout, config: session.config, to: "\(path).step\(step + 1)") else { return false }
+            }
             if options.saveEvery > 0 && (step + 1) % options.saveEvery == 0 {
                 Ledger.isRecording = false
                 defer { Ledger.isRecording = true }
@@ -162,14 +168,7 @@ struct Trainer<Command: TrainingCommand> {
             else { return false }
             if let line { say(line) }
         }
-        if let path = options.dump {
-            let parameters = layout.local.gather(world, total: total) { $0.values }
-            let gradients = layout.local.gather(world, total: total) { $0.gradients }
-            let written: Void? = agreeing(world) { () throws -> Void in
-                if let parameters, let gradients { try writeDump(path: path, config: config, parameters: parameters, gradients: gradients) }
-            }
-            guard written != nil else { return false }
-        }
+        if let path = options.dump { guard dump(layout, config: config, to: path) else { return false } }
         if let path = options.export { guard export(session, to: path) else { return false } }
 
         let valLoss = validationLoss(session)
@@ -191,6 +190,20 @@ struct Trainer<Command: TrainingCommand> {
             }
         }
         return true
+    }
+}
+
+extension Trainer {
+    /// Writes the whole model's parameters and the last step's gradients to `path` (`--dump`,
+    /// and after each of `--dump-steps`): both gathered into canonical order on rank 0.
+    func dump(_ layout: TrainingLayout, config: ModelConfig, to path: String) -> Bool {
+        let total = config.parameterCount
+        let parameters = layout.local.gather(world, total: total) { $0.values }
+        let gradients = layout.local.gather(world, total: total) { $0.gradients }
+        let written: Void? = agreeing(world) { () throws -> Void in
+            if let parameters, let gradients { try writeDump(path: path, config: config, parameters: parameters, gradients: gradients) }
+        }
+        return written != nil
     }
 }
 
