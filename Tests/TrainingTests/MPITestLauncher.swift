@@ -102,6 +102,9 @@ enum MPITestLauncher {
             env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
         }
         env[variable] = "1"
+        // The point-to-point layer Open MPI selects here anyway, named so MPI_Init skips probing
+        // UCX (half of a launch's time; see EndToEndTests' `Launch.testTransport`).
+        env["OMPI_MCA_pml"] = "ob1"
         return env
     }
 
