@@ -1,4 +1,5 @@
 import Foundation
+import XCTest
 import Core
 
 /// A naive model in Double, written independently of the kernels: the ground truth for the
@@ -74,4 +75,15 @@ func worstRatio(_ a: [Double], _ b: [Double], rtol: Double, atol: Double) -> (ra
         if r.isNaN { break }
     }
     return worst
+}
+
+/// The comparison itself: a NaN on either side, or arrays of different lengths, can never pass.
+final class ReferenceComparisonTests: XCTestCase {
+    func testNaNAndLengthMismatchesFail() {
+        XCTAssertLessThanOrEqual(worstRatio([1, 2], [1, 2], rtol: 1e-5, atol: 1e-6).ratio, 1)
+        for (a, b) in [([1, .nan, 2], [1, 1, 2]), ([1, 1, 2], [1, .nan, 2]), ([1, 2], [1, 2, 3])] as [([Double], [Double])] {
+            let worst = worstRatio(a, b, rtol: 1e-5, atol: 1e-6)
+            XCTAssertFalse(worst.ratio <= 1, "\(a) vs \(b) passed with ratio \(worst.ratio)")
+        }
+    }
 }
