@@ -18,12 +18,10 @@ final class GradientNormTests: XCTestCase {
 
     /// Runs `train --steps 1 --dump --metrics` and returns (recorded grad_norm, dumped gradient).
     func oneStep(_ extra: [String]) throws -> (recorded: Float, gradients: [Float]) {
-        let dir = try Launch.temporaryDirectory()
-        let metrics = dir.appendingPathComponent("m.jsonl").path, dump = dir.appendingPathComponent("d.bin").path
-        let run = try Launch.run("train", np: nil, ["--data", Self.data, "--steps", "1", "--metrics", metrics, "--dump", dump]
-                                 + flags + extra, timeout: 60)
-        XCTAssertEqual(run.status, 0, run.stderr)
-        let recorded = try XCTUnwrap(try Metrics(path: metrics).gradientNorms.first)
+        let dump = try Launch.temporaryDirectory().appendingPathComponent("d.bin").path
+        let (_, metrics) = try Launch.trained("train", np: nil, ["--data", Self.data, "--steps", "1", "--dump", dump] + flags + extra,
+                                              timeout: 60)
+        let recorded = try XCTUnwrap(metrics.gradientNorms.first)
         return (recorded, try Dump(path: dump).gradients)
     }
 
@@ -55,14 +53,8 @@ final class GradientNormTests: XCTestCase {
         try Equivalence.check("train_3d", np: 4, clip, extra: ["--tp", "2", "--dp", "2", "--pp", "1"], data: Self.data, steps: 100)
         // The clip acted: the clipped reference's losses are not the unclipped ones.
         let base = ["--data", Self.data, "--steps", "20", "--log-every", "20", "--samples", "0", "--val-batches", "1", "--layers", "2"]
-        let dir = try Launch.temporaryDirectory()
-        var losses: [[Float]] = []
-        for (i, extra) in [[], ["--clip-grad-norm", "0.3"]].enumerated() {
-            let path = dir.appendingPathComponent("m\(i).jsonl").path
-            let run = try Launch.run("train", np: nil, base + extra + ["--metrics", path], timeout: 60)
-            XCTAssertEqual(run.status, 0, run.stderr)
-            losses.append(try Metrics(path: path).losses)
-        }
+        let losses = try [[], ["--clip-grad-norm", "0.3"]].map { try Launch.trained("train", np: nil, base + $0, timeout: 60).1.losses }
+        XCTAssertEqual(losses.map(\.count), [20, 20])
         XCTAssertEqual(losses[0].first, losses[1].first, "step 0's loss comes before any update")
         XCTAssertNotEqual(losses[0].last, losses[1].last, "clipping changed training")
     }

@@ -11,11 +11,8 @@ final class ModelFlopsTests: XCTestCase {
 
     /// Runs `train_dp -np 2` with `XDG_CACHE_HOME=cache`; returns stdout and the final record.
     func run(cache: String) throws -> (String, [String: Any]) {
-        let metrics = try Launch.temporaryDirectory().appendingPathComponent("m.jsonl").path
-        let outcome = try Launch.run("train_dp", np: 2, Self.flags + ["--metrics", metrics], environment: ["XDG_CACHE_HOME": cache],
-                                     timeout: 120)
-        XCTAssertEqual(outcome.status, 0, outcome.stderr)
-        return (outcome.stdout, try XCTUnwrap(Metrics(path: metrics).final))
+        let (outcome, metrics) = try Launch.trained("train_dp", np: 2, Self.flags, environment: ["XDG_CACHE_HOME": cache], timeout: 120)
+        return (outcome.stdout, try metrics.finalRecord())
     }
 
     func cachedPeak(_ cache: String) throws -> [String: Any] {

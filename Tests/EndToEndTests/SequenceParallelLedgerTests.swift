@@ -78,15 +78,13 @@ extension LedgerTests {
         let (t, batch, vocab) = (2, 24, Self.vocab)
         let flat = model.seqLen * model.emb, h = model.hidden / t, b = batch / t
         func perRank(_ extra: [String]) throws -> [[String: (bytes: Double, calls: Double)]] {
-            let metrics = try Launch.temporaryDirectory().appendingPathComponent("m.jsonl").path
-            let run = try Launch.run("train_3d", np: 6, ["--data", Self.data, "--steps", "40", "--batch-size", "\(batch)", "--samples", "0",
-                                                        "--val-batches", "1", "--metrics", metrics, "--tp", "2", "--pp", "3",
-                                                        "--partition", "1,1,1", "--micro-batches", "2"] + model.flags + extra, timeout: 120)
-            XCTAssertEqual(run.status, 0, run.stderr)
-            let last = try Metrics(path: metrics).records.last!
-            let steps = Double(last["train_steps"] as! Int)
-            return (last["comm_per_rank"] as! [[String: [String: Any]]]).map { kinds in
-                kinds.mapValues { ((($0["bytes"] as! NSNumber).doubleValue) / steps, (($0["calls"] as! NSNumber).doubleValue) / steps) }
+            let (_, metrics) = try Launch.trained("train_3d", np: 6, ["--data", Self.data, "--steps", "40", "--batch-size", "\(batch)",
+                                                                      "--samples", "0", "--val-batches", "1", "--tp", "2", "--pp", "3",
+                                                                      "--partition", "1,1,1", "--micro-batches", "2"] + model.flags + extra,
+                                              timeout: 120)
+            let steps = Double(try metrics.value("train_steps", as: Int.self))
+            return try metrics.communicationPerRank().map { kinds in
+                try kinds.mapValues { (try XCTUnwrap($0["bytes"]) / steps, try XCTUnwrap($0["calls"]) / steps) }
             }
         }
         let plain = try perRank([]), sp = try perRank(["--sequence-parallel"])
@@ -97,7 +95,7 @@ extension LedgerTests {
             XCTAssertEqual(embedding["send"]?.bytes, Double(4 * b * flat), "tp \(tpRank): B/T rows forward")
             XCTAssertEqual(embedding["recv"]?.bytes, Double(4 * b * flat), "tp \(tpRank): B/T rows of gradient back")
             XCTAssertEqual(embedding["allreduce"]?.bytes, Double(4 * vocab * model.emb + 4) + norm, "the embedding's gradient, the loss, the norm")
-            XCTAssertEqual(embedding["allgather"]?.bytes ?? 0, 0)
+            XCTAssertEqual(try XCTUnwrap(embedding["allgather"], "the ledger lists every kind").bytes, 0)
             XCTAssertEqual(fc1["allgather"]?.bytes, Double(2 * 4 * batch * flat), "g forward and again in backward")
             XCTAssertEqual(fc1["reduce_scatter"]?.bytes, Double(4 * batch * flat), "ḡ of the input gradient")
             XCTAssertEqual(fc1["send"]?.bytes, Double(4 * b * flat + 4 * batch * h), "B/T rows back, B × H/T forward")

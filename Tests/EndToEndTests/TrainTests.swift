@@ -5,11 +5,8 @@ import XCTest
 final class TrainTests: XCTestCase {
     func testTrainUnderMpirunWritesOneRecordPerStep() throws {
         let data = try SmallData.write()
-        let metrics = try Launch.temporaryDirectory().appendingPathComponent("m.jsonl").path
-        let run = try Launch.run("train", np: 1, ["--data", data, "--steps", "60", "--log-every", "20", "--val-batches", "5",
-                                                  "--samples", "3", "--metrics", metrics])
-        XCTAssertEqual(run.status, 0, run.stderr)
-        let m = try Metrics(path: metrics)
+        let (run, m) = try Launch.trained("train", np: 1, ["--data", data, "--steps", "60", "--log-every", "20", "--val-batches", "5",
+                                                           "--samples", "3"])
         XCTAssertEqual(m.losses.count, 60)
         XCTAssertTrue(m.losses.allSatisfy(\.isFinite))
         XCTAssertLessThan(m.losses.suffix(10).reduce(0, +) / 10, m.losses[0], "training lowers the loss")
