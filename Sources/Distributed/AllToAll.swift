@@ -22,11 +22,9 @@ extension Communicator {
     public func allToAll<T: MPIScalar>(_ input: UnsafePointer<T>, count: Int, into output: UnsafeMutablePointer<T>) {
         if size == 1 { output.update(from: input, count: count); return }
         if count == 0 { return }
-        let start = MPI_Wtime()
-        Watchdog.begin(WatchedCall(.allToAll, on: self))
-        MPI.check(MPI_Alltoall(input, Int32(count), T.datatype, output, Int32(count), T.datatype, handle), "MPI_Alltoall")
-        Watchdog.end()
-        Ledger.record(.allToAll, bytes: (size - 1) * count * MemoryLayout<T>.size, since: start)
+        blocking(.allToAll, counted: .allToAll, bytes: (size - 1) * count * MemoryLayout<T>.size, "MPI_Alltoall") {
+            MPI_Alltoall(input, Int32(count), T.datatype, output, Int32(count), T.datatype, handle)
+        }
     }
 
     /// Blocks of any size (`MPI_Alltoallv`), in elements: to rank `d` this rank sends
@@ -42,13 +40,10 @@ extension Communicator {
             (output + Int(receiveOffsets[0])).update(from: input + Int(sendOffsets[0]), count: Int(sendCounts[0]))
             return
         }
-        let start = MPI_Wtime()
-        Watchdog.begin(WatchedCall(.allToAll, on: self))
-        MPI.check(MPI_Alltoallv(input, sendCounts, sendOffsets, T.datatype, output, receiveCounts, receiveOffsets, T.datatype, handle),
-                  "MPI_Alltoallv")
-        Watchdog.end()
         var sent = 0
         for d in 0..<size where d != rank { sent += Int(sendCounts[d]) }
-        Ledger.record(.allToAllV, bytes: sent * MemoryLayout<T>.size, since: start)
+        blocking(.allToAll, counted: .allToAllV, bytes: sent * MemoryLayout<T>.size, "MPI_Alltoallv") {
+            MPI_Alltoallv(input, sendCounts, sendOffsets, T.datatype, output, receiveCounts, receiveOffsets, T.datatype, handle)
+        }
     }
 }

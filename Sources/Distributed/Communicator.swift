@@ -49,9 +49,7 @@ public struct Communicator: @unchecked Sendable {
     /// special-case size 1.
     public func split(color: Int, key: Int, axis: String) -> Communicator {
         var out: OpaquePointer? = cmpi_comm_null()
-        Watchdog.begin(WatchedCall(.split, on: self))
-        MPI.check(MPI_Comm_split(handle, Int32(color), Int32(key), &out), "MPI_Comm_split")
-        Watchdog.end()
+        blocking(.split, "MPI_Comm_split") { MPI_Comm_split(handle, Int32(color), Int32(key), &out) }
         guard let out else { MPI.abort("error: MPI_Comm_split returned no communicator") }
         MPI_Comm_set_errhandler(out, cmpi_errors_return())
         return Communicator(handle: out, axis: axis)
@@ -59,32 +57,24 @@ public struct Communicator: @unchecked Sendable {
 
     /// Blocks until every rank of the group arrives.
     public func barrier() {
-        Watchdog.begin(WatchedCall(.barrier, on: self))
-        MPI.check(MPI_Barrier(handle), "MPI_Barrier")
-        Watchdog.end()
+        blocking(.barrier, "MPI_Barrier") { MPI_Barrier(handle) }
     }
 
     /// In-place sum over the group: afterwards every rank holds Σ of all ranks' `buffer`.
     /// Moves 2·(p−1)/p·n·s bytes per rank (reduce-scatter then allgather).
     public func allreduceSum<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int) {
         if size == 1 || count == 0 { return }
-        let start = MPI_Wtime()
-        Watchdog.begin(WatchedCall(.allreduce, on: self))
-        MPI.check(MPI_Allreduce(cmpi_in_place(), buffer, Int32(count), T.datatype, cmpi_op_sum(), handle),
-                  "MPI_Allreduce")
-        Watchdog.end()
-        Ledger.record(.allreduce, bytes: count * MemoryLayout<T>.size, since: start)
+        blocking(.allreduce, counted: .allreduce, bytes: count * MemoryLayout<T>.size, "MPI_Allreduce") {
+            MPI_Allreduce(cmpi_in_place(), buffer, Int32(count), T.datatype, cmpi_op_sum(), handle)
+        }
     }
 
     /// In-place maximum over the group.
     public func allreduceMax<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int) {
         if size == 1 || count == 0 { return }
-        let start = MPI_Wtime()
-        Watchdog.begin(WatchedCall(.allreduce, on: self))
-        MPI.check(MPI_Allreduce(cmpi_in_place(), buffer, Int32(count), T.datatype, cmpi_op_max(), handle),
-                  "MPI_Allreduce")
-        Watchdog.end()
-        Ledger.record(.allreduce, bytes: count * MemoryLayout<T>.size, since: start)
+        blocking(.allreduce, counted: .allreduce, bytes: count * MemoryLayout<T>.size, "MPI_Allreduce") {
+            MPI_Allreduce(cmpi_in_place(), buffer, Int32(count), T.datatype, cmpi_op_max(), handle)
+        }
     }
 
     /// Sum of one scalar over the group.
@@ -106,11 +96,10 @@ public struct Communicator: @unchecked Sendable {
     /// pass computes the next ones.
     public func startAllreduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) -> Request {
         if size == 1 || count == 0 { return Request() }
-        let start = MPI_Wtime()
         var request: OpaquePointer? = cmpi_request_null()
-        MPI.check(MPI_Iallreduce(cmpi_in_place(), buffer, Int32(count), Float.datatype, cmpi_op_sum(),
-                                 handle, &request), "MPI_Iallreduce")
-        Ledger.record(.allreduce, bytes: count * 4, since: start)
+        starting(counted: .allreduce, bytes: count * 4, "MPI_Iallreduce") {
+            MPI_Iallreduce(cmpi_in_place(), buffer, Int32(count), Float.datatype, cmpi_op_sum(), handle, &request)
+        }
         return Request(handle: request, kind: .allreduce, call: WatchedCall(.allreduce, on: self))
     }
 
@@ -120,11 +109,10 @@ public struct Communicator: @unchecked Sendable {
     public func startAllreduceMax(_ buffer: UnsafeMutablePointer<Int32>, count: Int,
                                   countedAs kind: CommunicationKind = .allreduce) -> Request {
         if size == 1 || count == 0 { return Request() }
-        let start = MPI_Wtime()
         var request: OpaquePointer? = cmpi_request_null()
-        MPI.check(MPI_Iallreduce(cmpi_in_place(), buffer, Int32(count), Int32.datatype, cmpi_op_max(),
-                                 handle, &request), "MPI_Iallreduce")
-        Ledger.record(kind, bytes: count * 4, since: start)
+        starting(counted: kind, bytes: count * 4, "MPI_Iallreduce") {
+            MPI_Iallreduce(cmpi_in_place(), buffer, Int32(count), Int32.datatype, cmpi_op_max(), handle, &request)
+        }
         return Request(handle: request, kind: kind, call: WatchedCall(.allreduce, on: self))
     }
 
@@ -132,56 +120,45 @@ public struct Communicator: @unchecked Sendable {
     /// on every rank. Moves (p−1)/p·p·count·s bytes per rank. `input` may alias this rank's slot
     /// of `output`, in which case the copy is skipped (MPI_IN_PLACE).
     public func allgather<T: MPIScalar>(_ input: UnsafePointer<T>, count: Int, into output: UnsafeMutablePointer<T>) {
-        let start = MPI_Wtime()
-        Watchdog.begin(WatchedCall(.allgather, on: self))
-        defer { Watchdog.end() }
-        if input == UnsafePointer(output + rank * count) {
-            if size == 1 { return }
-            MPI.check(MPI_Allgather(cmpi_in_place(), 0, T.datatype, output, Int32(count), T.datatype, handle),
-                      "MPI_Allgather")
-        } else {
-            if size == 1 { output.update(from: input, count: count); return }
-            MPI.check(MPI_Allgather(input, Int32(count), T.datatype, output, Int32(count), T.datatype, handle),
-                      "MPI_Allgather")
+        let inPlace = input == UnsafePointer(output + rank * count)
+        if size == 1 {
+            if !inPlace { output.update(from: input, count: count) }
+            return
         }
-        Ledger.record(.allgather, bytes: size * count * MemoryLayout<T>.size, since: start)
+        blocking(.allgather, counted: .allgather, bytes: size * count * MemoryLayout<T>.size, "MPI_Allgather") {
+            inPlace ? MPI_Allgather(cmpi_in_place(), 0, T.datatype, output, Int32(count), T.datatype, handle)
+                : MPI_Allgather(input, Int32(count), T.datatype, output, Int32(count), T.datatype, handle)
+        }
     }
 
     /// Copies `count` elements from `root` to every rank.
     public func broadcast<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int, root: Int) {
         if size == 1 || count == 0 { return }
-        let start = MPI_Wtime()
-        Watchdog.begin(WatchedCall(.broadcast, on: self))
-        MPI.check(MPI_Bcast(buffer, Int32(count), T.datatype, Int32(root), handle), "MPI_Bcast")
-        Watchdog.end()
-        Ledger.record(.broadcast, bytes: count * MemoryLayout<T>.size, since: start)
+        blocking(.broadcast, counted: .broadcast, bytes: count * MemoryLayout<T>.size, "MPI_Bcast") {
+            MPI_Bcast(buffer, Int32(count), T.datatype, Int32(root), handle)
+        }
     }
 
     /// Sends `count` elements to rank `destination` of this group (blocking, `MPI_Send`).
     public func send<T: MPIScalar>(_ buffer: UnsafePointer<T>, count: Int, to destination: Int, tag: MessageTag) {
-        let start = MPI_Wtime()
-        Watchdog.begin(WatchedCall(.send, on: self, peer: destination))
-        MPI.check(MPI_Send(buffer, Int32(count), T.datatype, Int32(destination), tag.rawValue, handle), "MPI_Send")
-        Watchdog.end()
-        Ledger.record(.send, bytes: count * MemoryLayout<T>.size, since: start)
+        blocking(.send, peer: destination, counted: .send, bytes: count * MemoryLayout<T>.size, "MPI_Send") {
+            MPI_Send(buffer, Int32(count), T.datatype, Int32(destination), tag.rawValue, handle)
+        }
     }
 
     /// Receives `count` elements from rank `source` of this group (blocking, `MPI_Recv`).
     public func receive<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int, from source: Int, tag: MessageTag) {
-        let start = MPI_Wtime()
-        Watchdog.begin(WatchedCall(.receive, on: self, peer: source))
-        MPI.check(MPI_Recv(buffer, Int32(count), T.datatype, Int32(source), tag.rawValue, handle, cmpi_status_ignore()),
-                  "MPI_Recv")
-        Watchdog.end()
-        Ledger.record(.receive, bytes: count * MemoryLayout<T>.size, since: start)
+        blocking(.receive, peer: source, counted: .receive, bytes: count * MemoryLayout<T>.size, "MPI_Recv") {
+            MPI_Recv(buffer, Int32(count), T.datatype, Int32(source), tag.rawValue, handle, cmpi_status_ignore())
+        }
     }
 
     /// Starts a send without waiting (`MPI_Isend`).
     public func startSend<T: MPIScalar>(_ buffer: UnsafePointer<T>, count: Int, to destination: Int, tag: MessageTag) -> Request {
-        let start = MPI_Wtime()
         var request: OpaquePointer? = cmpi_request_null()
-        MPI.check(MPI_Isend(buffer, Int32(count), T.datatype, Int32(destination), tag.rawValue, handle, &request), "MPI_Isend")
-        Ledger.record(.send, bytes: count * MemoryLayout<T>.size, since: start)
+        starting(counted: .send, bytes: count * MemoryLayout<T>.size, "MPI_Isend") {
+            MPI_Isend(buffer, Int32(count), T.datatype, Int32(destination), tag.rawValue, handle, &request)
+        }
         return Request(handle: request, kind: .send, call: WatchedCall(.send, on: self, peer: destination))
     }
 }
@@ -205,9 +182,7 @@ public struct Request: @unchecked Sendable {
     public mutating func wait() {
         guard handle != nil else { return }
         let start = MPI_Wtime()
-        Watchdog.begin(call)
-        MPI.check(MPI_Wait(&handle, cmpi_status_ignore()), "MPI_Wait")
-        Watchdog.end()
+        MPICall.watched(call, "MPI_Wait") { MPI_Wait(&handle, cmpi_status_ignore()) }
         Ledger.addSeconds(kind, since: start)
         handle = nil
     }

@@ -66,9 +66,11 @@ public enum MPI {
         if started != 0 && finished == 0 {
             // OpenMPI's finalize waits for every rank (a fence): a rank that never gets there stalls it.
             Watchdog.phase = .shutdown
-            Watchdog.begin(WatchedCall(.finalize, on: .world))
-            MPI_Finalize()
-            Watchdog.end()
+            // Its return code is not acted on: after MPI_Finalize no MPI call, MPI_Abort included, is allowed.
+            MPICall.watched(WatchedCall(.finalize, on: .world), "MPI_Finalize") {
+                _ = MPI_Finalize()
+                return cmpi_success()
+            }
         }
     }
 

@@ -36,10 +36,9 @@ extension Communicator {
         let start = MPI_Wtime()
         switch algorithm ?? .automatic(bytes: size * count * 4) {
         case .mpi:
-            Watchdog.begin(WatchedCall(.reduceScatter, on: self))
-            MPI.check(MPI_Reduce_scatter_block(input, output, Int32(count), Float.datatype, cmpi_op_sum(), handle),
-                      "MPI_Reduce_scatter_block")
-            Watchdog.end()
+            blocking(.reduceScatter, "MPI_Reduce_scatter_block") {
+                MPI_Reduce_scatter_block(input, output, Int32(count), Float.datatype, cmpi_op_sum(), handle)
+            }
         case .ring:
             ringReduceScatter(input, into: output, count: count)
         }
@@ -57,9 +56,9 @@ extension Communicator {
         var total = 0
         for q in 0..<size { total += Int(counts[q]) }
         if total == 0 { return }
-        let start = MPI_Wtime()
-        MPI.check(MPI_Reduce_scatter(input, output, counts, Float.datatype, cmpi_op_sum(), handle), "MPI_Reduce_scatter")
-        Ledger.record(.reduceScatter, bytes: total * 4, since: start)
+        blocking(.reduceScatter, counted: .reduceScatter, bytes: total * 4, "MPI_Reduce_scatter") {
+            MPI_Reduce_scatter(input, output, counts, Float.datatype, cmpi_op_sum(), handle)
+        }
     }
 
     /// The ring over blocks of `count` elements. Step `s` sends block `r − s − 1` of the partial
@@ -72,11 +71,10 @@ extension Communicator {
         let p = size, right = (rank + 1) % p, left = (rank + p - 1) % p
         for step in 0..<p - 1 {
             let sending = (rank - step - 1 + 2 * p) % p, receiving = (rank - step - 2 + 2 * p) % p
-            Watchdog.begin(WatchedCall(.ringExchange, on: self))
-            MPI.check(MPI_Sendrecv(input + sending * count, Int32(count), Float.datatype, Int32(right), MessageTag.ring.rawValue,
-                                   output, Int32(count), Float.datatype, Int32(left), MessageTag.ring.rawValue,
-                                   handle, cmpi_status_ignore()), "MPI_Sendrecv")
-            Watchdog.end()
+            blocking(.ringExchange, "MPI_Sendrecv") {
+                MPI_Sendrecv(input + sending * count, Int32(count), Float.datatype, Int32(right), MessageTag.ring.rawValue,
+                             output, Int32(count), Float.datatype, Int32(left), MessageTag.ring.rawValue, handle, cmpi_status_ignore())
+            }
             if step < p - 2 {
                 addVectors(output, into: input + receiving * count, count: count)
             } else {

@@ -31,7 +31,6 @@ struct Train3D: TrainingCommand {
 
     func validate() throws {
         for (flag, value) in [("tp", tp), ("dp", dp), ("pp", pp), ("ep", expertGroup)] { try requirePositive(value, flag) }
-        try ThreeDimensional.checkPipeline(pipeline)
         try ThreeDimensional.checkExperts(options.expertsConfig, expertGroup: expertGroup, dp: dp, pipeline: pipeline,
                                           sequenceParallel: sequenceParallel.enabled)
     }

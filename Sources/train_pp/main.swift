@@ -11,11 +11,21 @@ struct TrainPP: TrainingCommand {
 
     @OptionGroup var options: TrainingOptions
 
-    @OptionGroup var pipeline: PipelineOptions
+    @OptionGroup var pipelineFlags: PipelineOptions
+
+    @OptionGroup var batching: BatchedWeightGradientsOption
 
     static var trainsExperts: Bool { true }
 
+    /// The pipeline's flags with `--batch-weight-gradients` (checked in ``validate()``).
+    var pipeline: PipelineOptions {
+        var pipeline = pipelineFlags
+        pipeline.batchWeightGradients = batching.enabled
+        return pipeline
+    }
+
     func validate() throws {
+        let pipeline = try batching.applied(to: pipelineFlags)
         if let experts = options.expertsConfig { try pipeline.checkExperts(experts) }
     }
 

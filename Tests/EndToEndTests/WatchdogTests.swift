@@ -26,6 +26,12 @@ final class WatchdogTests: XCTestCase {
         try stopRank(executable: "train_fsdp", np: 2, victim: 0, axes: ["shard"])
     }
 
+    /// ZeRO-2: its gradients are reduce-scattered block by block with uneven counts
+    /// (`MPI_Reduce_scatter`), the one collective that was once left unwatched: the job hung.
+    func testStoppedZeroTwoRankEndsTheJob() throws {
+        try stopRank(executable: "train_fsdp", np: 2, victim: 1, axes: ["shard"], extra: ["--zero", "2"])
+    }
+
     /// The middle of three stages: both neighbours wait for it on the pipeline axis.
     func testStoppedMiddlePipelineStageEndsTheJob() throws {
         try stopRank(executable: "train_pp", np: 3, victim: 1, axes: ["pp"], extra: ["--micro-batches", "2"])

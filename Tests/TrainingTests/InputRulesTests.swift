@@ -97,10 +97,27 @@ final class InputRulesTests: XCTestCase {
         expect(PipelineOptions.self, [
             (["--micro-batches", "0"], "--micro-batches must be a positive integer (got 0)"),
             (["--schedule", "interleaved"], "--schedule interleaved needs --virtual-stages"),
-            (["--schedule", "zb1p", "--batch-weight-gradients"], "--batch-weight-gradients cannot be combined with --schedule zb1p"),
-            (["--recompute", "--batch-weight-gradients"], "--batch-weight-gradients cannot be combined with --recompute"),
             (["--partition", "2,x"], "--partition must be positive block counts"),
         ])
+    }
+
+    /// `train_pp --batch-weight-gradients` with the schedules and flags it cannot work with, and
+    /// `train_3d`'s pipeline flags do not offer it at all.
+    func testBatchedWeightGradientsRules() throws {
+        func refusal(_ arguments: [String]) -> String? {
+            do {
+                let batching = try BatchedWeightGradientsOption.parse(["--batch-weight-gradients"])
+                _ = try batching.applied(to: try PipelineOptions.parse(arguments))
+                return nil
+            } catch {
+                return "\(error)"
+            }
+        }
+        XCTAssertTrue(refusal(["--schedule", "zb1p"])?.contains("--batch-weight-gradients cannot be combined with --schedule zb1p") ?? false)
+        XCTAssertTrue(refusal(["--recompute"])?.contains("--batch-weight-gradients cannot be combined with --recompute") ?? false)
+        XCTAssertNil(refusal(["--micro-batches", "4", "--schedule", "gpipe"]))
+        XCTAssertTrue(message(PipelineOptions.self, ["--batch-weight-gradients"])?.contains("Unknown option") ?? false,
+                      "the pipeline flags that train_3d shares do not offer it")
     }
 
     /// Flags that parse are not refused (the checks above are not refusing everything).

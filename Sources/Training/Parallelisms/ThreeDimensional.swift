@@ -70,7 +70,6 @@ public final class ThreeDimensional: TrainingLayout {
 
     public init(_ context: TrainingContext, tp: Int, dp: Int, pp: Int, pipeline: PipelineOptions,
                 sequenceParallel: Bool = false, expertGroup: Int = 1) throws(UsageError) {
-        try Self.checkPipeline(pipeline)
         let v = pipeline.virtualStages
         var shape = LayoutShape.threeDimensional(tp: tp, dp: dp, pp: pp, microBatches: pipeline.microBatches,
                                                  partition: pipeline.partition, virtualStages: v)
@@ -237,12 +236,3 @@ public final class ThreeDimensional: TrainingLayout {
     }
 }
 
-extension ThreeDimensional {
-    /// What `train_pp` does with its stages that `train_3d` does not: batched weight gradients
-    /// (FSDP's hooks gather and reduce-scatter around every per-micro-batch weight pass).
-    public static func checkPipeline(_ pipeline: PipelineOptions) throws(UsageError) {
-        if pipeline.batchWeightGradients {
-            throw UsageError("--batch-weight-gradients is train_pp's only: train_3d's stages gather and reduce-scatter their FSDP shards around each micro-batch's weight pass")
-        }
-    }
-}

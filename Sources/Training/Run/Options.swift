@@ -212,8 +212,9 @@ public struct PipelineOptions: ParsableArguments, Sendable {
     @Flag(help: "Activation recomputation: keep only each micro-batch's stage input and output, and rerun its forward inside the backward (less memory, one more forward).")
     public var recompute = false
 
-    @Flag(name: .customLong("batch-weight-gradients"),
-          help: "train_pp: compute the weight gradients once per step over all micro-batches' rows instead of once per micro-batch (keeps every micro-batch's layer inputs and output gradients; not with zb1p or --recompute).")
+    /// `train_pp --batch-weight-gradients` (``BatchedWeightGradientsOption``): one weight pass per
+    /// step over every micro-batch's rows. Not a flag of this group, so that `train_3d`, whose
+    /// stages cannot batch them, does not offer it.
     public var batchWeightGradients = false
 
     @Option(name: .customLong("virtual-stages"), parsing: .unconditional,
@@ -221,6 +222,11 @@ public struct PipelineOptions: ParsableArguments, Sendable {
     public var virtualStagesFlag: Int?
 
     public init() {}
+
+    /// The parsed flags (``batchWeightGradients`` is set by `train_pp` from its own flag).
+    enum CodingKeys: String, CodingKey {
+        case microBatches, schedule, partitionText, recompute, virtualStagesFlag
+    }
 
     /// Chunks per pipeline stage: `--virtual-stages` (interleaved), else 1.
     public var virtualStages: Int { virtualStagesFlag ?? 1 }
@@ -235,12 +241,6 @@ public struct PipelineOptions: ParsableArguments, Sendable {
         if recompute && schedule == .zeroBubble {
             throw UsageError("--recompute cannot be combined with --schedule zb1p: its deferred weight passes need the activations that recomputation drops")
         }
-        if batchWeightGradients && schedule == .zeroBubble {
-            throw UsageError("--batch-weight-gradients cannot be combined with --schedule zb1p, which runs each micro-batch's weight pass in the bubble")
-        }
-        if batchWeightGradients && recompute {
-            throw UsageError("--batch-weight-gradients cannot be combined with --recompute: it keeps every micro-batch's layer inputs, which recomputation drops")
-        }
         try validateInterleaving()
         if let text = partitionText, let counts = partition, counts.contains(where: { $0 <= 0 }) {
             throw UsageError("--partition must be positive block counts separated by commas, e.g. 3,2 (got '\(text)')")
@@ -249,6 +249,38 @@ public struct PipelineOptions: ParsableArguments, Sendable {
 }
 
 extension PipelineScheduleKind: ExpressibleByArgument {}
+
+/// `train_pp --batch-weight-gradients`: each micro-batch runs only its input-gradient pass, and one
+/// weight pass per step covers every micro-batch's rows (`BatchedWeightGradients`).
+public struct BatchedWeightGradientsOption: ParsableArguments, Sendable {
+    @Flag(name: .customLong("batch-weight-gradients"),
+          help: "Compute the weight gradients once per step over all micro-batches' rows instead of once per micro-batch (keeps every micro-batch's layer inputs and output gradients; not with zb1p or --recompute).")
+    public var enabled = false
+
+    public init() {}
+
+    /// `pipeline` with the flag applied, refused where batching cannot work.
+    public func applied(to pipeline: PipelineOptions) throws(UsageError) -> PipelineOptions {
+        var result = pipeline
+        result.batchWeightGradients = enabled
+        try result.checkBatchedWeightGradients()
+        return result
+    }
+}
+
+extension PipelineOptions {
+    /// The rules of ``batchWeightGradients``: the zero-bubble schedule runs each micro-batch's
+    /// weight pass in the bubble, and recomputation drops the layer inputs a batched pass needs.
+    public func checkBatchedWeightGradients() throws(UsageError) {
+        guard batchWeightGradients else { return }
+        if schedule == .zeroBubble {
+            throw UsageError("--batch-weight-gradients cannot be combined with --schedule zb1p, which runs each micro-batch's weight pass in the bubble")
+        }
+        if recompute {
+            throw UsageError("--batch-weight-gradients cannot be combined with --recompute: it keeps every micro-batch's layer inputs, which recomputation drops")
+        }
+    }
+}
 
 extension PipelineOptions {
     /// `--virtual-stages V` belongs to `--schedule interleaved`, which needs it with V ≥ 2;
