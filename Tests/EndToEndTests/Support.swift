@@ -127,10 +127,21 @@ enum Launch {
 
     /// A fresh directory under the system's temporary directory.
     static func temporaryDirectory() throws -> URL {
-        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ps-e2e-\(UUID().uuidString)")
+        let dir = sessionDirectory.appendingPathComponent(UUID().uuidString)
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         return dir
     }
+
+    /// Where this test process keeps its files (data, metrics, checkpoints, dumps): one folder,
+    /// removed when the process exits, so a run of the suite leaves nothing behind in /tmp.
+    static let sessionDirectory: URL = {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("ps-e2e-\(getpid())-\(UUID().uuidString.prefix(8))")
+        try! FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        sessionPath = dir.path
+        atexit { if let path = Launch.sessionPath { try? FileManager.default.removeItem(atPath: path) } }
+        return dir
+    }()
+    nonisolated(unsafe) static var sessionPath: String?
 }
 
 /// The one check of a refusal, used by every test of bad input: the run (direct, or each rank
