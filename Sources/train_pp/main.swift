@@ -18,14 +18,10 @@ struct TrainPP: TrainingCommand {
     static var trainsExperts: Bool { true }
 
     /// The pipeline's flags with `--batch-weight-gradients` (checked in ``validate()``).
-    var pipeline: PipelineOptions {
-        var pipeline = pipelineFlags
-        pipeline.batchWeightGradients = batching.enabled
-        return pipeline
-    }
+    var pipeline: PipelineOptions { batching.applied(to: pipelineFlags) }
 
     func validate() throws {
-        let pipeline = try batching.applied(to: pipelineFlags)
+        try pipeline.checkBatchedWeightGradients()
         if let experts = options.expertsConfig { try pipeline.checkExperts(experts) }
     }
 

@@ -66,6 +66,7 @@ final class InputRulesTests: XCTestCase {
             (["--val-every", "-2"], "--val-every must be a positive integer (got -2)"),
             (["--dump-steps", "0,5", "--dump", "d"], "--dump-steps must be positive step counts separated by commas"),
             (["--dump-steps", "1", ], "--dump-steps needs --dump"),
+            (["--dump-steps", "1,50", "--dump", "d", "--steps", "20"], "--dump-steps 50 is beyond --steps 20"),
         ])
     }
 
@@ -107,7 +108,7 @@ final class InputRulesTests: XCTestCase {
         func refusal(_ arguments: [String]) -> String? {
             do {
                 let batching = try BatchedWeightGradientsOption.parse(["--batch-weight-gradients"])
-                _ = try batching.applied(to: try PipelineOptions.parse(arguments))
+                try batching.applied(to: try PipelineOptions.parse(arguments)).checkBatchedWeightGradients()
                 return nil
             } catch {
                 return "\(error)"
@@ -122,7 +123,7 @@ final class InputRulesTests: XCTestCase {
 
     /// Flags that parse are not refused (the checks above are not refusing everything).
     func testGoodFlagsParse() {
-        XCTAssertNil(message(TrainingOptions.self, ["--lr", "0.5", "--steps", "3", "--timeout", "10", "--dump", "d", "--dump-steps", "1,5"]))
+        XCTAssertNil(message(TrainingOptions.self, ["--lr", "0.5", "--steps", "5", "--timeout", "10", "--dump", "d", "--dump-steps", "1,5"]))
         XCTAssertNil(message(PipelineOptions.self, ["--micro-batches", "4", "--schedule", "interleaved", "--virtual-stages", "2"]))
     }
 

@@ -174,6 +174,9 @@ public struct TrainingOptions: ParsableArguments, Sendable {
                 throw UsageError("--dump-steps must be positive step counts separated by commas, e.g. 1,5 (got '\(text)')")
             }
             if dump == nil { throw UsageError("--dump-steps needs --dump (the files are named after it)") }
+            if let beyond = counts.compactMap({ $0 }).first(where: { $0 > steps }) {
+                throw UsageError("--dump-steps \(beyond) is beyond --steps \(steps): that dump would never be written")
+            }
         }
         if initFrom != nil && resume != nil {
             throw UsageError("--init-from and --resume cannot be used together (a checkpoint already holds the parameters)")
@@ -259,11 +262,10 @@ public struct BatchedWeightGradientsOption: ParsableArguments, Sendable {
 
     public init() {}
 
-    /// `pipeline` with the flag applied, refused where batching cannot work.
-    public func applied(to pipeline: PipelineOptions) throws(UsageError) -> PipelineOptions {
+    /// `pipeline` with the flag applied (its rules: ``PipelineOptions/checkBatchedWeightGradients()``).
+    public func applied(to pipeline: PipelineOptions) -> PipelineOptions {
         var result = pipeline
         result.batchWeightGradients = enabled
-        try result.checkBatchedWeightGradients()
         return result
     }
 }
