@@ -37,23 +37,3 @@ extension TrainingOptions {
         }
     }
 }
-
-extension PipelineOptions {
-    /// A pipeline's rules for a mixture-of-experts model (`train_pp`, `train_3d`). With M > 1
-    /// micro-batches the whole batch's routing statistics are summed at the first backward
-    /// (``StepRouting``), which must come after every forward (GPipe), cannot cap the experts in
-    /// row order, and must not see a micro-batch routed twice.
-    public func checkExperts(_ experts: ExpertsConfig) throws(UsageError) {
-        let m = microBatches
-        guard m > 1 else { return }
-        if schedule != .gpipe {
-            throw UsageError("--experts with --micro-batches \(m) needs --schedule gpipe: a mixture of experts balances the whole batch, and under \(schedule.rawValue) the first backward runs before the last micro-batch is routed")
-        }
-        if experts.capacityFactor != nil {
-            throw UsageError("--capacity-factor needs --micro-batches 1 in a pipeline: the capacity counts the whole batch's assignments in row order in one forward")
-        }
-        if recompute {
-            throw UsageError("--experts with --micro-batches \(m) cannot be combined with --recompute: a rerun forward would route its micro-batch twice")
-        }
-    }
-}
