@@ -11,8 +11,6 @@ struct Train: TrainingCommand {
 
     @OptionGroup var recomputation: RecomputeOption
 
-    static var trainsExperts: Bool { true }
-
     func makeLayout(_ context: TrainingContext) throws(UsageError) -> TrainingLayout {
         try SingleRank(context, recompute: recomputation.enabled)
     }

@@ -27,8 +27,6 @@ struct Train3D: TrainingCommand {
             help: "With --experts: expert-parallel ranks E' carved out of each data-parallel group; each holds E/E' experts of every block (E' divides --dp and --experts).")
     var expertGroup: Int = 1
 
-    static var trainsExperts: Bool { true }
-
     func validate() throws {
         for (flag, value) in [("tp", tp), ("dp", dp), ("pp", pp), ("ep", expertGroup)] { try requirePositive(value, flag) }
         try ThreeDimensional.checkExperts(options.expertsConfig, expertGroup: expertGroup, dp: dp, pipeline: pipeline,

@@ -10,8 +10,6 @@ struct TrainDP: TrainingCommand {
 
     @OptionGroup var recomputation: RecomputeOption
 
-    static var trainsExperts: Bool { true }
-
     @Option(name: .customLong("bucket-kb"), parsing: .unconditional,
             help: "Gradient bucket size in KiB: a bucket's allreduce starts as soon as backward has filled it.")
     var bucketKB: Int = 1024

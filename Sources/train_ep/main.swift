@@ -8,8 +8,6 @@ struct TrainEP: TrainingCommand {
 
     @OptionGroup var options: TrainingOptions
 
-    static var trainsExperts: Bool { true }
-
     @Option(name: .customLong("ep"), parsing: .unconditional,
             help: "Expert-parallel group size E': each group of E' consecutive ranks splits every block's experts, E/E' per rank (E' divides the ranks and --experts).")
     var expertGroup: Int = 1

@@ -15,8 +15,6 @@ struct TrainPP: TrainingCommand {
 
     @OptionGroup var batching: BatchedWeightGradientsOption
 
-    static var trainsExperts: Bool { true }
-
     /// The pipeline's flags with `--batch-weight-gradients` (checked in ``validate()``).
     var pipeline: PipelineOptions { batching.applied(to: pipelineFlags) }
 

@@ -90,7 +90,7 @@ final class InputRulesTests: XCTestCase {
             (["--experts", "4", "--capacity-factor", "nan"], "--capacity-factor must be a positive finite number (got nan)"),
             (["--capacity-factor", "1"], "--capacity-factor needs --experts"),
             (["--experts", "4", "--aux-loss-coef", "-1"], "--aux-loss-coef must be a finite number ≥ 0 (got -1.0)"),
-            (["--experts", "4", "--accumulate", "2"], "--experts cannot be combined with --accumulate 2 yet"),
+            (["--experts", "4", "--accumulate", "2"], "--experts cannot be combined with --accumulate 2: the load-balancing loss and the capacity count the whole batch"),
         ])
     }
 

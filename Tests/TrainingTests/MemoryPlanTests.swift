@@ -138,12 +138,24 @@ final class MemoryPlanTests: XCTestCase {
         XCTAssertGreaterThan(tp.largestMessage, Int(Int32.max))
     }
 
+    /// One candidate generator (each parallelism's facts) serves `plan` and the refusal line:
+    /// on one rank only `train`; on four every executable, `train_ep` only for experts, and
+    /// every candidate of a model with experts either trains them or says why not.
     func testCandidatesOnNRanks() {
-        XCTAssertEqual(LayoutDescription.candidates(ranks: 1, microBatches: 1).map(\.command), ["train"])
-        let four = LayoutDescription.candidates(ranks: 4, microBatches: 2).map(\.command)
-        XCTAssertEqual(four, ["train_dp -np 4", "train_fsdp -np 4", "train_tp -np 4", "train_pp -np 4 --schedule gpipe",
-                              "train_pp -np 4 --schedule 1f1b", "train_pp -np 4 --schedule zb1p", "train_3d -np 4 --tp 1 --dp 2 --pp 2",
-                              "train_3d -np 4 --tp 2 --dp 1 --pp 2", "train_3d -np 4 --tp 2 --dp 2 --pp 1"])
+        func planner(_ config: ModelConfig, ranks: Int) -> Planner {
+            Planner(plan: config.plan, settings: PlanSettings(batchSize: 32, optimizer: .sgd), ranks: ranks,
+                    model: CostModel(calibration: nil), memoryPerRank: 1 << 30)
+        }
+        let dense = ModelConfig(vocab: 27, seqLen: 4, emb: 4, hidden: 8, layers: 2)
+        XCTAssertEqual(planner(dense, ranks: 1).candidates().map(\.command), ["train"])
+        let four = Set(planner(dense, ranks: 4).candidates().map(\.executable))
+        XCTAssertEqual(four, ["train_dp", "train_fsdp", "train_tp", "train_pp", "train_3d"])
+        var experts = dense
+        experts.experts = ExpertsConfig(count: 4, topK: 2)
+        let moe = planner(experts, ranks: 4).candidates()
+        XCTAssertEqual(Set(moe.map(\.executable)), ["train_dp", "train_fsdp", "train_tp", "train_ep", "train_pp", "train_3d"])
+        XCTAssertEqual(moe.filter { $0.executable == "train_ep" }.map(\.command), ["train_ep -np 4 --ep 2", "train_ep -np 4 --ep 4"])
+        XCTAssertTrue(moe.contains { $0.command == "train_3d -np 4 --tp 1 --dp 2 --pp 2 --schedule gpipe --ep 2" })
     }
 
     /// Ranks differ by stage and by rank 0's end-of-run copies: the largest need is the largest

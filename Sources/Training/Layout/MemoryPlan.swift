@@ -110,69 +110,44 @@ extension MemoryPlan {
         return psi
     }
 
-    /// Every rank's plan, in world rank order (`description.shape.ranks` of them). Throws when the
-    /// layout does not fit the model or batch (``LayoutShape/check``) or a size overflows.
+    /// Every rank's plan, in world rank order (`layout.shape.ranks` of them). Throws when the
+    /// layout does not fit the model or batch (``LayoutDescription/check(worldSize:plan:batchSize:accumulation:)``)
+    /// or a size overflows.
     public static func perRank(_ plan: BlockPlan, _ layout: LayoutDescription, _ settings: PlanSettings) throws(UsageError) -> [MemoryPlan] {
         let ranks = layout.shape.ranks
-        try layout.shape.check(worldSize: ranks, plan: plan, batchSize: settings.batchSize, accumulation: settings.accumulation)
-        let pp = layout.shape.size(.pp)
-        let cut = pp > 1 ? PipelinePartition.stages(plan, stages: pp * layout.shape.virtualStages, override: layout.shape.partition) : nil
-        return try (0..<ranks).map { r throws(UsageError) in try forRank(r, plan, layout, settings, cut: cut) }
+        try layout.check(worldSize: ranks, plan: plan, batchSize: settings.batchSize, accumulation: settings.accumulation)
+        let cut = RankGeometry.cut(plan, layout)
+        return try (0..<ranks).map { r throws(UsageError) in try forRank(RankGeometry(rank: r, layout, plan, settings, cut: cut)) }
     }
 
-    /// The plan of world rank `rank` (no MPI: the mesh coordinates are computed as ``ProcessMesh``
-    /// lays them out, first axis fastest). Call ``LayoutShape/check`` first.
-    ///
-    /// - Parameter cut: the pipeline's stages (interleaved: its `P·V` chunks), if already computed
-    ///   (``PipelinePartition/stages``).
-    public static func forRank(_ rank: Int, _ plan: BlockPlan, _ layout: LayoutDescription, _ settings: PlanSettings,
-                               cut: [Range<Int>]? = nil) throws(UsageError) -> MemoryPlan {
-        let shape = layout.shape, c = plan.config, batch = settings.batchSize
-        var coordinate: [MeshAxis: Int] = [:]
-        var rest = rank
-        for (axis, size) in shape.axes {
-            coordinate[axis] = rest % size
-            rest /= size
-        }
-        let tp = shape.size(.tp), dp = shape.size(.dp), pp = shape.size(.pp), m = shape.microBatches ?? 1
-        let stage = coordinate[.pp] ?? 0
+    /// The plan of world rank `rank` (call ``LayoutDescription/check(worldSize:plan:batchSize:accumulation:)`` first).
+    public static func forRank(_ rank: Int, _ plan: BlockPlan, _ layout: LayoutDescription, _ settings: PlanSettings) throws(UsageError) -> MemoryPlan {
+        try forRank(RankGeometry(rank: rank, layout, plan, settings, cut: RankGeometry.cut(plan, layout)))
+    }
+
+    /// The plan of one rank: what its chains hold (activations, one chain or one per pipeline
+    /// slot), what its mixtures of experts and sequence parallelism add, and what the layout's
+    /// facts say it holds (``LayoutFacts/holdParameters(_:_:_:_:)``, ``LayoutFacts/addMemory(_:_:_:)``).
+    static func forRank(_ rank: RankGeometry) throws(UsageError) -> MemoryPlan {
+        let layout = rank.layout, shape = layout.shape, plan = rank.plan, settings = rank.settings, c = plan.config
+        let tp = shape.size(.tp), dp = shape.size(.dp), m = shape.microBatches ?? 1, chainRows = rank.chainRows
         var checked = Checked()
         var memory = MemoryPlan()
 
-        // The blocks this rank runs, chunk by chunk (one chunk unless interleaved: chunks s, s + P, …),
-        // with their local float counts.
-        let v = shape.virtualStages
-        let stageCut = pp > 1 ? cut ?? PipelinePartition.stages(plan, stages: pp * v, override: shape.partition) : nil
-        let ranges = stageCut.map { cut in (0..<v).map { cut[$0 * pp + stage] } } ?? [0..<plan.count]
-        // `train_3d --ep E'` holds E/E' experts of each block (`train_ep` is planned apart, below).
-        let expertGroup = layout.kind == .threeDimensional ? shape.expertGroup ?? 1 : 1
-        let local = ranges.flatMap { localBlocks(plan, $0, tpSize: tp, expertGroup: expertGroup) }
-        let rows = batch / shape.dataParallelDegree / settings.accumulation  // one micro-step's rows (``MicroSteps``)
-        // The group the model is sharded over: `train_3d`'s dp axis, `train_fsdp`'s shard axis.
-        let group = layout.kind == .threeDimensional ? dp : shape.size(.shard)
-
         // Parameters and gradients: one flat buffer, or ZeRO's and FSDP's shards and buffers.
-        let held = heldParameters(&memory, local, layout, group: group, expertGroup: expertGroup, &checked)
-        if layout.replicate > 1 { memory.largestMessage = max(memory.largestMessage, held) }  // HSDP's allreduce
+        let local = Array(rank.blocks.joined())
+        let held = layout.facts.holdParameters(&memory, local, rank, &checked)
         memory.updatedParameters = held
         memory[.optimizer] = settings.optimizer == .adam ? checked.times(8, held) : 0
 
         // Activations: one chain of `rows` rows, or one per pipeline slot of `rows / M` rows (each
         // chunk its own slots); under sequence parallelism the activations outside the pairs hold
         // 1/T of them (``SequenceSplit``).
-        let chainRows = shape.microBatches == nil ? rows : rows / m
         let sequenceParallel = layout.sequenceParallel && tp > 1 && !local.isEmpty
-        let schedule = shape.microBatches.map {
-            PipelineSchedule(layout.schedule, stage: stage, stages: pp, microBatches: $0, virtualStages: v)
-        }
-        for (c, range) in ranges.enumerated() {
-            let chunk = localBlocks(plan, range, tpSize: tp)
-            let widths = [chunk.first?.input ?? 0] + chunk.map(\.output)
-            let activationRows: [Int] = sequenceParallel
-                ? ([chunk[0].sharding != .row] + chunk.map { $0.sharding != .column }).map { $0 ? chainRows / tp : chainRows }
-                : widths.map { _ in chainRows }
+        for (c, range) in rank.chunks.enumerated() {
+            let widths = rank.widths(chunk: c), activationRows = rank.activationRows(chunk: c)
             var chains = 1
-            if let schedule {
+            if let schedule = rank.schedule {
                 chains = schedule.chunkSlots[c]
                 if layout.recompute && chains > 1 {
                     // One working chain, and per slot the chunk's boundary: its input and input
@@ -183,19 +158,21 @@ extension MemoryPlan {
                                                         checked.times(checked.times(4, chains), checked.plus(2 * input, output)))
                     chains = 1
                 }
-                if pp > 1 { memory.largestMessage = max(memory.largestMessage, checked.times(chainRows, max(widths[0], widths.last!))) }
+                if shape.size(.pp) > 1 {
+                    memory.largestMessage = max(memory.largestMessage, checked.times(chainRows, max(widths[0], widths.last!)))
+                }
             }
-            var perChain = zip(activationRows, widths).reduce(0) { checked.plus($0, checked.times(8, max(1, checked.times($1.0, $1.1)))) }
-        if layout.recompute && shape.microBatches == nil {
-            // √n checkpointing of the one chain (``RecomputeSegments``): the kept boundaries, and
-            // the interior slots shared by the segments.
-            let segments = RecomputeSegments(blocks: local.count)
             let sizes = zip(activationRows, widths).map { checked.times($0, $1) }
-            perChain = sizes.indices.filter { segments.scratchSlot($0) == nil }.reduce(0) { checked.plus($0, checked.times(8, max(1, sizes[$1]))) }
-            perChain = segments.scratchCapacities(sizes).reduce(perChain) { checked.plus($0, checked.times(8, max(1, $1))) }
-        }
+            var perChain = sizes.reduce(0) { checked.plus($0, checked.times(8, max(1, $1))) }
+            if layout.recompute && shape.microBatches == nil {
+                // √n checkpointing of the one chain (``RecomputeSegments``): the kept boundaries, and
+                // the interior slots shared by the segments.
+                let segments = RecomputeSegments(blocks: local.count)
+                perChain = sizes.indices.filter { segments.scratchSlot($0) == nil }.reduce(0) { checked.plus($0, checked.times(8, max(1, sizes[$1]))) }
+                perChain = segments.scratchCapacities(sizes).reduce(perChain) { checked.plus($0, checked.times(8, max(1, $1))) }
+            }
             memory[.activations] = checked.plus(memory[.activations], checked.times(chains, perChain))
-            if layout.batchWeightGradients, let schedule {
+            if layout.batchWeightGradients, let schedule = rank.schedule {
                 // ``BatchedWeightGradients``: each splitting layer's (not a mixture's) input and
                 // output gradient over all of the run's micro-batches.
                 let runRows = checked.times(schedule.microBatches, chainRows)
@@ -206,20 +183,20 @@ extension MemoryPlan {
             memory.staging = checked.plus(memory.staging, checked.times(chains, checked.times(4, max(1, activationRows.last!))))
         }
         if shape.microBatches != nil {
-            let ends = ranges.contains { $0.lowerBound == 0 || $0.upperBound == plan.count }
-            memory.staging = checked.plus(memory.staging, ends ? checked.times(4, checked.plus(checked.times(rows, c.seqLen), rows)) : 8)
+            let ends = rank.chunks.contains { $0.lowerBound == 0 || $0.upperBound == plan.count }
+            memory.staging = checked.plus(memory.staging, ends ? checked.times(4, checked.plus(checked.times(rank.rows, c.seqLen), rank.rows)) : 8)
         }
         // A mixture of experts' own buffers (``MixtureOfExperts``; one chain, or one pipeline slot),
         // for its chain's rows: router probabilities [rows × E], gates [rows × K], packed inputs
         // [rows·K × in] and outputs [rows·K × out], values and gradients; the Int32 routing state
-        // (2·rows·K + 3E + 1) and the 2E floats of routing statistics. Under DP and 3D, every dp
-        // rank's statistics (D · 2E floats); under `train_3d --ep E'`, the receive buffers of
-        // ``ExpertShards``.
-        // A pipeline keeps one copy of the block per slot (each micro-batch in flight its own
-        // routing state and receive buffers), and with M > 1 micro-batches one ``StepRouting``
-        // (4·(2E + D·2E + E) bytes) in place of the statistics buffer.
-        for (c, range) in ranges.enumerated() {
-            let slots = schedule?.chunkSlots[c] ?? 1
+        // (2·rows·K + 3E + 1) and the 2E floats of routing statistics. Where the layout gathers
+        // them, every dp rank's statistics (D · 2E floats); with E/E' experts per block, the
+        // receive buffers of ``ExpertShards``. A pipeline keeps one copy of the block per slot
+        // (each micro-batch in flight its own routing state and receive buffers), and with M > 1
+        // micro-batches one ``StepRouting`` (4·(2E + D·2E + E) bytes) in place of the statistics buffer.
+        let expertGroup = layout.facts.expertGroupInBlocks(layout)
+        for (c, range) in rank.chunks.enumerated() {
+            let slots = rank.schedule?.chunkSlots[c] ?? 1
             for i in range where plan[i].kind == .mixtureOfExperts {
                 let e = plan[i].experts!.count, k = plan[i].experts!.topK, assignments = checked.times(chainRows, k)
                 let floats = [checked.times(chainRows, e), assignments, checked.times(assignments, plan[i].weightRows),
@@ -228,7 +205,7 @@ extension MemoryPlan {
                 memory[.activations] = checked.plus(memory[.activations], checked.times(slots, checked.plus(floats, state)))
                 if m > 1 {
                     memory[.buffers] = checked.plus(memory[.buffers], checked.times(4, checked.plus(3 * e, checked.times(dp, 2 * e))))
-                } else if layout.kind == .dataParallel || layout.kind == .threeDimensional {
+                } else if layout.facts.gathersRoutingStatistics {
                     memory[.buffers] = checked.plus(memory[.buffers], checked.times(4, checked.times(dp, 2 * e)))
                 }
                 for _ in 0..<(expertGroup > 1 ? slots : 0) {
@@ -236,46 +213,32 @@ extension MemoryPlan {
                 }
             }
         }
-        if layout.kind == .pipeline && m > 1 {
-            // `train_pp` packs each Linear's weights once per run for its micro-batches
-            // (``Linear/keepPackedWeights()``): two packed copies of W.
-            for i in ranges.joined() where plan[i].kind == .dense || plan[i].kind == .head {
-                let copies = Linear.packedCount(inputs: plan[i].weightRows, outputs: plan[i].weightColumns)
-                memory[.buffers] = checked.plus(memory[.buffers], checked.times(4, copies))
-            }
-        }
         if sequenceParallel {
             // The shared full-rows scratch (values and gradients) and the packed partial gradients
-            // summed over tp: whole replicated blocks and row-parallel biases (in 3D, the part of
-            // them in this rank's FSDP shard of each block).
+            // summed over tp (``sequenceParallelPartials(_:)``).
             let scratch = local.map { $0.sharding == .column ? chainRows * $0.input : $0.sharding == .row ? chainRows * $0.output : 0 }.max() ?? 0
             memory[.buffers] = checked.plus(memory[.buffers], checked.times(8, max(1, scratch)))
-            let partial = sequenceParallelPartials(local, layout, dp: dp, dpIndex: coordinate[.dp] ?? 0)
-            memory[.buffers] = checked.plus(memory[.buffers], checked.times(4, max(1, partial)))
+            memory[.buffers] = checked.plus(memory[.buffers], checked.times(4, max(1, sequenceParallelPartials(rank))))
         }
-        if ranges[0].lowerBound == 0 {
+        if rank.chunks[0].lowerBound == 0 {
             let extra = checked.times(Kernels.scatterStreams - 1, checked.times(c.vocab, c.emb))
             if extra > 0 && extra <= 1 << 16 { memory.staging = checked.plus(memory.staging, 4 * extra) }
         }
 
-        // The largest MPI message: DP's biggest bucket; TP's partial outputs and input gradients.
-        if layout.kind == .dataParallel && dp > 1 {
-            let buckets = GradientBuckets.buckets(plan: plan, bucketBytes: layout.bucketBytes)
-            memory.largestMessage = buckets.map(\.range.count).max() ?? 0
-        }
+        // The largest MPI message of the tensor-parallel pairs: partial outputs and input gradients.
         if tp > 1 {
             for block in local where block.sharding != .replicated {
                 let width = block.sharding == .column ? block.input : block.output
                 memory.largestMessage = max(memory.largestMessage, checked.times(chainRows, width))
             }
         }
+        layout.facts.addMemory(&memory, rank, &checked)
 
-        if let group = shape.expertGroup, layout.kind == .dataParallel { expertParallel(&memory, plan, group: group, rows: chainRows, settings, &checked) }
         // Whole-model copies (see the type's documentation).
         let psi = plan.parameterCount
         let gathered = settings.samples > 0 || settings.dump || settings.export ? 1 : 0
-        let atEnd = rank == 0 ? gathered + (settings.samples > 0 ? 2 : 0) + (settings.dump ? 1 : 0) + (settings.export ? 1 : 0) : 0
-        let atStart = settings.resume ? 1 : settings.initFrom && rank == 0 ? 1 : 0
+        let atEnd = rank.rank == 0 ? gathered + (settings.samples > 0 ? 2 : 0) + (settings.dump ? 1 : 0) + (settings.export ? 1 : 0) : 0
+        let atStart = settings.resume ? 1 : settings.initFrom && rank.rank == 0 ? 1 : 0
         memory.wholeModel = checked.times(checked.times(4, psi), 1 + max(atStart, atEnd))
         if (settings.resume || settings.initFrom) && shape.ranks > 1 {
             memory.largestMessage = max(memory.largestMessage, psi)  // the whole model, broadcast
@@ -288,61 +251,24 @@ extension MemoryPlan {
         let parts = memory.ledgered + [memory.staging, memory.wholeModel, memory.bookkeeping, memory.dataset]
         _ = parts.reduce(0) { checked.plus($0, $1) }
         if checked.overflowed {
-            throw UsageError("the sizes overflow: \(c) with --batch-size \(batch) needs more than 2^63 bytes per rank")
+            throw UsageError("the sizes overflow: \(c) with --batch-size \(settings.batchSize) needs more than 2^63 bytes per rank")
         }
         return memory
     }
 
     /// Floats of sequence parallelism's partial gradients a rank sums over tp each step: whole
-    /// replicated blocks and row-parallel biases (used outside the pairs, on 1/T of the rows), in
-    /// 3D only the part in this rank's FSDP shard (index `dpIndex` of `dp`) of each block.
-    static func sequenceParallelPartials(_ local: [LocalBlock], _ layout: LayoutDescription, dp: Int, dpIndex: Int) -> Int {
+    /// replicated blocks and row-parallel biases (used outside the pairs, on 1/T of the rows),
+    /// only the part of each block in this rank's shard over dp (`train_3d` shards its blocks
+    /// over dp; elsewhere dp is one rank and the shard is the block).
+    static func sequenceParallelPartials(_ rank: RankGeometry) -> Int {
+        let dp = rank.size(.dp), index = rank.coordinate(.dp)
         var partial = 0
-        for block in local where block.sharding != .column {
+        for block in rank.blocks.joined() where block.sharding != .column {
             let r = block.sharding == .replicated ? 0..<block.count : block.count - block.output ..< block.count
-            if layout.kind == .threeDimensional {
-                let s = (block.count + dp - 1) / dp
-                partial += max(0, min(r.upperBound, (dpIndex + 1) * s) - max(r.lowerBound, dpIndex * s))
-            } else {
-                partial += r.count
-            }
+            let s = (block.count + dp - 1) / dp
+            partial += max(0, min(r.upperBound, (index + 1) * s) - max(r.lowerBound, index * s))
         }
         return partial
-    }
-
-    /// One block as a rank holds it: floats, local activation widths, and its tensor-parallel
-    /// sharding (``TensorParallelPlan``'s pairing; counts only, no maps).
-    struct LocalBlock {
-        var count: Int
-        var input: Int
-        var output: Int
-        var sharding: TensorParallelPlan.Sharding
-        /// A mixture of experts' router floats (the first `router` of `count`; nil for other kinds).
-        var router: Int? = nil
-    }
-
-    /// - Parameter expertGroup: E' of `train_3d --ep`: a mixture of experts holds E/E' experts.
-    static func localBlocks(_ plan: BlockPlan, _ range: Range<Int>, tpSize: Int, expertGroup: Int = 1) -> [LocalBlock] {
-        let shardings = TensorParallelPlan.shardings(plan, tpSize: tpSize)
-        return range.map { i in
-            let block = plan[i], inputs = block.weightRows, outputs = block.weightColumns
-            switch shardings[i] {
-            case .replicated:
-                if let experts = block.experts {
-                    let router = inputs * experts.count, held = experts.count / expertGroup * (inputs * outputs + outputs)
-                    return LocalBlock(count: router + held, input: block.inputWidth, output: block.outputWidth,
-                                      sharding: .replicated, router: router)
-                }
-                return LocalBlock(count: block.parameterCount, input: block.inputWidth, output: block.outputWidth,
-                                  sharding: .replicated)
-            case .column:
-                let o = outputs / tpSize
-                return LocalBlock(count: inputs * o + o, input: inputs, output: o, sharding: .column)
-            case .row:
-                let k = inputs / tpSize
-                return LocalBlock(count: k * outputs + outputs, input: k, output: outputs, sharding: .row)
-            }
-        }
     }
 }
 

@@ -118,45 +118,34 @@ public struct CostModel: Sendable {
         return Double(transfer.calls) * steps * alpha + Double(transfer.bytes) * wire / bandwidth
     }
 
-    /// FLOPs per step of world rank `rank` (its experts' assignments apart), and the rows of its chain runs: `6·in·out` per row for each Linear
-    /// it holds, `2·in·out` more for each forward rerun under `--recompute`
-    /// (``CommunicationPlan/reruns(_:recompute:slots:)``). `cut`: the pipeline's `P·V` chunks.
+    /// FLOPs per step of `rank` (its experts' assignments apart), and the rows of its chain runs:
+    /// `6·in·out` per row for each Linear it holds, `2·in·out` more for each forward rerun under
+    /// `--recompute` (``CommunicationPlan/reruns(_:recompute:slots:)``).
     ///
     /// With `--batch-weight-gradients` the Linears' weight gradients (`2·in·out` of the 6) run once
     /// per schedule run over all its micro-batches' rows: they are returned apart, as `weights`,
     /// for the rate of `M` times the rows.
-    static func flops(rank: Int, _ plan: BlockPlan, _ layout: LayoutDescription, _ settings: PlanSettings,
-                      cut: [Range<Int>]) -> (step: Double, rows: Double, experts: Double, expertRows: Double, weights: Double) {
-        let shape = layout.shape, k = settings.accumulation, m = shape.microBatches ?? 1
-        var rest = rank, coordinate: [MeshAxis: Int] = [:]
-        for (axis, size) in shape.axes {
-            coordinate[axis] = rest % size
-            rest /= size
-        }
-        let tp = shape.size(.tp), pp = shape.size(.pp), stage = coordinate[.pp] ?? 0, v = shape.virtualStages
-        let ranges = pp > 1 ? (0..<v).map { cut[$0 * pp + stage] } : [0..<plan.count]
-        let schedule = shape.microBatches.map { PipelineSchedule(layout.schedule, stage: stage, stages: pp, microBatches: $0, virtualStages: v) }
-        let rows = Double(settings.batchSize / shape.dataParallelDegree / k / m)
+    static func flops(_ rank: RankGeometry) -> (step: Double, rows: Double, experts: Double, expertRows: Double, weights: Double) {
+        let layout = rank.layout, plan = rank.plan, runs = Double(rank.runs)
+        let rows = Double(rank.chainRows)
         var perRow = 0.0, experts = 0.0, expertRows = 0.0, weightsPerRow = 0.0
-        for (c, range) in ranges.enumerated() {
-            let local = MemoryPlan.localBlocks(plan, range, tpSize: tp)
-            let reruns = CommunicationPlan.reruns(local.count, recompute: layout.recompute, slots: schedule?.chunkSlots[c])
-            for (i, block) in zip(range, local).enumerated() {
-                if plan[block.0].kind.isLinear {
+        for (c, range) in rank.chunks.enumerated() {
+            let reruns = rank.reruns(chunk: c)
+            for (i, (index, block)) in zip(range, rank.blocks[c]).enumerated() {
+                if plan[index].kind.isLinear {
                     let batched = layout.batchWeightGradients ? 2.0 : 0
-                    perRow += (Double(6 + 2 * reruns[i]) - batched) * Double(block.1.input) * Double(block.1.output)
-                    weightsPerRow += batched * Double(block.1.input) * Double(block.1.output)
-                } else if plan[block.0].kind == .mixtureOfExperts {
-                    let (router, assignments, rowsPerExpert) = layout.kind == .threeDimensional
-                        ? mixtureOfExpertsFlops(rank: coordinate[.dp] ?? 0, ranks: shape.size(.dp), plan[block.0], layout, settings)
-                        : mixtureOfExpertsFlops(rank: rank, ranks: shape.ranks, plan[block.0], layout, settings)
+                    perRow += (Double(6 + 2 * reruns[i]) - batched) * Double(block.input) * Double(block.output)
+                    weightsPerRow += batched * Double(block.input) * Double(block.output)
+                } else if plan[index].kind == .mixtureOfExperts {
+                    let (router, assignments, rowsPerExpert) = mixtureOfExpertsFlops(rank: rank.dataIndex, ranks: layout.shape.dataParallelDegree,
+                                                                                     plan[index], layout, rank.settings)
                     perRow += router
                     experts += assignments
                     expertRows = rowsPerExpert
                 }
             }
         }
-        return (perRow * rows * Double(k * m), rows, experts, expertRows, weightsPerRow * rows * Double(k * m))
+        return (perRow * rows * runs, rows, experts, expertRows, weightsPerRow * rows * runs)
     }
 
     /// Predicts one step of `layout` from the ranks' communication plans.
@@ -165,12 +154,10 @@ public struct CostModel: Sendable {
         let n = layout.shape.ranks
         let perHost = min(n, ranksPerHost ?? n)
         var worst = Prediction(seconds: 0, computeSeconds: 0, communicationSeconds: 0, bubble: 0)
-        let pp = layout.shape.size(.pp)
-        let cut = pp > 1 ? PipelinePartition.stages(plan, stages: pp * layout.shape.virtualStages, override: layout.shape.partition)
-            : [0..<plan.count]
+        let cut = RankGeometry.cut(plan, layout)
         let memory = try MemoryPlan.perRank(plan, layout, settings)
         for (rank, comm) in communication.enumerated() {
-            let work = Self.flops(rank: rank, plan, layout, settings, cut: cut)
+            let work = Self.flops(RankGeometry(rank: rank, layout, plan, settings, cut: cut))
             // Ranks beyond the calibrated cores share them — unless `--flops` gives a rank's own rate.
             let share = flops == nil ? calibration.map { min(1, Double($0.cores) / Double(perHost)) } ?? 1 : 1
             var rate: Double

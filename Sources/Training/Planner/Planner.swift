@@ -45,79 +45,13 @@ public struct Planner: Sendable {
         public var reason: String
     }
 
-    /// Micro-batch counts tried for a pipeline of `stages`: M = 1, P, 2P, 4P, 8P and the powers of
-    /// two up to 8P, those that divide the rows of a micro-step, in increasing order.
-    func microBatchCounts(stages: Int, rows: Int) -> [Int] {
-        let powers = (0...20).map { 1 << $0 }.filter { $0 <= 8 * stages }
-        let counts = Set([1, stages, 2 * stages, 4 * stages, 8 * stages] + powers).filter { $0 <= rows && rows % $0 == 0 }
-        return counts.sorted()
-    }
-
-    /// Every layout of the suite on ``ranks`` ranks: `train` (one rank); DP; FSDP with ZeRO 1, 2
-    /// and 3 and each HSDP replica count; TP with and without sequence parallelism (each of these
-    /// with and without `--recompute`); PP with each
-    /// schedule and micro-batch count (``microBatchCounts(stages:rows:)``; `--recompute` and
-    /// `--batch-weight-gradients` at the most;
-    /// interleaved with two chunks per stage where M is a multiple of P); every 3D
-    /// factorisation T·D·P = N with T, D, P > 1 in at least two axes, with 1F1B at each M (and,
-    /// at the most micro-batches that allow it, sequence parallelism without and with `--recompute`).
-    /// With experts, ``expertCandidates(dense:)``.
+    /// Every layout of every parallelism worth planning on ``ranks`` ranks, as each states it
+    /// (``LayoutFacts/candidates(_:)``): `train` on one rank; DP; FSDP with every ZeRO stage and
+    /// HSDP replica count; TP with and without sequence parallelism; PP with each schedule and
+    /// micro-batch count; every 3D grid; `train_ep` for a model with experts.
     public func candidates() -> [LayoutDescription] {
-        let n = ranks
-        if n == 1 { return [.singleRank] }
-        let divisors = (1...n).filter { n % $0 == 0 }
-        var result: [LayoutDescription] = []
-        var flat: [LayoutDescription] = [.dataParallel(ranks: n, bucketBytes: bucketBytes)]
-        for zero in 1...3 {
-            for r in divisors where r < n { flat.append(.fullySharded(ranks: n, zero: zero, replicate: r)) }
-        }
-        var sp = LayoutDescription.tensorParallel(ranks: n)
-        sp.sequenceParallel = true
-        flat += [.tensorParallel(ranks: n), sp]
-        for layout in flat {  // each with and without --recompute (√n segments of the one chain)
-            var recompute = layout
-            recompute.recompute = true
-            result += [layout, recompute]
-        }
-        let rows = max(1, settings.batchSize / settings.accumulation)
-        let counts = microBatchCounts(stages: n, rows: rows)
-        for kind in PipelineScheduleKind.allCases where kind != .interleaved {
-            for m in counts { result.append(.pipeline(stages: n, microBatches: m, schedule: kind)) }
-            if kind != .zeroBubble, let m = counts.last {
-                var recompute = LayoutDescription.pipeline(stages: n, microBatches: m, schedule: kind)
-                recompute.recompute = true
-                result.append(recompute)
-                if m > 1 {  // one weight pass per step over all the micro-batches' rows
-                    var batched = LayoutDescription.pipeline(stages: n, microBatches: m, schedule: kind)
-                    batched.batchWeightGradients = true
-                    result.append(batched)
-                }
-            }
-        }
-        for m in counts where m % n == 0 {  // interleaved, two chunks per stage
-            var interleaved = LayoutDescription.pipeline(stages: n, microBatches: m, schedule: .interleaved)
-            interleaved.shape.virtualStages = 2
-            result.append(interleaved)
-        }
-        for t in divisors {
-            for d in divisors where (n / t) % d == 0 {
-                let p = n / t / d
-                guard [t, d, p].filter({ $0 > 1 }).count >= 2 else { continue }
-                let counts = microBatchCounts(stages: p, rows: max(1, rows / d)).filter { p > 1 || $0 == 1 }
-                for m in counts { result.append(.threeDimensional(tp: t, dp: d, pp: p, microBatches: m, schedule: .oneForwardOneBackward)) }
-                // Sequence parallelism, and with recomputation, at the most micro-batches whose rows split over t.
-                if t > 1, let m = counts.last(where: { (rows / d / $0) % t == 0 }) {
-                    var sp = LayoutDescription.threeDimensional(tp: t, dp: d, pp: p, microBatches: m, schedule: .oneForwardOneBackward)
-                    sp.sequenceParallel = true
-                    result.append(sp)
-                    if p > 1 {
-                        sp.recompute = true
-                        result.append(sp)
-                    }
-                }
-            }
-        }
-        return plan.config.experts == nil ? result : expertCandidates(dense: result)
+        Parallelisms.candidates(CandidateContext(ranks: ranks, rows: max(1, settings.batchSize / settings.accumulation),
+                                                 bucketBytes: bucketBytes, experts: plan.config.experts))
     }
 
     /// Plans every candidate: the layouts that can run, fastest first (ties: less memory first),
@@ -125,7 +59,7 @@ public struct Planner: Sendable {
     public func evaluate() throws(UsageError) -> (entries: [Entry], refused: [Refusal]) {
         var entries: [Entry] = [], refused: [Refusal] = []
         for layout in candidates() {
-            if let reason = expertsRefusal(layout) {
+            if let experts = plan.config.experts, let reason = layout.facts.expertsRefusal(experts, layout) {
                 refused.append(Refusal(layout: layout, reason: reason))
                 continue
             }
@@ -147,14 +81,5 @@ public struct Planner: Sendable {
         }
         entries.sort { ($0.prediction.seconds, $0.memory) < ($1.prediction.seconds, $1.memory) }
         return (entries, refused)
-    }
-}
-
-extension LayoutDescription {
-    /// The command with the pipeline's micro-batches: `train_pp -np 4 --schedule 1f1b --micro-batches 8`.
-    public var planCommand: String {
-        if kind == .dataParallel && bucketBytes != 1 << 20 { return command + " --bucket-kb \(bucketBytes / 1024)" }
-        guard let m = shape.microBatches else { return command }
-        return command + " --micro-batches \(m)"
     }
 }

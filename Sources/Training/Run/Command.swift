@@ -19,22 +19,19 @@ public protocol TrainingCommand: ParsableCommand {
     func makeLayout(_ context: TrainingContext) throws(UsageError) -> TrainingLayout
     /// The layout `makeLayout` builds on `ranks` ranks, as data: what the memory plan is made of.
     func layoutDescription(ranks: Int) -> LayoutDescription
-    /// Whether the layout trains mixtures of experts (`--experts`); false by default.
-    static var trainsExperts: Bool { get }
 }
 
 extension TrainingCommand {
     /// The executable's name, as `--help` shows it.
     static var name: String { configuration.commandName ?? "train" }
 
-    public static var trainsExperts: Bool { false }
-
     public static func launch() -> Never {
         let command: Self
         do {
             command = try Self.parse(Array(CommandLine.arguments.dropFirst()))
-            if command.options.experts > 0 && !trainsExperts {
-                throw UsageError("--experts is not supported by \(name): use train, train_dp, train_ep, train_pp or train_3d")
+            // Whether the layout trains experts is its parallelism's fact (``LayoutFacts/trainsExperts``).
+            if command.options.experts > 0 && !type(of: command.layoutDescription(ranks: 1).facts).trainsExperts {
+                throw UsageError(Parallelisms.expertsUnsupported(by: name))
             }
         } catch {
             if Self.exitCode(for: error) == .success {

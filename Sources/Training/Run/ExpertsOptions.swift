@@ -33,7 +33,7 @@ extension TrainingOptions {
         }
         // f_e and the capacity count the whole batch in one forward, before any backward.
         if accumulate > 1 {
-            throw UsageError("--experts cannot be combined with --accumulate \(accumulate) yet: the load-balancing loss and the capacity count the whole batch in one forward")
+            throw UsageError("--experts cannot be combined with --accumulate \(accumulate): the load-balancing loss and the capacity count the whole batch in one forward, which accumulation splits into \(accumulate)")
         }
     }
 }

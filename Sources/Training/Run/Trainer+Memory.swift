@@ -30,10 +30,7 @@ extension Trainer {
                              + "but rank \(world.rank) may use \(gib(budget.bytes)) GiB (\(budget.limit)); make the model smaller")
         }
         let plan = config.plan
-        if layout.kind == .fullySharded {  // HSDP's replicas must divide the ranks (the layout's own message)
-            _ = try LayoutShape.fullySharded(ranks: world.size, replicate: layout.replicate)
-        }
-        try layout.shape.check(worldSize: world.size, plan: plan, batchSize: options.batchSize, accumulation: options.accumulate)
+        try layout.check(worldSize: world.size, plan: plan, batchSize: options.batchSize, accumulation: options.accumulate)
         let mine = try MemoryPlan.forRank(world.rank, plan, layout, settings)
         let need = mine.toAllocate + Self.reserve
         if need > budget.bytes {
@@ -67,26 +64,26 @@ extension Trainer {
     }
 
     /// The layouts on `ranks` ranks that fit `budget` bytes per rank, smallest first, or the
-    /// smallest layout if none does.
+    /// smallest layout if none does: the planner's candidates (``Planner/candidates()``).
     func alternatives(_ plan: BlockPlan, _ settings: PlanSettings, ranks: Int, budget: Int) -> String {
-        var needs: [(String, Int)] = []
-        for layout in LayoutDescription.candidates(ranks: ranks, microBatches: command.layoutDescription(ranks: ranks).shape.microBatches ?? 1) {
-            guard (try? layout.shape.check(worldSize: ranks, plan: plan, batchSize: settings.batchSize,
-                                           accumulation: settings.accumulation)) != nil,
-                  layout.shape.size(.pp) == 1 || plan.count <= 2000,  // the cost-balanced cut is quadratic in the blocks
-                  plan.config.experts == nil || layout.kind == .singleRank || layout.kind == .dataParallel  // who takes --experts
-                    || (layout.kind == .threeDimensional && layout.shape.microBatches == 1)
-            else { continue }
-            if let need = try? MemoryPlan.largestNeed(plan, layout, settings) { needs.append((layout.command, need + Self.reserve)) }
-        }
-        needs.sort { $0.1 < $1.1 }
-        let fitting = needs.filter { $0.1 <= budget }
         if ranks == 1 {
             if plan.config.experts != nil {  // only train_dp takes experts besides train, and it shards nothing
                 return "train is the only layout on 1 rank (on more ranks, train_dp splits the batch and train_ep shards the experts)"
             }
             return "train is the only layout on 1 rank (on more ranks, train_fsdp and train_3d shard the model and split the batch)"
         }
+        let context = CandidateContext(ranks: ranks, rows: max(1, settings.batchSize / settings.accumulation), bucketBytes: 1 << 20,
+                                       experts: plan.config.experts)
+        var needs: [(String, Int)] = []
+        for layout in Parallelisms.candidates(context) {
+            guard (try? layout.check(worldSize: ranks, plan: plan, batchSize: settings.batchSize, accumulation: settings.accumulation)) != nil,
+                  layout.shape.size(.pp) == 1 || plan.count <= 2000,  // the cost-balanced cut is quadratic in the blocks
+                  plan.config.experts.map({ layout.facts.expertsRefusal($0, layout) == nil }) ?? true
+            else { continue }
+            if let need = try? MemoryPlan.largestNeed(plan, layout, settings) { needs.append((layout.planCommand, need + Self.reserve)) }
+        }
+        needs.sort { $0.1 < $1.1 }
+        let fitting = needs.filter { $0.1 <= budget }
         if fitting.isEmpty {
             guard let smallest = needs.first else { return "no layout on \(ranks) rank(s) fits" }
             return "no layout on \(ranks) rank(s) fits (the smallest: \(smallest.0) needs \(gib(smallest.1)) GiB per rank)"
@@ -102,38 +99,16 @@ let memoryReserve = 32 << 20
 /// Bytes in GiB with two decimals.
 func gib(_ bytes: Int) -> String { String(format: "%.2f", Double(bytes) / Double(1 << 30)) }
 
-extension LayoutDescription {
-    /// Every layout an `N`-rank run could use: `train` on one rank; otherwise DP, FSDP, TP, PP
-    /// (both schedules, `microBatches`) and every 3D grid with at least two axes above one.
-    public static func candidates(ranks n: Int, microBatches m: Int) -> [LayoutDescription] {
-        if n == 1 { return [.singleRank] }
-        var result: [LayoutDescription] = [.dataParallel(ranks: n, bucketBytes: 1 << 20), .fullySharded(ranks: n),
-                                           .tensorParallel(ranks: n)]
-        for schedule in PipelineScheduleKind.allCases where schedule != .interleaved {  // interleaving needs --virtual-stages
-            result.append(.pipeline(stages: n, microBatches: m, schedule: schedule))
-        }
-        for tp in 1...n where n % tp == 0 {
-            for dp in 1...(n / tp) where (n / tp) % dp == 0 {
-                let pp = n / tp / dp
-                if [tp, dp, pp].filter({ $0 > 1 }).count >= 2 {
-                    result.append(.threeDimensional(tp: tp, dp: dp, pp: pp, microBatches: m, schedule: .oneForwardOneBackward))
-                }
-            }
-        }
-        return result
-    }
-}
-
 extension MemoryPlan {
     /// The most bytes any rank of `layout` must allocate. Ranks differ only by
     /// pipeline stage (tensor- and data-parallel ranks hold equal shares) and rank 0's end-of-run
     /// copies, so one rank per stage is planned.
     public static func largestNeed(_ plan: BlockPlan, _ layout: LayoutDescription, _ settings: PlanSettings) throws(UsageError) -> Int {
         let shape = layout.shape, pp = shape.size(.pp), perStage = shape.size(.tp) * shape.size(.dp)
-        let cut = pp > 1 ? PipelinePartition.stages(plan, stages: pp * shape.virtualStages, override: shape.partition) : nil
+        let cut = RankGeometry.cut(plan, layout)
         var largest = 0
         for stage in 0..<pp {
-            let memory = try forRank(stage * perStage, plan, layout, settings, cut: cut)
+            let memory = try forRank(RankGeometry(rank: stage * perStage, layout, plan, settings, cut: cut))
             largest = max(largest, memory.toAllocate)
         }
         return largest

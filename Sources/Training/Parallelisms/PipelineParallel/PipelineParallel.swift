@@ -41,7 +41,7 @@ public final class PipelineParallel: TrainingLayout {
         let cut = PipelinePartition.stages(plan, stages: n * v, override: pipeline.partition)
         self.cut = cut
         // This rank's chunks r, r + N, …; each chunk's blocks are one run of the canonical vector.
-        let chunkBlocks = (0..<v).map { plan.blocks[cut[$0 * n + pp.rank]] }
+        let chunkBlocks = PipelinePartition.chunks(cut, stage: pp.rank, stages: n).map { plan.blocks[$0] }
         var map = ParameterMap()
         for blocks in chunkBlocks {
             map.append(start: blocks.first!.parameterOffset, count: blocks.reduce(0) { $0 + $1.parameterCount })

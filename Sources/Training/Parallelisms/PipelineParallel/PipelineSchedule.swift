@@ -15,6 +15,13 @@ import Core
 /// cuts with the same largest cost, earlier stages take more blocks. `--partition 3,2` (blocks per
 /// stage) overrides the cut.
 public enum PipelinePartition {
+    /// The chunks stage `stage` of `stages` holds in `cut` (the model's `P·V` chunks): chunks
+    /// `s, s + P, …, s + (V − 1)P` — one unless interleaved. The runtime layouts and the plans
+    /// (``RankGeometry``) both take a stage's blocks from here.
+    public static func chunks(_ cut: [Range<Int>], stage: Int, stages: Int) -> [Range<Int>] {
+        stride(from: stage, to: cut.count, by: stages).map { cut[$0] }
+    }
+
     /// Forward plus backward FLOPs per row of `block` (the matrix products; the embedding's row
     /// copies count as free).
     public static func cost(_ block: Block) -> Double {

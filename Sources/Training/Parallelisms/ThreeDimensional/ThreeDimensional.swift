@@ -86,8 +86,8 @@ public final class ThreeDimensional: TrainingLayout {
         modelPlan = context.plan
         // This stage's chunks (one unless interleaved: chunks s, s + P, …), each laid out tensor-parallel;
         // FSDP shards all their blocks, chunk after chunk, and its hooks address them in that order.
-        let chunkPlans = try (0..<v).map { c throws(UsageError) in
-            try TensorParallelPlan(context.plan, blocks: cut[c * pp + mesh[.pp].rank], tpSize: tp, tpRank: mesh[.tp].rank,
+        let chunkPlans = try PipelinePartition.chunks(cut, stage: mesh[.pp].rank, stages: pp).map { blocks throws(UsageError) in
+            try TensorParallelPlan(context.plan, blocks: blocks, tpSize: tp, tpRank: mesh[.tp].rank,
                                    sequenceParallel: sequenceParallel)
         }
         plans = chunkPlans
@@ -149,7 +149,9 @@ public final class ThreeDimensional: TrainingLayout {
             return
         }
         try pipeline.checkExperts(experts)
-        if sequenceParallel { throw UsageError("--experts cannot be combined with --sequence-parallel yet") }
+        if sequenceParallel {
+            throw UsageError("--experts cannot be combined with --sequence-parallel: a mixture of experts routes, caps and balances whole rows, and outside the tensor-parallel pairs each tp rank holds only 1/T of them")
+        }
         if dp % expertGroup != 0 {
             throw UsageError("--ep \(expertGroup) does not divide --dp \(dp) (expert groups are carved out of the data-parallel ranks)")
         }
