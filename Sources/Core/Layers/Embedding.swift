@@ -2,7 +2,7 @@
 ///
 /// The input activation carries token ids as floats (exact for ids below 2²⁴), so an embedding
 /// has the same signature as every other layer. The table is `[vocab × dim]`, row per token.
-public final class Embedding: Layer {
+public final class Embedding: SplitBackward {
     public let vocab: Int
     public let dim: Int
     public let table: ParameterView
@@ -40,7 +40,6 @@ public final class Embedding: Layer {
     }
 
     /// The input is token ids: there is no input gradient, only the table's.
-    public var splitsBackward: Bool { true }
     public func backwardInput(_ input: Activation, _ output: Activation) {}
     public func backwardWeights(_ input: Activation, _ output: Activation) { backward(input, output, accumulate: true) }
 

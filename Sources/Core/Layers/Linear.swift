@@ -3,7 +3,7 @@
 ///
 /// With ReLU fused, only the post-activation output is kept: `y > 0` exactly where the
 /// pre-activation was positive, so backward masks the gradient by `y` alone.
-public final class Linear: Layer {
+public final class Linear: SplitBackward, PackedWeights {
     public let inputs: Int
     public let outputs: Int
     public let relu: Bool
@@ -87,8 +87,6 @@ public final class Linear: Layer {
     public func backward(_ input: Activation, _ output: Activation) {
         backward(input, output, accumulate: true)
     }
-
-    public var splitsBackward: Bool { true }
 
     /// The ReLU mask, then dx = dy · Wᵀ.
     public func backwardInput(_ input: Activation, _ output: Activation) {

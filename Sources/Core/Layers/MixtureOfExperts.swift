@@ -386,7 +386,7 @@ public final class MixtureOfExperts: Layer {
     }
 }
 
-extension MixtureOfExperts {
+extension MixtureOfExperts: SlotCopyable {
     /// Makes the block, and the copies ``copyForSlot()`` makes of it, route a pipeline's
     /// micro-batches as one batch through `routing` (instead of ``attach(_:)``).
     public func shareStepRouting(_ routing: StepRouting) {

@@ -103,28 +103,32 @@ public final class ParameterBuffer {
 /// - `backward(input, output)` reads `output.grad` (and the values), **adds** the parameter
 ///   gradients into the parameters' `grad` (so micro-batches accumulate), and writes `input.grad`.
 ///
-/// A layer may also split its backward in two, for zero-bubble pipelines: ``backwardInput(_:_:)``
-/// (the input gradient, which the previous stage is waiting for) and ``backwardWeights(_:_:)``
-/// (the parameter gradients, which nobody waits for and can run later), together exactly
-/// ``backward(_:_:)``. The split may leave `output.grad` changed in between (e.g. masked by the
-/// ReLU), so the weight pass must follow its input pass before `output.grad` is written again.
-/// A layer that does not split (``splitsBackward`` false) does everything in `backward`.
+/// That is all a layer must do. Pipelines ask more of some layers, each an opt-in protocol a
+/// layer adopts when it can: ``SplitBackward`` (the two halves of backward, for zero-bubble
+/// schedules), ``PackedWeights`` (a packed copy of W for many small products) and
+/// ``SlotCopyable`` (its own state per micro-batch in flight).
 public protocol Layer: AnyObject {
     func forward(_ input: Activation, _ output: Activation)
     func backward(_ input: Activation, _ output: Activation)
-    /// Whether ``backwardInput(_:_:)`` and ``backwardWeights(_:_:)`` are implemented.
-    var splitsBackward: Bool { get }
+}
+
+/// A layer whose backward splits in two, for zero-bubble pipelines: ``backwardInput(_:_:)``
+/// (the input gradient, which the previous stage is waiting for) and ``backwardWeights(_:_:)``
+/// (the parameter gradients, which nobody waits for and can run later), together exactly
+/// ``Layer/backward(_:_:)``. The split may leave `output.grad` changed in between (e.g. masked by
+/// the ReLU), so the weight pass must follow its input pass before `output.grad` is written again.
+/// A layer that does not adopt it does everything in `backward`.
+public protocol SplitBackward: Layer {
     /// The input gradient only: writes `input.grad`, no parameter gradient.
     func backwardInput(_ input: Activation, _ output: Activation)
     /// The parameter gradients only (added in), after ``backwardInput(_:_:)``.
     func backwardWeights(_ input: Activation, _ output: Activation)
-    /// The layer a pipeline's other slot (another micro-batch in flight) runs: the same
-    /// parameters and, for a layer that keeps state between its forward and backward (a mixture
-    /// of experts' routing), its own copy of that state. Stateless layers return themselves.
-    func copyForSlot() -> Layer
-    /// Gives the layer a packed copy of its weights (allocated now, once), for a caller that runs
-    /// many small products over the same weights: a pipeline stage's micro-batches. Layers with
-    /// nothing to pack ignore it.
+}
+
+/// A layer that can keep a packed copy of its weights, for a caller that runs many small
+/// products over the same weights: a pipeline stage's micro-batches.
+public protocol PackedWeights: Layer {
+    /// Allocates the packed copy (now, once).
     func keepPackedWeights()
     /// Packs the current weights into that copy; forwards and input gradients read it until
     /// ``releasePackedWeights()``. The weights must not change in between.
@@ -134,12 +138,16 @@ public protocol Layer: AnyObject {
     func releasePackedWeights()
 }
 
+/// A layer that keeps state between its forward and backward (a mixture of experts' routing),
+/// so a pipeline's other slots (other micro-batches in flight) each need their own copy over the
+/// same parameters. Layers without such state run every slot themselves.
+public protocol SlotCopyable: Layer {
+    /// A layer over the same parameters with its own state.
+    func copyForSlot() -> Layer
+}
+
 extension Layer {
-    public var splitsBackward: Bool { false }
-    public func copyForSlot() -> Layer { self }
-    public func keepPackedWeights() {}
-    public func packWeights() {}
-    public func releasePackedWeights() {}
-    public func backwardInput(_ input: Activation, _ output: Activation) { backward(input, output) }
-    public func backwardWeights(_ input: Activation, _ output: Activation) {}
+    /// The layer a pipeline's other slot runs: its own copy when it keeps state (``SlotCopyable``),
+    /// else itself.
+    public func forAnotherSlot() -> Layer { (self as? SlotCopyable)?.copyForSlot() ?? self }
 }

@@ -37,6 +37,8 @@ extension LayerChainHooks {
 /// keeps one chain per micro-batch in flight). Nothing is allocated after `init`.
 public final class LayerChain {
     public let layers: [Layer]
+    /// Each layer as a ``SplitBackward``, or nil when it does not split (looked up once).
+    let split: [SplitBackward?]
     public let activations: [Activation]
     /// The target token of each row (read only by the loss).
     public let targets: UnsafeMutablePointer<Int32>
@@ -71,6 +73,7 @@ public final class LayerChain {
                 recompute: Bool = false) {
         precondition(widths.count == layers.count + 1 && activationRows.count == widths.count)
         self.layers = layers
+        split = layers.map { $0 as? SplitBackward }
         let rows = activationRows[activationRows.count - 1]
         self.rows = rows
         self.loss = loss
@@ -147,8 +150,8 @@ public final class LayerChain {
         loss?.backward(output, targets)
         for i in stride(from: layers.count - 1, through: 0, by: -1) {
             hooks?.willRunBackward(i)
-            if layers[i].splitsBackward {
-                layers[i].backwardInput(activations[i], activations[i + 1])
+            if let layer = split[i] {
+                layer.backwardInput(activations[i], activations[i + 1])
             } else {
                 layers[i].backward(activations[i], activations[i + 1])
                 hooks?.didRunBackward(i)
@@ -160,9 +163,10 @@ public final class LayerChain {
     /// gradients ``backwardInput()`` left. Together the two halves add exactly what
     /// ``backward()`` adds, in the same order per parameter.
     public func backwardWeights() {
-        for i in stride(from: layers.count - 1, through: 0, by: -1) where layers[i].splitsBackward {
+        for i in stride(from: layers.count - 1, through: 0, by: -1) {
+            guard let layer = split[i] else { continue }
             hooks?.willRunWeightPass(i)
-            layers[i].backwardWeights(activations[i], activations[i + 1])
+            layer.backwardWeights(activations[i], activations[i + 1])
             hooks?.didRunBackward(i)
         }
     }

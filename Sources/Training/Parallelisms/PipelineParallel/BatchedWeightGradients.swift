@@ -22,13 +22,15 @@ final class BatchedWeightGradients {
     /// For each layer: its staged inputs (`value`) and output gradients (`grad`), or nil when
     /// the layer does not split its backward.
     let staged: [(input: Activation, output: Activation)?]
+    /// Each layer as a ``SplitBackward`` (nil where `staged` is).
+    let split: [SplitBackward?]
     let storage: UnsafeMutablePointer<Float>?
     let count: Int
 
     /// Floats staged for `layers` with activation `widths` over `rows` rows: one input and one
     /// output gradient per layer that splits its backward.
     static func count(layers: [Layer], widths: [Int], rows: Int) -> Int {
-        layers.indices.filter { layers[$0].splitsBackward }.reduce(0) { $0 + rows * (widths[$1] + widths[$1 + 1]) }
+        layers.indices.filter { layers[$0] is SplitBackward }.reduce(0) { $0 + rows * (widths[$1] + widths[$1 + 1]) }
     }
 
     init(layers: [Layer], widths: [Int], rows: Int) {
@@ -38,7 +40,7 @@ final class BatchedWeightGradients {
         self.storage = storage
         var offset = 0
         staged = layers.indices.map { i in
-            guard let storage, layers[i].splitsBackward else { return nil }
+            guard let storage, layers[i] is SplitBackward else { return nil }
             let input = storage + offset, output = input + rows * widths[i]
             offset += rows * (widths[i] + widths[i + 1])
             // Only the input's values and the output's gradients are read: each view's other
@@ -46,6 +48,7 @@ final class BatchedWeightGradients {
             return (Activation(rows: rows, cols: widths[i], borrowing: input, grad: input),
                     Activation(rows: rows, cols: widths[i + 1], borrowing: output, grad: output))
         }
+        split = layers.map { $0 as? SplitBackward }
         MemoryLedger.add(.activations, bytes: 4 * count)
     }
 
@@ -66,11 +69,11 @@ final class BatchedWeightGradients {
     }
 
     /// The weight pass over every staged row, last layer first, with the chain's hooks around each.
-    func weightPass(_ layers: [Layer], hooks: LayerChainHooks?) {
+    func weightPass(hooks: LayerChainHooks?) {
         for i in staged.indices.reversed() {
-            guard let pair = staged[i] else { continue }
+            guard let pair = staged[i], let layer = split[i] else { continue }
             hooks?.willRunWeightPass(i)
-            layers[i].backwardWeights(pair.input, pair.output)
+            layer.backwardWeights(pair.input, pair.output)
             hooks?.didRunBackward(i)
         }
     }

@@ -69,10 +69,10 @@ final class PipelineChunk {
         let chainHooks = firstLayer == 0 ? hooks : hooks.map { OffsetHooks($0, offset: firstLayer) }
         let activationRows = split?.activationRows(microRows) ?? widths.map { _ in microRows }
         let inputRows = activationRows[0], outputRows = activationRows[widths.count - 1]
-        // Slot 0 runs the layers themselves, every other slot their copies (``Layer/copyForSlot()``:
+        // Slot 0 runs the layers themselves, every other slot their copies (``Layer/forAnotherSlot()``:
         // the same layers, except a mixture of experts' own routing state).
         chains = (0..<(recompute ? 1 : slots)).map { slot in
-            LayerChain(layers: slot == 0 ? layers : layers.map { $0.copyForSlot() }, widths: widths, activationRows: activationRows,
+            LayerChain(layers: slot == 0 ? layers : layers.map { $0.forAnotherSlot() }, widths: widths, activationRows: activationRows,
                        loss: next == nil ? SoftmaxCrossEntropy(gradientScale: lossScale) : nil, hooks: chainHooks)
         }
         inputRowOffset = inputRows < microRows ? split!.tpRank * inputRows : 0

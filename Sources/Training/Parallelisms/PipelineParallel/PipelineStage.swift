@@ -48,7 +48,7 @@ import Distributed
 /// **Packed weights** (`train_pp`, more than one micro-batch). Every micro-batch's forward and
 /// input gradient read all of each Linear's W for only `b` rows of work, and the product packs W
 /// into panels on the fly each time, reading it `depth` strided rows at a time. So the stage packs
-/// each W once per run, as both products read it (``Layer/packWeights()``), and the products
+/// each W once per run, as both products read it (``PackedWeights/packWeights()``), and the products
 /// stream the packed copy: the same floats in the same order, bit for bit; two more copies of the
 /// stage's Linear weights (buffers). Not in `train_3d`, whose FSDP hooks gather weights into the
 /// layers inside the run.
@@ -71,7 +71,10 @@ public final class PipelineStage {
     let batchTokens: UnsafeMutablePointer<Float>
     let batchTargets: UnsafeMutablePointer<Int32>
     let seqLen: Int
-    /// Whether each run packs the layers' weights first (``Layer/packWeights()``).
+    /// The layers whose weights each run packs first (``PackedWeights/packWeights()``): with more
+    /// than one micro-batch, those that can; else none.
+    let packed: [PackedWeights]
+    /// Whether each run packs the layers' weights first.
     let packsWeights: Bool
 
     /// Seconds spent waiting on a neighbour (blocked in a receive, a send's completion or the
@@ -99,7 +102,7 @@ public final class PipelineStage {
     ///   - recompute: keep only each micro-batch's chunk boundary and rerun its forward in backward
     ///     (not with split backwards, whose deferred weight passes need the activations).
     ///   - packsWeights: with more than one micro-batch, pack the layers' weights once per run for
-    ///     all the micro-batches' products (``Layer/keepPackedWeights()``); the layers' weights must
+    ///     all the micro-batches' products (``PackedWeights/keepPackedWeights()``); the layers' weights must
     ///     not change during a run (no FSDP gathers into them).
     ///   - batchWeightGradients: one weight pass per run over every micro-batch's rows
     ///     (``BatchedWeightGradients``; not with zero-bubble, recomputation or sequence parallelism).
@@ -124,7 +127,8 @@ public final class PipelineStage {
         }
         layers = parts.flatMap(\.layers)
         self.packsWeights = packsWeights && schedule.microBatches > 1
-        if self.packsWeights { for layer in layers { layer.keepPackedWeights() } }
+        packed = self.packsWeights ? layers.compactMap { $0 as? PackedWeights } : []
+        for layer in packed { layer.keepPackedWeights() }
         let ends = chunks.contains { $0.previous == nil || $0.next == nil }
         holdsModelEnds = ends
         batchTokens = .allocate(capacity: ends ? rows.count * seqLen : 1)
@@ -159,8 +163,8 @@ public final class PipelineStage {
         if holdsModelEnds {
             sampler.fill(index: index, rows: rows, tokens: batchTokens, targets: batchTargets)
         }
-        if packsWeights { for layer in layers { layer.packWeights() } }
-        defer { if packsWeights { for layer in layers { layer.releasePackedWeights() } } }
+        for layer in packed { layer.packWeights() }
+        defer { for layer in packed { layer.releasePackedWeights() } }
         var total: Float = 0
         for action in actions {
             let chunk = chunks[action.chunk]
@@ -177,7 +181,7 @@ public final class PipelineStage {
             // is inside MPI): let them go before the weight pass, which makes no MPI call.
             for chunk in chunks { chunk.waitForSends() }
             waitingSeconds += MPI.time() - start
-            for chunk in chunks { chunk.batched?.weightPass(chunk.layers, hooks: chunk.chains[0].hooks) }
+            for chunk in chunks { chunk.batched?.weightPass(hooks: chunk.chains[0].hooks) }
             start = MPI.time()
         }
         for chunk in chunks { chunk.waitForSends() }
