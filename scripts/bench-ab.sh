@@ -36,8 +36,12 @@ layouts=(
   "train|1|train|"
   "train_dp N=2|2|train_dp|"
   "train_fsdp N=2|2|train_fsdp|"
+  "train_fsdp N=2 Z1|2|train_fsdp|--zero 1"
+  "train_fsdp N=2 Z2|2|train_fsdp|--zero 2"
   "train_tp N=2|2|train_tp|"
   "train_pp N=2 M=4|2|train_pp|--micro-batches 4"
+  "train_3d 2x1x1|2|train_3d|--tp 2"
+  "train_3d 1x1x2 M=4|2|train_3d|--pp 2 --micro-batches 4"
 )
 
 now() { date +%s.%N; }

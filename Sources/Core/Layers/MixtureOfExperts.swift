@@ -46,9 +46,10 @@ import Darwin
 /// every forward under GPipe — so that f, P, the aux loss and its gradient are the whole batch's.
 ///
 /// **Experts over ranks.** Under expert parallelism (`train_ep`) the block holds the router and
-/// only ``localExperts``; ``ExpertShards`` (``shard(over:maxReceived:)``) sends the packed rows of
-/// the other experts to the ranks that hold them and brings their outputs back (all-to-all-v),
-/// and backward the same with the gradients, so everything around the experts is unchanged.
+/// only ``localExperts``, and an ``ExpertPlacement`` (``place(_:)``; `ExpertShards` in
+/// `Training`) sends the packed rows of the other experts to the ranks that hold them and brings
+/// their outputs back, and backward the same with the gradients, so everything around the
+/// experts is unchanged.
 public final class MixtureOfExperts: Layer {
     public let inputs: Int
     public let outputs: Int
@@ -58,7 +59,7 @@ public final class MixtureOfExperts: Layer {
     /// The experts whose parameters this block holds (all of them, except under `train_ep`).
     public let localExperts: Range<Int>
     /// Under expert parallelism: where the other experts are computed (nil: all are local).
-    var shards: ExpertShards?
+    var placement: ExpertPlacement?
 
     let router: UnsafeMutablePointer<Float>
     let routerGrad: UnsafeMutablePointer<Float>
@@ -74,8 +75,8 @@ public final class MixtureOfExperts: Layer {
     let gates: Activation
     /// `[rows·K × in]` and `[rows·K × out]`: the kept assignments' inputs and expert outputs,
     /// grouped by expert (value and gradient).
-    let packedInput: Activation
-    let packedOutput: Activation
+    public let packedInput: Activation
+    public let packedOutput: Activation
     /// Int32 state (in the ledger's activations, like the buffers above): chosen experts
     /// `[rows × K]`, packed rows `[rows × K]` (−1: dropped), then per expert the routed count
     /// (the whole batch's), the kept count and the packed start (E + 1 of them; during routing,
@@ -85,8 +86,9 @@ public final class MixtureOfExperts: Layer {
     var choices: UnsafeMutablePointer<Int32> { integers }
     var positions: UnsafeMutablePointer<Int32> { integers + maxRows * experts.topK }
     var routed: UnsafeMutablePointer<Int32> { integers + 2 * maxRows * experts.topK }
-    var kept: UnsafeMutablePointer<Int32> { routed + experts.count }
-    var starts: UnsafeMutablePointer<Int32> { kept + experts.count }
+    /// Per expert: the assignments it keeps, and the first packed row of its run.
+    public var kept: UnsafeMutablePointer<Int32> { routed + experts.count }
+    public var starts: UnsafeMutablePointer<Int32> { kept + experts.count }
     /// `2E` floats: this forward's routed counts and probability sums over its rows, as the
     /// ``ExpertBatchExchange`` sends them (also used without one).
     let statistics: UnsafeMutablePointer<Float>
@@ -200,8 +202,8 @@ public final class MixtureOfExperts: Layer {
         for a in 0..<rows * k where positions[a] >= 0 {
             Kernels.copy(input.value + (a / k) * inputs, into: packedInput.value + Int(positions[a]) * inputs, count: inputs)
         }
-        if let shards {
-            shards.forward(self)  // every expert's rows to its rank and back (ExpertShards)
+        if let placement {
+            placement.forward(self)  // every expert's rows to its rank and back
         } else {
             precondition(localExperts.count == e, "a block without some experts needs shard(_:)")
             for x in 0..<e where kept[x] > 0 {
@@ -307,7 +309,7 @@ public final class MixtureOfExperts: Layer {
 
     /// `output = ReLU(input · W_x + b_x)` over `rows` rows, x a local expert (global index).
     @inline(__always)
-    func runExpert(_ x: Int, rows: Int, input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>) {
+    public func runExpert(_ x: Int, rows: Int, input: UnsafePointer<Float>, output: UnsafeMutablePointer<Float>) {
         let weight = expertValues + (x - localExperts.lowerBound) * expertStride
         Kernels.gemm(m: rows, n: outputs, k: inputs, a: input, rowStride: inputs, depthStride: 1,
                      b: weight, ldb: outputs, c: output, ldc: outputs,
@@ -317,7 +319,7 @@ public final class MixtureOfExperts: Layer {
     /// Local expert x's Linear backward over `rows` rows whose output gradient (ReLU mask and
     /// gate applied) is `outputGrad`: adds `db_x += Σ dh`, `dW_x += Xᵀ·dh`; writes `dX = dh·W_xᵀ`.
     @inline(__always)
-    func backwardExpert(_ x: Int, rows: Int, input: UnsafePointer<Float>, outputGrad: UnsafePointer<Float>,
+    public func backwardExpert(_ x: Int, rows: Int, input: UnsafePointer<Float>, outputGrad: UnsafePointer<Float>,
                         inputGrad: UnsafeMutablePointer<Float>) {
         let weight = expertValues + (x - localExperts.lowerBound) * expertStride
         let grad = expertGrads + (x - localExperts.lowerBound) * expertStride
@@ -351,8 +353,8 @@ public final class MixtureOfExperts: Layer {
             dg[a] = dot
         }
         // Each expert's Linear backward over its packed rows (on its own rank under train_ep).
-        if let shards {
-            shards.backward(self)
+        if let placement {
+            placement.backward(self)
         } else {
             for x in 0..<e where kept[x] > 0 {
                 let start = Int(starts[x])
@@ -404,7 +406,30 @@ extension MixtureOfExperts: SlotCopyable {
                                     expertParameters: ParameterView(value: expertValues, grad: expertGrads,
                                                                     count: localExperts.count * expertStride))
         copy.stepRouting = stepRouting
-        if let shards { copy.shard(over: shards.exchange, maxReceived: shards.maxReceived) }
+        if let placement { copy.place(placement.copy(for: copy)) }
         return copy
+    }
+}
+
+/// Where a mixture of experts computes the experts it does not hold (expert parallelism): after
+/// routing, the block's kept assignments sit in ``MixtureOfExperts/packedInput``, grouped by
+/// expert (``MixtureOfExperts/kept`` rows from ``MixtureOfExperts/starts``); ``forward(_:)``
+/// must leave every one's expert output in ``MixtureOfExperts/packedOutput`` and ``backward(_:)``
+/// every one's input gradient in `packedInput.grad`, adding the held experts' parameter
+/// gradients (``MixtureOfExperts/runExpert(_:rows:input:output:)``,
+/// ``MixtureOfExperts/backwardExpert(_:rows:input:outputGrad:inputGrad:)``).
+public protocol ExpertPlacement: AnyObject {
+    func forward(_ block: MixtureOfExperts)
+    func backward(_ block: MixtureOfExperts)
+    /// The same placement, with its own buffers, for `block`: a copy of the block for another
+    /// pipeline slot.
+    func copy(for block: MixtureOfExperts) -> ExpertPlacement
+}
+
+extension MixtureOfExperts {
+    /// Makes this block compute the experts it does not hold through `placement`.
+    public func place(_ placement: ExpertPlacement) {
+        precondition(self.placement == nil)
+        self.placement = placement
     }
 }

@@ -1,5 +1,7 @@
+import Core
+
 /// The all-to-all a mixture of experts uses when its experts are spread over ranks (expert
-/// parallelism, `train_ep`): implemented in `Training` over a communicator of the expert group.
+/// parallelism, `train_ep`): ``ExpertGroupExchange`` over a communicator of the expert group.
 /// Arrays have one entry per rank of the group; counts and offsets are in elements.
 public protocol ExpertAllToAll: AnyObject {
     /// This rank's place in the expert group, and the group's size E'.
@@ -44,7 +46,7 @@ public protocol ExpertAllToAll: AnyObject {
 /// assignment of the group's rows going to this rank — at most `min(E'·b·min(K, m), m·cap)` rows
 /// (b the rows per rank, cap the capacity per expert): `8·rows·(in + out)` bytes, plus
 /// `4·(E'·m + 4·E')` bytes of counts and offsets. Allocated once; nothing per step.
-public final class ExpertShards {
+public final class ExpertShards: ExpertPlacement {
     let exchange: ExpertAllToAll
     /// Experts per rank (m) and the group's size (E').
     let perRank: Int
@@ -94,7 +96,7 @@ public final class ExpertShards {
 
     /// Sends every kept assignment's packed input row to its expert's rank, runs this rank's
     /// experts on what arrives, and brings the outputs back into `block.packedOutput.value`.
-    func forward(_ block: MixtureOfExperts) {
+    public func forward(_ block: MixtureOfExperts) {
         let m = perRank
         exchange.allToAll(block.kept, count: m, into: receivedCounts)
         var total = 0
@@ -123,7 +125,7 @@ public final class ExpertShards {
     /// Sends the packed output gradients (`block.packedOutput.grad`) to the experts' ranks, runs
     /// this rank's experts' backward on what arrives, and brings the input gradients back into
     /// `block.packedInput.grad`. Uses the last forward's counts.
-    func backward(_ block: MixtureOfExperts) {
+    public func backward(_ block: MixtureOfExperts) {
         exchangeRows(block.packedOutput.grad, width: block.outputs, into: computed.grad, outbound: true)
         forEachArrivedRun { expert, rows, first in
             block.backwardExpert(block.localExperts.lowerBound + expert, rows: rows, input: received.value + first * block.inputs,
@@ -165,15 +167,18 @@ public final class ExpertShards {
     }
 }
 
-extension MixtureOfExperts {
-    /// Makes this block compute its experts where they are held (`train_ep`): the block holds
-    /// ``localExperts``, the other ranks of `exchange`'s group the rest (see ``ExpertShards``).
-    /// `maxReceived` rows are allocated for what may arrive, once, here.
-    public func shard(over exchange: ExpertAllToAll, maxReceived: Int) {
-        precondition(shards == nil)
-        shards = ExpertShards(block: self, exchange: exchange, maxReceived: maxReceived)
+extension ExpertShards {
+    /// The same exchange with its own buffers, for a copy of the block in another pipeline slot.
+    public func copy(for block: MixtureOfExperts) -> ExpertPlacement {
+        ExpertShards(block: block, exchange: exchange, maxReceived: maxReceived)
     }
+}
 
-    /// Rows the last forward computed on this rank for its group (under ``shard(over:maxReceived:)``).
-    public var rowsComputedHere: Int? { shards?.receivedRows }
+extension MixtureOfExperts {
+    /// Makes this block compute its experts where they are held (`train_ep`, `train_3d --ep`): the
+    /// block holds ``localExperts``, the other ranks of `exchange`'s group the rest (see
+    /// ``ExpertShards``). `maxReceived` rows are allocated for what may arrive, once, here.
+    public func shard(over exchange: ExpertAllToAll, maxReceived: Int) {
+        place(ExpertShards(block: self, exchange: exchange, maxReceived: maxReceived))
+    }
 }
