@@ -55,6 +55,7 @@ let package = Package(
         .executable(name: "train_pp", targets: ["train_pp"]),
         .executable(name: "train_3d", targets: ["train_3d"]),
         .executable(name: "train_ep", targets: ["train_ep"]),
+        .executable(name: "train_diloco", targets: ["train_diloco"]),
         .executable(name: "peak", targets: ["peak"]),
         .executable(name: "collectives", targets: ["collectives"]),
         .executable(name: "plan", targets: ["plan"]),
@@ -86,6 +87,7 @@ let package = Package(
         .executableTarget(name: "train_pp", dependencies: ["Training"], swiftSettings: native),
         .executableTarget(name: "train_3d", dependencies: ["Training"], swiftSettings: native),
         .executableTarget(name: "train_ep", dependencies: ["Training"], swiftSettings: native),
+        .executableTarget(name: "train_diloco", dependencies: ["Training"], swiftSettings: native),
         .executableTarget(name: "peak", dependencies: ["Core"], swiftSettings: hot),
         .executableTarget(name: "collectives", dependencies: ["Core", "Distributed"], swiftSettings: native),
         // The planner: no MPI run, only the memory and communication plans and the cost model.

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 # Plots from --metrics files (JSON Lines written by every executable).
 #
-#   scripts/plot.py METRICS.jsonl... --out DIR [--reference train.jsonl]
+#   scripts/plot.py METRICS.jsonl... --out DIR [--reference train.jsonl] [--wall-clock FILE.png]
 #
 # Uses Debian's python3-matplotlib (hence /usr/bin/python3, not the pyenv python on PATH);
 # scripts/setup.sh installs it. Each file's label is its name without .jsonl. Writes:
@@ -11,6 +11,9 @@
 #                   per window, on a log scale, with the 1e-5 test tolerance dotted
 #   DIR/speed.png   µs per training step per layout (training_seconds / train_steps)
 #   DIR/comm.png    bytes per step by kind of communication, per layout (rank 0 and all ranks)
+#   FILE.png        with --wall-clock: each run's validation loss against training seconds (step ×
+#                   training_seconds / train_steps), for layouts that train different models at
+#                   different speeds (scripts/slow-link.sh: DP against DiLoCo on a slow link)
 import argparse
 import json
 import os
@@ -55,6 +58,7 @@ def main():
     parser.add_argument("metrics", nargs="+")
     parser.add_argument("--out", required=True)
     parser.add_argument("--reference")
+    parser.add_argument("--wall-clock")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     runs = {os.path.basename(p)[: -len(".jsonl")] if p.endswith(".jsonl") else os.path.basename(p): read(p) for p in args.metrics}
@@ -138,6 +142,25 @@ def main():
             first = next((i for i, d in enumerate(diffs) if d > 1e-5), None)
             print(f"  {name:32s} {max(diffs[:300], default=0):9.2e}   {first if first is not None else 'never'}")
     print(f"wrote {args.out}/loss.png, speed.png, comm.png")
+    if args.wall_clock:
+        wall_clock(runs, args.wall_clock)
+
+
+def wall_clock(runs, path):
+    """Validation loss against training seconds, one line per run."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, (_, _, final) in runs.items():
+        per_step = final["training_seconds"] / max(1, final["train_steps"])
+        val_steps, val_losses = final["validation"]
+        ax.plot([s * per_step for s in val_steps], val_losses, marker=".", label=name)
+    ax.set_xlabel("training seconds (validation excluded)")
+    ax.set_ylabel("validation loss")
+    ax.set_title("Validation loss against wall-clock time")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

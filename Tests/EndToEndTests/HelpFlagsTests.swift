@@ -17,6 +17,7 @@ final class HelpFlagsTests: XCTestCase {
         ("train_3d", 2, ["--tp", "2"], ["--check-replicas": [], "--recompute": [], "--allow-data-change": [],
                                         "--sequence-parallel": []]),
         ("train_ep", 2, ["--experts", "4", "--ep", "2"], ["--check-replicas": [], "--allow-data-change": []]),
+        ("train_diloco", 2, ["--inner-steps", "1"], ["--check-replicas": [], "--allow-data-change": []]),
     ]
 
     /// The on/off flags in `executable --help`: the options listed without a `<value>`.

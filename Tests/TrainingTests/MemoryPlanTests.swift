@@ -149,7 +149,7 @@ final class MemoryPlanTests: XCTestCase {
         let dense = ModelConfig(vocab: 27, seqLen: 4, emb: 4, hidden: 8, layers: 2)
         XCTAssertEqual(planner(dense, ranks: 1).candidates().map(\.command), ["train"])
         let four = Set(planner(dense, ranks: 4).candidates().map(\.executable))
-        XCTAssertEqual(four, ["train_dp", "train_fsdp", "train_tp", "train_pp", "train_3d"])
+        XCTAssertEqual(four, ["train_dp", "train_fsdp", "train_tp", "train_pp", "train_3d", "train_diloco"])
         var experts = dense
         experts.experts = ExpertsConfig(count: 4, topK: 2)
         let moe = planner(experts, ranks: 4).candidates()

@@ -16,9 +16,13 @@ public struct Transfer: Sendable, Equatable {
     public var stride: Int
     public var calls: Int
     public var bytes: Int
+    /// The calls happen on one step in `period` (DiLoCo's outer step, every H steps); `calls` and
+    /// `bytes` are that step's. 1 for every transfer made on every step.
+    public var period = 1
 
-    public init(kind: CommunicationKind, axis: MeshAxis?, groupSize: Int, stride: Int, calls: Int, bytes: Int) {
+    public init(kind: CommunicationKind, axis: MeshAxis?, groupSize: Int, stride: Int, calls: Int, bytes: Int, period: Int = 1) {
         (self.kind, self.axis, self.groupSize, self.stride, self.calls, self.bytes) = (kind, axis, groupSize, stride, calls, bytes)
+        self.period = period
     }
 }
 
@@ -45,21 +49,30 @@ public struct Transfer: Sendable, Equatable {
 public struct CommunicationPlan: Sendable, Equatable {
     public var transfers: [Transfer] = []
 
-    /// Calls per step of `kind`, over every group.
-    public func calls(_ kind: CommunicationKind) -> Int { transfers.filter { $0.kind == kind }.reduce(0) { $0 + $1.calls } }
+    /// Calls per step of `kind`, over every group (a transfer of ``Transfer/period`` p counted
+    /// as a p-th, rounded down).
+    public func calls(_ kind: CommunicationKind) -> Int {
+        transfers.filter { $0.kind == kind }.reduce(0) { $0 + $1.calls / $1.period }
+    }
 
-    /// Payload bytes per step of `kind`, over every group.
-    public func bytes(_ kind: CommunicationKind) -> Int { transfers.filter { $0.kind == kind }.reduce(0) { $0 + $1.bytes } }
+    /// Payload bytes per step of `kind`, over every group (a transfer of ``Transfer/period`` p
+    /// counted as a p-th, rounded down).
+    public func bytes(_ kind: CommunicationKind) -> Int {
+        transfers.filter { $0.kind == kind }.reduce(0) { $0 + $1.bytes / $1.period }
+    }
 
     /// Adds `calls` calls of `bytesPerCall` each over a group of `size` ranks (nothing when the
-    /// group is one rank), merged with the same kind over the same group.
-    mutating func add(_ kind: CommunicationKind, _ axis: MeshAxis?, size: Int, stride: Int, calls: Int = 1, bytesPerCall: Int) {
+    /// group is one rank), made on one step in `period`, merged with the same kind over the same
+    /// group and period.
+    mutating func add(_ kind: CommunicationKind, _ axis: MeshAxis?, size: Int, stride: Int, calls: Int = 1, bytesPerCall: Int,
+                      period: Int = 1) {
         guard size > 1 && calls > 0 else { return }
-        if let i = transfers.firstIndex(where: { $0.kind == kind && $0.axis == axis }) {
+        if let i = transfers.firstIndex(where: { $0.kind == kind && $0.axis == axis && $0.period == period }) {
             transfers[i].calls += calls
             transfers[i].bytes += calls * bytesPerCall
         } else {
-            transfers.append(Transfer(kind: kind, axis: axis, groupSize: size, stride: stride, calls: calls, bytes: calls * bytesPerCall))
+            transfers.append(Transfer(kind: kind, axis: axis, groupSize: size, stride: stride, calls: calls, bytes: calls * bytesPerCall,
+                                      period: period))
         }
     }
 }

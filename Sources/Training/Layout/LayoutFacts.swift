@@ -115,6 +115,7 @@ enum Parallelisms {
         ExpertParallel.Facts.self,
         PipelineParallel.Facts.self,
         ThreeDimensional.Facts.self,
+        DiLoCo.Facts.self,
     ]
 
     /// Every layout of every parallelism worth planning in `context`.

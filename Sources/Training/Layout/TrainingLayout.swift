@@ -36,6 +36,10 @@ public struct LocalParameters {
     /// after every update; nil when `values` are all the rank holds. `--check-replicas` compares
     /// these copies, and loading a checkpoint's parameters fills them whole.
     public var fullCopy: (map: ParameterMap, values: UnsafeMutablePointer<Float>)?
+    /// State the layout keeps beyond these floats, which no canonical vector can express (DiLoCo's
+    /// outer model and momentum, and each worker's own parameters and moments); checkpoints save
+    /// it as files of their own. nil for every layout whose state is the canonical one.
+    public var ownState: (any LayoutState)?
 
     public init(map: ParameterMap, reported: ParameterMap? = nil, values: UnsafeMutablePointer<Float>,
                 gradients: UnsafeMutablePointer<Float>, optimizer: Optimizer) {
@@ -46,6 +50,18 @@ public struct LocalParameters {
         self.gradients = gradients
         self.optimizer = optimizer
     }
+}
+
+/// A layout's own checkpoint files, beside the canonical parameters and moments (``Checkpoint``'s
+/// `files`): named float vectors of any length. Both methods are collective over the world.
+public protocol LayoutState: AnyObject {
+    /// This rank's part of the files; the whole files on world rank 0, nil elsewhere.
+    func gather(_ world: Communicator) -> [String: [Float]]?
+    /// Restores the state from `files` (the checkpoint's extra files on world rank 0, nil
+    /// elsewhere), after the canonical parameters and moments were loaded. A checkpoint without
+    /// these files (written by another layout) starts the state from the canonical floats; files
+    /// that do not fit this run are refused with the same error on every rank.
+    func load(_ files: [String: [Float]]?, _ world: Communicator) throws(UsageError)
 }
 
 /// One way of laying the model out over ranks. The training loop is the same for all of them:

@@ -34,7 +34,8 @@ import Foundation
 /// and `--link-bandwidth` (the measured rates when those are not given; without a calibration the
 /// link's rates serve every group). A pipeline's message
 /// is charged on the receiving side only (sends are non-blocking); the stop vote overlaps a
-/// whole step and is free.
+/// whole step and is free. A transfer made on one step in ``Transfer/period`` (DiLoCo's outer
+/// step) is charged a period-th of its cost per step.
 ///
 /// **No overlap.** Every collective the layouts run is blocking — they sit between the layers
 /// that produce and consume their data, and DP's buckets are allreduced as backward completes
@@ -183,7 +184,7 @@ public struct CostModel: Sendable {
             let weightSeconds = work.weights > 0 ? work.weights / weightRate : 0
             let compute = work.step / rate + weightSeconds + expertSeconds + Double(memory[rank].updatedParameters) * perParameter / share
             var communication = 0.0
-            for transfer in comm.transfers { communication += try seconds(transfer, worldSize: n) }
+            for transfer in comm.transfers { communication += try seconds(transfer, worldSize: n) / Double(transfer.period) }
             if compute + communication > worst.computeSeconds + worst.communicationSeconds {
                 (worst.computeSeconds, worst.communicationSeconds) = (compute, communication)
                 (worst.expertFlops, worst.expertSeconds) = (work.experts, expertSeconds)

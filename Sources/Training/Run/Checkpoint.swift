@@ -10,6 +10,7 @@ import Foundation
 /// |---|---|
 /// | `parameters.f32` | Ψ little-endian float32, canonical order (see `tensors` in state.json) |
 /// | `adam_m.f32`, `adam_v.f32` | Adam's moments, same order (only with `--optimizer adam`) |
+/// | other `NAME.f32` | a layout's own state (``LayoutState``: DiLoCo's outer model and each worker's copy), any length |
 /// | `state.json` | format, step, model, optimizer, sampler state, tensor table, byte size and CRC-32 of each file, data file |
 /// | `COMPLETE` | written last: the CRC-32 of state.json |
 ///
@@ -33,8 +34,12 @@ public struct Checkpoint {
     public var moments: (m: [Float], v: [Float])?
     /// The data file trained on (nil for checkpoints of format version 1).
     var data: DataIdentity? = nil
+    /// A layout's own files (``LayoutState``), by file name; empty for most layouts.
+    public var layoutFiles: [String: [Float]] = [:]
 
     static let format = "parallelisms-swift checkpoint"
+    /// The files every layout reads; any other listed file is a layout's own (``layoutFiles``).
+    static let canonicalFiles: Set<String> = ["parameters.f32", "adam_m.f32", "adam_v.f32"]
 
     /// The folder name of a checkpoint after `step` steps.
     public static func folderName(step: Int) -> String {
@@ -89,6 +94,7 @@ public struct Checkpoint {
 
         var files: [(String, [Float])] = [("parameters.f32", parameters)]
         if let moments { files += [("adam_m.f32", moments.m), ("adam_v.f32", moments.v)] }
+        files += layoutFiles.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
         var entries: [String: CheckpointState.File] = [:]
         for (name, values) in files {
             let bytes = values.withUnsafeBytes { Data($0) }
@@ -197,22 +203,27 @@ public struct Checkpoint {
             throw UsageError("checkpoint '\(folder)' is corrupt: tensor table does not match its model")
         }
 
-        func floats(_ name: String) throws(UsageError) -> [Float] {
+        func floats(_ name: String, canonical: Bool = true) throws(UsageError) -> [Float] {
             let data = try read(name)
             guard let entry = state.files[name] else {
                 throw UsageError("checkpoint '\(folder)' is corrupt: \(name) is not listed in state.json")
             }
-            if data.count != entry.bytes || entry.bytes != state.parameterCount * 4 {
+            if data.count != entry.bytes || (canonical ? entry.bytes != state.parameterCount * 4 : entry.bytes % 4 != 0) {
                 throw UsageError("checkpoint '\(folder)' is corrupt: \(name) has \(data.count) bytes, expected \(entry.bytes)")
             }
             if CRC32.checksum(data) != entry.crc32 { throw UsageError("checkpoint '\(folder)' is corrupt: \(name) fails its checksum") }
             return data.withUnsafeBytes { Array($0.bindMemory(to: Float.self)) }
         }
         let kind = state.optimizer.kind
+        var layoutFiles: [String: [Float]] = [:]
+        for name in state.files.keys where !Self.canonicalFiles.contains(name) {
+            layoutFiles[name] = try floats(name, canonical: false)
+        }
         return Checkpoint(
             step: state.step, seed: state.sampler.seed, config: config, optimizer: state.optimizer.config,
             parameters: try floats("parameters.f32"),
-            moments: kind == .adam ? (try floats("adam_m.f32"), try floats("adam_v.f32")) : nil, data: state.data)
+            moments: kind == .adam ? (try floats("adam_m.f32"), try floats("adam_v.f32")) : nil, data: state.data,
+            layoutFiles: layoutFiles)
     }
 
     /// Why this checkpoint cannot continue a run of `config` with `optimizer`, or nil if it can.

@@ -17,10 +17,11 @@ extension Trainer {
             let v = local.gather(world, total: total) { $0.optimizer.moment2! }
             if let m, let v { moments = (m, v) }
         }
+        let layoutFiles = local.ownState?.gather(world)
         return agreeing(world) { () throws in
             guard isLeader, let parameters, let directory = options.checkpointDir else { return }
             try Checkpoint(step: step, seed: seed, config: config, optimizer: local.optimizer.config,
-                           parameters: parameters, moments: moments, data: data).save(in: directory)
+                           parameters: parameters, moments: moments, data: data, layoutFiles: layoutFiles ?? [:]).save(in: directory)
         } != nil
     }
 
@@ -46,6 +47,9 @@ extension Trainer {
         if local.optimizer.config.kind == .adam {
             local.load(loaded?.moments?.m, world, total: total) { $0.optimizer.moment1! }
             local.load(loaded?.moments?.v, world, total: total) { $0.optimizer.moment2! }
+        }
+        if let state = local.ownState {
+            guard agreeing(world, { () throws in try state.load(loaded?.layoutFiles, world) }) != nil else { return nil }
         }
         if let loaded, loaded.seed != options.seed {
             say("note: continuing the checkpoint's batch sequence (seed \(loaded.seed)), not --seed \(options.seed)")
