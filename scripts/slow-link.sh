@@ -11,16 +11,19 @@
 # and prints a table: final validation loss, bytes over the link (rank 0's ledger, all kinds),
 # wall-clock seconds of the whole run, training seconds (the ledger's, validation excluded), and
 # the time each needs to reach DP-2's final validation loss, estimated as the first validation
-# step at or below it times the run's training seconds per step. The last line is
+# step at or below it times the run's training seconds per step. DiLoCo's time to that loss is
+# read from a second DiLoCo run that goes on for LONGER times the steps (the same run, continued:
+# the same seed, data order and constant learning rate, so its first STEPS steps are the first
+# run's). The last line is
 #   time to DP-2's final validation loss: DiLoCo/DP = R
 # Writes docs/pictures/diloco-slow-link.png (scripts/plot.py --wall-clock). Environment: RATE
-# (20mbit), DELAY (10ms, each way), STEPS (1000), H (50), MODEL (the model flags).
+# (20mbit), DELAY (10ms, each way), STEPS (1000), H (50), LONGER (4), MODEL (the model flags).
 set -euo pipefail
 while read -r var; do unset "$var"; done < <(compgen -e | grep -E '^(OMPI_|PMIX_)' || true)
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 DATA=${1:-/work/shared/data/names.txt}
-RATE=${RATE:-20mbit} DELAY=${DELAY:-10ms} STEPS=${STEPS:-1000} H=${H:-50}
+RATE=${RATE:-20mbit} DELAY=${DELAY:-10ms} STEPS=${STEPS:-1000} H=${H:-50} LONGER=${LONGER:-4}
 read -r -a MODEL <<< "${MODEL:---hidden 256 --batch-size 64}"
 NS_A=psdl-a NS_B=psdl-b VETH_A=psdl-va VETH_B=psdl-vb
 IP_A=10.232.0.1 IP_B=10.232.0.2 SUBNET=10.232.0.0/24
@@ -61,23 +64,23 @@ done
 printf '%s slots=1\n%s slots=1\n' "$IP_A" "$IP_B" > "$work/hostfile"
 sleep 1
 
-FLAGS=(--data "$DATA" --steps "$STEPS" --optimizer adam --lr 0.003 --val-every "$H" --val-batches 20 --samples 0
-       --log-every "$STEPS" "${MODEL[@]}")
-run() { # name exe flags... → $work/name.{log,jsonl,seconds}
-  local name=$1 exe=$2 start end; shift 2
+FLAGS=(--data "$DATA" --optimizer adam --lr 0.003 --val-every "$H" --val-batches 20 --samples 0 "${MODEL[@]}")
+run() { # name exe steps flags... → $work/name.{log,jsonl,seconds}
+  local name=$1 exe=$2 steps=$3 start end; shift 3
   start=$(date +%s.%N)
   ip netns exec "$NS_A" unshare --uts /bin/sh -c 'hostname "$1"; shift; exec "$@"' sh "$NS_A" \
     mpirun --hostfile "$work/hostfile" -np 2 --bind-to none \
       --mca plm_rsh_agent "$ROOT/scripts/netns-rsh.sh" --mca plm_rsh_no_tree_spawn 1 \
       --mca btl tcp,self --mca btl_tcp_if_include "$SUBNET" --mca oob_tcp_if_include "$SUBNET" \
-      "$BIN/$exe" "${FLAGS[@]}" "$@" --metrics "$work/$name.jsonl" < /dev/null > "$work/$name.log" 2>&1 \
+      "$BIN/$exe" "${FLAGS[@]}" --steps "$steps" --log-every "$steps" "$@" --metrics "$work/$name.jsonl" < /dev/null > "$work/$name.log" 2>&1 \
     || { echo "error: $name failed: $(tail -3 "$work/$name.log")" >&2; exit 1; }
   end=$(date +%s.%N)
   echo "$end - $start" | bc > "$work/$name.seconds"
 }
 echo "slow link ($LINK); $STEPS steps, H = $H, model ${MODEL[*]}; $(lscpu | grep 'Model name' | sed 's/  */ /g')"
-run dp train_dp
-run diloco train_diloco --inner-steps "$H"
+run dp train_dp "$STEPS"
+run diloco train_diloco "$STEPS" --inner-steps "$H"
+run diloco-long train_diloco $((LONGER * STEPS)) --inner-steps "$H"
 
 /usr/bin/python3 - "$work" <<'EOF'
 import json, sys
@@ -92,7 +95,7 @@ def load(name):
     per_step = final["training_seconds"] / final["train_steps"]
     total = sum(k["bytes"] for k in final["comm"].values())
     return dict(val=val, final=final, wall=wall, per_step=per_step, bytes=total)
-dp, dl = load("dp"), load("diloco")
+dp, dl, longer = load("dp"), load("diloco"), load("diloco-long")
 target = dp["final"]["val_loss"]
 def reach(run):
     step = next((s for s, v in run["val"] if v <= target), None)
@@ -104,11 +107,13 @@ rows = [("final validation loss", dp["final"]["val_loss"], dl["final"]["val_loss
         ("training seconds", dp["final"]["training_seconds"], dl["final"]["training_seconds"], "{:.1f}")]
 for label, a, b, fmt in rows:
     print(f"{label:24s}{fmt.format(a):>14s}{fmt.format(b):>14s}{b / a:>12.4f}")
-ta, tb = reach(dp), reach(dl)
+ta, tb = reach(dp), reach(longer)
 cell = lambda t: "never" if t is None else f"{t:.1f}"
-print(f"{'s to DP-2 final val':24s}{cell(ta):>14s}{cell(tb):>14s}")
+steps = longer["final"]["train_steps"]
+print(f"{'s to DP-2 final val':24s}{cell(ta):>14s}{cell(tb):>14s}   (DiLoCo: its run continued to {steps} steps, "
+      f"final validation loss {longer['final']['val_loss']:.4f})")
 print(f"time to DP-2's final validation loss: DiLoCo/DP = {'never' if tb is None else f'{tb / ta:.3f}'}")
 EOF
-/usr/bin/python3 "$ROOT/scripts/plot.py" "$work/dp.jsonl" "$work/diloco.jsonl" --out "$work/plots" \
+/usr/bin/python3 "$ROOT/scripts/plot.py" "$work/dp.jsonl" "$work/diloco-long.jsonl" --out "$work/plots" \
   --wall-clock "$ROOT/docs/pictures/diloco-slow-link.png" > /dev/null
 echo "wrote docs/pictures/diloco-slow-link.png"
