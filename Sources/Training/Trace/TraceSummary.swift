@@ -27,9 +27,15 @@ struct TimeShares: Equatable {
     init(_ events: UnsafeBufferPointer<TraceEvent>, start: UInt64, end: UInt64) {
         let window = Double(end &- start)
         guard window > 0 else { compute = 0; communication = 0; return }
+        // Reserved to size: the same few allocations whatever the number of events.
         func clipped(_ thread: TraceThread?) -> [(UInt64, UInt64)] {
-            events.filter { thread == nil || $0.thread == thread }
-                .map { (max($0.start, start), min($0.end, end)) }.filter { $0.0 < $0.1 }
+            var intervals: [(UInt64, UInt64)] = []
+            intervals.reserveCapacity(events.count)
+            for event in events where thread == nil || event.thread == thread {
+                let a = max(event.start, start), b = min(event.end, end)
+                if a < b { intervals.append((a, b)) }
+            }
+            return intervals
         }
         let communicating = Self.unionLength(clipped(.communication))
         let busy = Self.unionLength(clipped(nil))
@@ -45,7 +51,9 @@ struct TimeShares: Equatable {
     /// The length of the union of the intervals `[a, b)`.
     static func unionLength(_ intervals: [(UInt64, UInt64)]) -> UInt64 {
         var total: UInt64 = 0, reach: UInt64 = 0
-        for (a, b) in intervals.sorted(by: { $0.0 < $1.0 }) where b > reach {
+        var intervals = intervals
+        intervals.sort { $0.0 < $1.0 }
+        for (a, b) in intervals where b > reach {
             total += b - max(a, reach)
             reach = b
         }

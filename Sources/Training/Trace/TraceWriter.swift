@@ -22,14 +22,6 @@ struct TraceWriter {
     /// Whether names carry the pipeline chunk (interleaved schedules).
     let namesChunks: Bool
 
-    /// `ns` as microseconds with three decimals.
-    static func micros(_ ns: Int64) -> String {
-        let magnitude = ns.magnitude, fraction = String(magnitude % 1000)
-        return (ns < 0 ? "-" : "") + "\(magnitude / 1000)." + String(repeating: "0", count: 3 - fraction.count) + fraction
-    }
-
-    func time(_ clock: UInt64) -> String { Self.micros(Int64(bitPattern: clock) + shift) }
-
     /// "rank 3 (tp 1, dp 1, pp 0)": the world rank and its mesh coordinates.
     var processName: String {
         let coordinates = TraceGroups.coordinates().map { "\($0.axis) \($0.rank)" }.joined(separator: ", ")
@@ -46,68 +38,159 @@ struct TraceWriter {
                 "{\"name\":\"thread_name\",\"ph\":\"M\",\"ts\":0,\"pid\":\(rank),\"tid\":1,\"args\":{\"name\":\"communication\"}}"]
     }
 
-    /// An instant event marking the start of training step `step` (0-based; named as the progress line counts).
-    func stepMarker(_ step: Int, at clock: UInt64) -> String {
-        "{\"name\":\"step \(step + 1)\",\"cat\":\"step\",\"ph\":\"i\",\"s\":\"p\",\"ts\":\(time(clock)),\"pid\":\(rank),\"tid\":0}"
+    /// Bytes reserved per event: its complete event and flow event with every argument (a
+    /// collective lists its group's other ranks).
+    var bytesPerEvent: Int { 640 + 12 * worldSize }
+
+    func appendTime(_ clock: UInt64, to text: inout TraceText) { text.appendMicroseconds(Int64(bitPattern: clock) &+ shift) }
+
+    /// `,"pid":R,"tid":T`
+    func appendThread(_ thread: TraceThread, to text: inout TraceText) {
+        text.append(",\"pid\":")
+        text.append(rank)
+        text.append(",\"tid\":")
+        text.append(Int(thread.rawValue))
     }
 
-    /// The complete event of `event`, then its flow end if it is a message's end.
-    func lines(_ event: TraceEvent) -> [String] {
-        let start = time(event.start), duration = Self.micros(Int64(event.end &- event.start))
-        let base = "\"ph\":\"X\",\"ts\":\(start),\"dur\":\(duration),\"pid\":\(rank),\"tid\":\(event.thread.rawValue)"
-        guard event.thread == .communication else {
-            let name = "\(event.name)"
-            var label = name + (event.block >= 0 ? " L\(event.block)" : "")
-            if event.microBatch >= 0 { label += " mb\(event.microBatch)" }
-            if namesChunks && event.chunk >= 0 { label += " c\(event.chunk)" }
-            var args = ["\"micro_batch\":\(event.microBatch)", "\"chunk\":\(event.chunk)"]
-            if event.block >= 0 { args.insert("\"block\":\(event.block)", at: 0) }
-            // The pipeline stage's events (capitalised) span a micro-batch's blocks; the update, the step's end.
-            let level = name.first?.isUppercase == true ? "micro-batch" : name == "update" ? "step" : "block"
-            args.append("\"level\":\"\(level)\"")
-            return ["{\"name\":\"\(label)\",\"cat\":\"\(Self.category(name))\",\(base),\"args\":{\(args.joined(separator: ","))}}"]
-        }
-        let kind = event.kind >= 0 ? CommunicationKind(rawValue: Int(event.kind))?.name ?? "other" : "other"
-        let group = Int(event.group), axis = TraceGroups.axis(group)
-        var args = ["\"kind\":\"\(kind)\"", "\"axis\":\"\(axis)\"", "\"bytes\":\(event.bytes)"]
-        if event.peer >= 0 {
-            args.append("\"peer\":\(TraceGroups.worldRank(group, Int(event.peer)))")
+    /// An instant event marking the start of training step `step` (0-based; named as the progress
+    /// line counts), then a comma.
+    func appendStepMarker(_ step: Int, at clock: UInt64, to text: inout TraceText) {
+        text.append("{\"name\":\"step ")
+        text.append(step + 1)
+        text.append("\",\"cat\":\"step\",\"ph\":\"i\",\"s\":\"p\",\"ts\":")
+        appendTime(clock, to: &text)
+        appendThread(.compute, to: &text)
+        text.append("},\n")
+    }
+
+    /// The complete event of `event`, then its flow event if it is a message's end, each followed
+    /// by a comma.
+    func append(_ event: TraceEvent, to text: inout TraceText) {
+        guard text.fits(bytesPerEvent) else { return }
+        text.append("{\"name\":\"")
+        text.append(event.name)
+        if event.thread == .compute {
+            if event.block >= 0 {
+                text.append(" L")
+                text.append(Int(event.block))
+            }
+            if event.microBatch >= 0 {
+                text.append(" mb")
+                text.append(Int(event.microBatch))
+            }
+            if namesChunks && event.chunk >= 0 {
+                text.append(" c")
+                text.append(Int(event.chunk))
+            }
+            text.append("\",\"cat\":\"")
+            text.append(Self.category(event.name))
         } else {
-            let members = TraceGroups.members(group).filter { $0 != rank }
-            args.append("\"peers\":[\(members.map(String.init).joined(separator: ","))]")
+            let peer = event.peer >= 0 ? TraceGroups.worldRank(Int(event.group), Int(event.peer)) : -1
+            if event.flow != .none {
+                text.append(event.flow == .send ? " → " : " ← ")
+                text.append(peer)
+            }
+            text.append("\",\"cat\":\"")
+            text.append(kindName(event))
         }
-        if event.microBatch >= 0 { args.append("\"micro_batch\":\(event.microBatch)") }
-        if event.chunk >= 0 { args.append("\"chunk\":\(event.chunk)") }
-        var label = "\(event.name)"
-        if event.flow != .none, event.sequence >= 0 {
-            args.append("\"tag\":\(event.tag)")
-            args.append("\"message\":\(event.sequence)")
-            label += event.flow == .send ? " → \(TraceGroups.worldRank(group, Int(event.peer)))" : " ← \(TraceGroups.worldRank(group, Int(event.peer)))"
-        }
-        var result = ["{\"name\":\"\(label)\",\"cat\":\"\(kind)\",\(base),\"args\":{\(args.joined(separator: ","))}}"]
-        if let flow = flowLine(event) { result.append(flow) }
-        return result
+        text.append("\",\"ph\":\"X\",\"ts\":")
+        appendTime(event.start, to: &text)
+        text.append(",\"dur\":")
+        text.appendMicroseconds(Int64(event.end &- event.start))
+        appendThread(event.thread, to: &text)
+        text.append(",\"args\":{")
+        if event.thread == .compute { appendComputeArguments(event, to: &text) } else { appendCommunicationArguments(event, to: &text) }
+        text.append("}},\n")
+        appendFlow(event, to: &text)
     }
 
-    /// The flow event of a message's end, or nil.
-    func flowLine(_ event: TraceEvent) -> String? {
-        guard event.flow != .none, event.sequence >= 0 else { return nil }
+    /// `"block":B,"micro_batch":M,"chunk":C,"level":…`: the pipeline stage's events (capitalised
+    /// names) span a micro-batch's blocks; the update is the step's.
+    func appendComputeArguments(_ event: TraceEvent, to text: inout TraceText) {
+        if event.block >= 0 {
+            text.append("\"block\":")
+            text.append(Int(event.block))
+            text.append(",")
+        }
+        text.append("\"micro_batch\":")
+        text.append(Int(event.microBatch))
+        text.append(",\"chunk\":")
+        text.append(Int(event.chunk))
+        text.append(",\"level\":\"")
+        let first = event.name.utf8Start.pointee
+        text.append(first >= UInt8(ascii: "A") && first <= UInt8(ascii: "Z") ? "micro-batch" : first == UInt8(ascii: "u") ? "step" : "block")
+        text.append("\"")
+    }
+
+    /// `"kind","axis","bytes"`, then `"peer"` (world rank), `"tag"` and `"message"` for a message,
+    /// `"peers"` (the group's other world ranks) for a collective, and the micro-batch and chunk.
+    func appendCommunicationArguments(_ event: TraceEvent, to text: inout TraceText) {
+        let group = Int(event.group)
+        text.append("\"kind\":\"")
+        text.append(kindName(event))
+        text.append("\",\"axis\":\"")
+        text.append(TraceGroups.axis(group))
+        text.append("\",\"bytes\":")
+        text.append(event.bytes)
+        if event.peer >= 0 {
+            text.append(",\"peer\":")
+            text.append(TraceGroups.worldRank(group, Int(event.peer)))
+        } else {
+            text.append(",\"peers\":[")
+            var first = true
+            for member in TraceGroups.members(group) where member != rank {
+                if !first { text.append(",") }
+                text.append(member)
+                first = false
+            }
+            text.append("]")
+        }
+        if event.flow != .none && event.sequence >= 0 {
+            text.append(",\"tag\":")
+            text.append(Int(event.tag))
+            text.append(",\"message\":")
+            text.append(Int(event.sequence))
+        }
+        text.append(",\"micro_batch\":")
+        text.append(Int(event.microBatch))
+        text.append(",\"chunk\":")
+        text.append(Int(event.chunk))
+    }
+
+    /// The ledger's name of the event's kind ("other" for uncounted calls: barriers, ring exchanges).
+    func kindName(_ event: TraceEvent) -> String {
+        event.kind >= 0 ? CommunicationKind(rawValue: Int(event.kind))?.name ?? "other" : "other"
+    }
+
+    /// The flow event of a message's end (and a comma), or nothing.
+    func appendFlow(_ event: TraceEvent, to text: inout TraceText) {
+        guard event.flow != .none, event.sequence >= 0 else { return }
         let peer = TraceGroups.worldRank(Int(event.group), Int(event.peer))
-        guard peer >= 0 else { return nil }
+        guard peer >= 0 else { return }
         let (sender, receiver) = event.flow == .send ? (rank, peer) : (peer, rank)
         let slot = TraceMessages.slot(ofTag: event.tag)
-        let id = ((sender * worldSize + receiver) * TraceMessages.tagSlots + slot) << 24 + Int(event.sequence)
-        let common = "\"name\":\"message\",\"cat\":\"message\",\"id\":\(id),\"pid\":\(rank),\"tid\":1"
-        if event.flow == .send { return "{\(common),\"ph\":\"s\",\"ts\":\(time(event.start))}" }
-        let end = event.end > event.start ? event.end - 1 : event.end
-        return "{\(common),\"ph\":\"f\",\"bp\":\"e\",\"ts\":\(time(end))}"
+        text.append("{\"name\":\"message\",\"cat\":\"message\",\"id\":")
+        text.append(((sender * worldSize + receiver) * TraceMessages.tagSlots + slot) << 24 + Int(event.sequence))
+        appendThread(.communication, to: &text)
+        if event.flow == .send {
+            text.append(",\"ph\":\"s\",\"ts\":")
+            appendTime(event.start, to: &text)
+        } else {
+            text.append(",\"ph\":\"f\",\"bp\":\"e\",\"ts\":")
+            appendTime(event.end > event.start ? event.end - 1 : event.end, to: &text)
+        }
+        text.append("},\n")
     }
 
     /// The colour group of a compute event: forward, backward, weight, loss or update.
-    static func category(_ name: String) -> String {
-        if name == "loss" || name == "update" { return name }
-        if name.hasPrefix("F") || name.hasPrefix("forward") { return "forward" }
-        if name.hasPrefix("W") || name.hasPrefix("weight") { return "weight" }
-        return "backward"
+    static func category(_ name: StaticString) -> StaticString {
+        let first = name.utf8Start.pointee
+        switch first {
+        case UInt8(ascii: "F"), UInt8(ascii: "f"): return "forward"
+        case UInt8(ascii: "W"), UInt8(ascii: "w"): return "weight"
+        case UInt8(ascii: "u"): return "update"
+        case UInt8(ascii: "l") where name.utf8CodeUnitCount == 4: return "loss"
+        default: return "backward"
+        }
     }
 }

@@ -2,6 +2,12 @@ import Distributed
 import Foundation
 import Tracing
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// `--trace`: records every rank's compute and communication over a window of training steps and,
 /// after training, writes them as one Chrome Trace Event file on rank 0.
 ///
@@ -79,13 +85,20 @@ final class Tracer {
         world.broadcast(&origin, count: 1, root: 0)
         let writer = TraceWriter(rank: r, worldSize: world.size, shift: start.applied(r) - origin[0],
                                  namesChunks: (TracedPipeline.schedule?.virtualStages ?? 1) > 1)
-        var lines = writer.metadata(host: ClockAlignment.hostName())
-        for k in 0..<window.count where stepStarts[k] != 0 { lines.append(writer.stepMarker(window.lowerBound + k, at: stepStarts[k])) }
-        for event in Trace.recorded.sorted(by: { ($0.start, $1.end) < ($1.start, $0.end) }) { lines += writer.lines(event) }
+        // This rank's part: its events, then its metadata (so the part ends without a comma).
+        let metadata = writer.metadata(host: ClockAlignment.hostName()).joined(separator: ",\n")
+        var text = TraceText(capacity: 4096 + metadata.utf8.count + window.count * 128 + Trace.count * writer.bytesPerEvent)
+        defer { text.deallocate() }
+        for k in 0..<window.count where stepStarts[k] != 0 { writer.appendStepMarker(window.lowerBound + k, at: stepStarts[k], to: &text) }
+        var events = Array(Trace.recorded)
+        events.sort { ($0.start, $1.end) < ($1.start, $0.end) }
+        for event in events { writer.append(event, to: &text) }
+        text.append(metadata)
         let shares = TimeShares(Trace.recorded, start: began, end: ended)
         let figures = LedgerReport.allgather([shares.compute, shares.communication, Double(Trace.count), Double(Trace.dropped)], world)
-        let names = Self.gatherText(writer.processName, world)
-        let parts = Self.gatherText(lines.joined(separator: ",\n"), world)
+        let name = Array(writer.processName.utf8)
+        let names = name.withUnsafeBufferPointer { Self.gatherBytes($0, world) }?.map { String(decoding: $0, as: UTF8.self) }
+        let parts = Self.gatherBytes(UnsafeBufferPointer(start: text.bytes, count: text.count), world)
         guard r == 0, let parts, let names else { return nil }
         let skews = (0..<world.size).map { Double(abs(end.offsets[$0] - start.applied($0)) + end.roundTrips[$0] / 2) / 1000 }
         let clocks = (0..<world.size).map {
@@ -99,32 +112,37 @@ final class Tracer {
                                  events: (0..<world.size).reduce(0) { $0 + Int(figures[4 * $1 + 2]) },
                                  dropped: (0..<world.size).reduce(0) { $0 + Int(figures[4 * $1 + 3]) },
                                  residualSkewMicroseconds: skews.max() ?? 0)
-        let text = "{\"traceEvents\":[\n" + parts.joined(separator: ",\n") + "\n],\"displayTimeUnit\":\"ms\",\"otherData\":{"
+        let header = "{\"traceEvents\":[\n", footer = "\n],\"displayTimeUnit\":\"ms\",\"otherData\":{"
             + "\"clock\":\"CLOCK_MONOTONIC, aligned to rank 0 (ClockAlignment)\",\"ranks\":\(world.size),"
             + "\"residual_skew_us\":\(report.residualSkewMicroseconds),\"clocks\":[\(clocks.joined(separator: ","))],\(report.json)}}\n"
-        do { try text.write(toFile: path, atomically: false, encoding: .utf8) } catch {
-            throw UsageError("cannot write trace file '\(path)': \(error.localizedDescription)")
+        guard let file = fopen(path, "w") else { throw UsageError("cannot write trace file '\(path)'") }
+        var written = fputs(header, file) >= 0
+        for (q, part) in parts.enumerated() {
+            if q > 0 { written = written && fputs(",\n", file) >= 0 }
+            written = written && part.withUnsafeBufferPointer { fwrite($0.baseAddress, 1, $0.count, file) } == part.count
         }
+        written = written && fputs(footer, file) >= 0
+        if fclose(file) != 0 || !written { throw UsageError("cannot write trace file '\(path)'") }
         return report
     }
 
-    /// Every rank's `text`, in rank order, on rank 0 (nil elsewhere): lengths by allgather, then
-    /// each rank's bytes (packed into Int64s) by a message to rank 0.
-    static func gatherText(_ text: String, _ world: Communicator) -> [String]? {
-        let bytes = Array(text.utf8)
+    /// Every rank's `bytes`, in rank order, on rank 0 (nil elsewhere): lengths by allgather, then
+    /// each rank's bytes (packed into Int64s) by a message to rank 0. A fixed number of
+    /// allocations per rank, whatever the lengths.
+    static func gatherBytes(_ bytes: UnsafeBufferPointer<UInt8>, _ world: Communicator) -> [[UInt8]]? {
         let lengths = LedgerReport.allgather([Int64(bytes.count)], world)
-        func words(_ n: Int64) -> Int { (Int(n) + 7) / 8 }
+        func words(_ n: Int64) -> Int { max(1, (Int(n) + 7) / 8) }
         if world.rank != 0 {
-            var packed = [Int64](repeating: 0, count: max(1, words(Int64(bytes.count))))
-            packed.withUnsafeMutableBytes { out in bytes.withUnsafeBytes { out.copyMemory(from: $0) } }
+            var packed = [Int64](repeating: 0, count: words(Int64(bytes.count)))
+            packed.withUnsafeMutableBytes { $0.copyMemory(from: UnsafeRawBufferPointer(bytes)) }
             world.send(packed, count: packed.count, to: 0, tag: .traceEvents)
             return nil
         }
         return (0..<world.size).map { q in
-            if q == 0 { return text }
-            var packed = [Int64](repeating: 0, count: max(1, words(lengths[q])))
+            if q == 0 { return Array(bytes) }
+            var packed = [Int64](repeating: 0, count: words(lengths[q]))
             world.receive(&packed, count: packed.count, from: q, tag: .traceEvents)
-            return packed.withUnsafeBytes { String(decoding: $0.prefix(Int(lengths[q])), as: UTF8.self) }
+            return packed.withUnsafeBytes { Array($0.prefix(Int(lengths[q]))) }
         }
     }
 }
