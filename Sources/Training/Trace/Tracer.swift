@@ -45,13 +45,14 @@ final class Tracer {
 
     deinit { stepStarts.deallocate() }
 
-    /// Events reserved for the window: per step, a fixed 2,048 plus 32 per block (its passes,
-    /// their hooks' collectives, a pipeline's messages) for each row of the batch, which bounds
-    /// the micro-batches a step can be cut into, for each accumulation micro-step. The
-    /// buffer holds ~80 bytes per event.
+    /// Events reserved for the window: per step, 512 (the update, the stop vote, the gradient
+    /// norm, the loss's allreduce, …) plus 32 per block (its passes, their hooks' and layers'
+    /// collectives, a pipeline's messages) per micro-batch and chunk of a pipeline (the layout,
+    /// made before the tracer, has announced its schedule) and per accumulation micro-step.
+    /// Each event takes `MemoryLayout<TraceEvent>.stride` bytes.
     static func capacity(_ options: TrainingOptions, window: ClosedRange<Int>) -> Int {
-        let blocks = options.layers + 2
-        return window.count * (2048 + 32 * blocks * options.accumulate * min(options.batchSize, 256))
+        let passes = (TracedPipeline.schedule?.microBatches ?? 1) * (TracedPipeline.schedule?.virtualStages ?? 1)
+        return window.count * (512 + 32 * (options.layers + 2) * options.accumulate * passes)
     }
 
     /// At the top of training step `step` (0-based).
