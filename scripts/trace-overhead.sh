@@ -6,7 +6,9 @@
 #   scripts/trace-overhead.sh [--steps N] [--repeats R] [--data FILE] [--only REGEX] [--flags "..."]
 #
 # Untraced and traced runs alternate R times (the machine is shared and noisy); prints the median
-# µs/step of each and the traced run's relative cost (+1.0% = 1% slower with tracing).
+# µs/step of each and the traced run's relative cost (+1.0% = 1% slower with tracing). The
+# one-process rows (train, and train_pp's 8 micro-batches on one stage: ~130 events per step) do
+# not depend on how the OS schedules two ranks on a shared machine; the two-rank rows do.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
@@ -34,6 +36,7 @@ trap 'rm -rf "$work"' EXIT
 # name | ranks | executable | extra flags
 layouts=(
   "train|1|train|--layers 4"
+  "train_pp N=1 M=8|1|train_pp|--layers 4 --micro-batches 8"
   "train_dp N=2|2|train_dp|--layers 4"
   "train_fsdp N=2|2|train_fsdp|--layers 4"
   "train_tp N=2|2|train_tp|--layers 4"

@@ -97,11 +97,11 @@ struct Trainer<Command: TrainingCommand> {
         let sampler = BatchSampler(examples: session.context.dataset.train, batchSize: options.batchSize,
                                    seed: session.seed, stream: .trainingBatches)
         let dumpSteps = options.dumpSteps
+        guard let tracer = makeTracer() else { return false }  // first: its set-up is not a step's time
         var progress = Progress(options: options)
         let stop = StopVote(world: world)
         progress.utilization = session.utilization
         var validationSeconds = 0.0
-        guard let tracer = makeTracer() else { return false }
         Ledger.reset()
         let loopStart = MPI.time()
         var savedAt = options.resume == nil ? -1 : session.start
