@@ -12,19 +12,12 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
-steps=1000
-repeats=5
-only=""
-flags=""
-data="$ROOT/../shared/data/names.txt"
+steps=1000 repeats=5 only="" flags="" data="$ROOT/../shared/data/names.txt"
 [ -f "$data" ] || data="$ROOT/data/words.txt"
 while [ $# -gt 0 ]; do
   case "$1" in
-    --steps) steps="$2"; shift 2 ;;
-    --repeats) repeats="$2"; shift 2 ;;
-    --data) data="$2"; shift 2 ;;
-    --only) only="$2"; shift 2 ;;
-    --flags) flags="$2"; shift 2 ;;
+    --steps | --repeats | --data | --only | --flags) [ $# -ge 2 ] || { echo "error: $1 needs a value" >&2; exit 2; }
+      declare "${1#--}=$2"; shift 2 ;;
     *) echo "error: unknown argument '$1'" >&2; exit 2 ;;
   esac
 done
