@@ -65,7 +65,7 @@ def outermost(events):
     """The events of one row not inside another (sorted by start)."""
     kept, reach = [], -1.0
     for e in sorted(events, key=lambda e: (e["ts"], -e["dur"])):
-        if e["ts"] >= reach - 1e-3:
+        if e["ts"] >= reach - 2e-3:
             kept.append(e)
             reach = e["ts"] + e["dur"]
     return kept

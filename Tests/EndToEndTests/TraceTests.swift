@@ -45,11 +45,11 @@ final class TraceTests: XCTestCase {
     }
 
     /// The structural checks; returns the events.
-    func check(_ path: String, ranks: Int, label: String) throws -> [[String: Any]] {
+    func check(_ path: String, ranks: Int, label: String, measured: Bool = true) throws -> [[String: Any]] {
         let object = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: path))) as? [String: Any]
         let file = try XCTUnwrap(object, "\(label): not a JSON object")
         XCTAssertEqual(file["displayTimeUnit"] as? String, "ms")
-        XCTAssertNotNil((file["otherData"] as? [String: Any])?["residual_skew_us"])
+        XCTAssertNotNil((file["otherData"] as? [String: Any])?[measured ? "residual_skew_us" : "predicted"])
         let events = try XCTUnwrap(file["traceEvents"] as? [[String: Any]])
         for event in events {
             for key in ["name", "ph", "ts", "pid", "tid"] { XCTAssertNotNil(event[key], "\(label): no \(key) in \(event)") }
@@ -101,6 +101,21 @@ final class TraceTests: XCTestCase {
             }
         }
         XCTAssertGreaterThan(events.filter { ($0["args"] as? [String: Any])?["bytes"] as? Int ?? 0 > 0 }.count, 0)
+    }
+
+    /// `plan --trace`: the predicted timeline of a 4-stage ZB-H1 pipeline passes the same checks,
+    /// every micro-batch's forward, input and weight pass on every stage.
+    func testPlanWritesAPredictedTimeline() throws {
+        let path = try Launch.temporaryDirectory().appendingPathComponent("plan.json").path
+        let run = try Launch.run("plan", ["--ranks", "4", "--layers", "8", "--flops", "20", "--link-latency", "2", "--link-bandwidth", "5",
+                                          "--top", "1", "--trace", path, "--trace-layout", "train_pp -np 4 --schedule zb1p --micro-batches 8"])
+        XCTAssertEqual(run.status, 0, run.stderr)
+        let events = try check(path, ranks: 4, label: "plan", measured: false)
+        for rank in 0..<4 {
+            let names = events.filter { $0["pid"] as? Int == rank && $0["ph"] as? String == "X" && $0["tid"] as? Int == 0 }
+                .compactMap { $0["name"] as? String }
+            XCTAssertEqual(Set(names), Set((0..<8).flatMap { ["F mb\($0)", "B (input) mb\($0)", "W mb\($0)"] }), "rank \(rank)")
+        }
     }
 
     /// A bad `--trace-steps` is refused on every rank with one line.
