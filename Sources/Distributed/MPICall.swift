@@ -8,8 +8,8 @@ import Tracing
 /// `--timeout` instead of leaving this rank spinning for ever), and its return code is checked
 /// (an MPI error ends the job with one line naming the call). The communicator's operations add
 /// the ``Ledger``'s count — the bytes the call moves and the seconds it took — through
-/// ``Communicator/blocking(_:peer:counted:bytes:_:_:)``. A non-blocking start
-/// (``Communicator/starting(counted:bytes:_:_:)``) cannot block, so it is not watched; the
+/// ``Communicator/blocking(_:peer:tag:counted:bytes:_:_:)``. A non-blocking start
+/// (``Communicator/starting(_:peer:tag:counted:bytes:_:_:)``) cannot block, so it is not watched; the
 /// ``Request/wait()`` that completes it is. Nothing here allocates: the closures are inlined.
 ///
 /// This is also where `--trace` sees communication: while ``Trace/isRecording`` (the training

@@ -37,6 +37,10 @@ extension LayerChainHooks {
 /// ends earlier (a pipeline stage before the last) has no loss: the caller writes the output's
 /// gradient before ``backward()``. Several chains may share the same layers (a pipeline stage
 /// keeps one chain per micro-batch in flight). Nothing is allocated after `init`.
+///
+/// Under `--trace` each block's forward, backward, input and weight pass, and the loss's forward
+/// and backward, are one compute event each (``Trace``), measured after the block's hook ran, so
+/// that FSDP's gathers count as communication, not as the block's compute.
 public final class LayerChain {
     public let layers: [Layer]
     public let activations: [Activation]
