@@ -3,8 +3,9 @@ import XCTest
 
 /// `--trace`: the Chrome trace file's structure, its flows, its bytes against the ledger, its
 /// report, and that tracing changes no loss. One traced pipeline (flows, the bubble report) and
-/// one traced FSDP run (collectives), each of 2 ranks, with the window covering every step so
-/// that the ledger's totals are the window's; an untraced pipeline run beside them for the losses.
+/// one traced FSDP run (collectives), each of 2 ranks, and a traced train_3d on 4 (tensor-parallel
+/// pairs inside pipeline stages), with the window covering every step so that the ledger's totals
+/// are the window's; an untraced pipeline run beside them for the losses.
 final class TraceTests: XCTestCase {
     static let steps = 4
     static let pipeline = ["--steps", "\(steps)", "--layers", "4", "--micro-batches", "8", "--val-batches", "1", "--samples", "0"]
@@ -14,22 +15,25 @@ final class TraceTests: XCTestCase {
         let data = try SmallData.write()
         let dir = try Launch.temporaryDirectory()
         let ppTrace = dir.appendingPathComponent("pp.json").path, fsdpTrace = dir.appendingPathComponent("fsdp.json").path
+        let threeTrace = dir.appendingPathComponent("3d.json").path
         let window = ["--trace-steps", "1:\(Self.steps)"]
         let runs = try Launch.concurrently([
             { try Launch.trained("train_pp", np: 2, ["--data", data] + Self.pipeline + ["--trace", ppTrace] + window) },
             { try Launch.trained("train_pp", np: 2, ["--data", data] + Self.pipeline) },
             { try Launch.trained("train_fsdp", np: 2, ["--data", data] + Self.sharded + ["--trace", fsdpTrace] + window) },
+            { try Launch.trained("train_3d", np: 4, ["--data", data, "--tp", "2", "--pp", "2", "--micro-batches", "2"] + Self.sharded
+                                 + ["--trace", threeTrace] + window) },
         ], width: 3)
         XCTAssertEqual(runs[0].1.losses, runs[1].1.losses, "tracing changed the losses")
         XCTAssertEqual(runs[0].1.losses.count, Self.steps)
-        for (run, path, label) in [(runs[0], ppTrace, "train_pp"), (runs[2], fsdpTrace, "train_fsdp")] {
-            let events = try check(path, ranks: 2, label: label)
+        for (run, path, label, ranks) in [(runs[0], ppTrace, "train_pp", 2), (runs[2], fsdpTrace, "train_fsdp", 2), (runs[3], threeTrace, "train_3d", 4)] {
+            let events = try check(path, ranks: ranks, label: label)
             checkBytes(events, against: run.1, label: label)
             let report = try XCTUnwrap(run.1.final?["trace"] as? [String: Any], "\(label): no trace record in the metrics")
             XCTAssertEqual(report["steps"] as? [Int], [1, Self.steps])
             XCTAssertEqual(report["dropped"] as? Int, 0)
             let perRank = try XCTUnwrap(report["per_rank"] as? [[String: Double]])
-            XCTAssertEqual(perRank.count, 2)
+            XCTAssertEqual(perRank.count, ranks)
             for shares in perRank {
                 let sum = shares["compute"]! + shares["communication"]! + shares["idle"]!
                 XCTAssertEqual(sum, 1, accuracy: 1e-9, "\(label): shares \(shares)")
