@@ -122,14 +122,21 @@ final class TraceTests: XCTestCase {
         }
     }
 
-    /// A bad `--trace-steps` is refused on every rank with one line.
+    /// A bad `--trace-steps`, a window too long for the buffer and a file that cannot be written
+    /// are refused on every rank with one line.
     func testBadTraceStepsAreRefused() throws {
         let data = try SmallData.write()
+        let big = try Launch.temporaryDirectory().appendingPathComponent("big.json").path
         let attempts = try Launch.concurrently([
             { try Refusal.launch("train_dp", np: 2, ["--data", data, "--trace", "t.json", "--trace-steps", "5:2"]) },
             { try Refusal.launch("train_dp", np: 2, ["--data", data, "--steps", "3", "--trace", "t.json", "--trace-steps", "4:9"]) },
             { try Refusal.launch("train_dp", np: 2, ["--data", data, "--trace-steps", "1:2"]) },
+            { try Refusal.launch("train_dp", np: 2, ["--data", data, "--steps", "1000000", "--trace", big, "--trace-steps", "1:1000000"]) },
+            { try Refusal.launch("train_pp", np: 2, ["--data", data, "--trace", "/nonexistent/t.json"]) },
         ], width: 3)
+        Refusal.verify(attempts[3], ["--trace-steps 1:1000000 would reserve", "trace fewer steps"])
+        XCTAssertFalse(FileManager.default.fileExists(atPath: big), "a refused trace leaves no file")
+        Refusal.verify(attempts[4], ["cannot write trace file '/nonexistent/t.json'"])
         Refusal.verify(attempts[0], ["--trace-steps must be two step counts A:B with 1 ≤ A ≤ B", "'5:2'"], stdoutEmpty: true)
         Refusal.verify(attempts[1], ["--trace-steps 4:9 starts beyond --steps 3"], stdoutEmpty: true)
         Refusal.verify(attempts[2], ["--trace-steps needs --trace"], stdoutEmpty: true)

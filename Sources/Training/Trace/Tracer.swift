@@ -29,18 +29,24 @@ final class Tracer {
     var began: UInt64 = 0
     var ended: UInt64 = 0
 
-    /// Collective over `world`; throws (on rank 0) when `path` cannot be written.
+    /// Collective over `world`; throws (on rank 0) when `path` cannot be written, and on every
+    /// rank when the window would need more than ``maximumBufferBytes`` of events.
     init(path: String, window: ClosedRange<Int>, options: TrainingOptions, world: Communicator) throws(UsageError) {
         self.path = path
         self.window = window
         stepStarts = .allocate(capacity: window.count)
         stepStarts.initialize(repeating: 0, count: window.count)
-        if world.rank == 0 && !FileManager.default.createFile(atPath: path, contents: Data()) {
-            throw UsageError("cannot write trace file '\(path)'")
+        let capacity = Self.capacity(options, window: window), bytes = capacity * MemoryLayout<TraceEvent>.stride
+        if bytes > Self.maximumBufferBytes {
+            throw UsageError("--trace-steps \(window.lowerBound + 1):\(window.upperBound + 1) would reserve \(bytes >> 20) MiB of trace events "
+                             + "per rank (at most \(Self.maximumBufferBytes >> 20)): trace fewer steps")
         }
-        Trace.reserve(capacity: Self.capacity(options, window: window))
+        // Every rank takes part in the clock exchange before rank 0 may refuse the file.
+        let created = world.rank != 0 || FileManager.default.createFile(atPath: path, contents: Data())
+        Trace.reserve(capacity: capacity)
         TraceMessages.prepare(worldSize: world.size)
         start = ClockAlignment(world: world)
+        if !created { throw UsageError("cannot write trace file '\(path)'") }
     }
 
     deinit { stepStarts.deallocate() }
@@ -54,6 +60,9 @@ final class Tracer {
         let passes = (TracedPipeline.schedule?.microBatches ?? 1) * (TracedPipeline.schedule?.virtualStages ?? 1)
         return window.count * (512 + 32 * (options.layers + 2) * options.accumulate * passes)
     }
+
+    /// The largest event buffer a rank reserves.
+    static let maximumBufferBytes = 1 << 30
 
     /// At the top of training step `step` (0-based).
     @inline(__always)
