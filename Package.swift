@@ -69,7 +69,8 @@ let package = Package(
             providers: [.apt(["libopenmpi-dev"]), .brew(["open-mpi"])]
         ),
         // The recorder behind --trace, shared by Core (compute events) and Distributed (MPI calls).
-        .target(name: "Tracing", swiftSettings: native),
+        .target(name: "CTraceClock"),
+        .target(name: "Tracing", dependencies: ["CTraceClock"], swiftSettings: native),
         .target(name: "Distributed", dependencies: ["CMPI", "Tracing"], swiftSettings: native),
         .target(name: "Core", dependencies: ["Tracing"], swiftSettings: kernels),
         .target(name: "CStopSignal"),

@@ -7,7 +7,7 @@ import Glibc
 import Darwin
 #endif
 
-/// How each rank's clock (``Trace/now()``, `CLOCK_MONOTONIC`) relates to rank 0's, for putting
+/// How each rank's clock (`CLOCK_MONOTONIC`, ``Trace/monotonicNanoseconds()``) relates to rank 0's, for putting
 /// every rank's events on one time axis.
 ///
 /// Processes on one host read the same monotonic clock, so their offset is 0 by construction.
@@ -36,14 +36,14 @@ struct ClockAlignment {
             for _ in 0..<Self.pings {
                 if world.rank == 0 {
                     world.receive(&message, count: 1, from: r, tag: .clockSync)
-                    message[0] = Int64(Trace.now())
+                    message[0] = Int64(Trace.monotonicNanoseconds())
                     world.send(message, count: 1, to: r, tag: .clockSync)
                 } else if world.rank == r {
-                    let t1 = Int64(Trace.now())
+                    let t1 = Int64(Trace.monotonicNanoseconds())
                     message[0] = t1
                     world.send(message, count: 1, to: 0, tag: .clockSync)
                     world.receive(&message, count: 1, from: 0, tag: .clockSync)
-                    let t3 = Int64(Trace.now())
+                    let t3 = Int64(Trace.monotonicNanoseconds())
                     if t3 - t1 < best.roundTrip { best = (message[0] - (t1 + t3) / 2, t3 - t1) }
                 }
             }

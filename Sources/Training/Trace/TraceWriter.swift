@@ -5,8 +5,9 @@ import Tracing
 /// markers, one complete event (`"ph":"X"`) per recorded ``TraceEvent`` and one flow event per
 /// message end.
 ///
-/// Times are microseconds (three decimals: the clock's nanoseconds) since rank 0's start of the
-/// window, each rank's clock moved by its ``ClockAlignment`` offset. `pid` is the world rank,
+/// Times are microseconds (three decimals: nanoseconds) since rank 0's start of the window: each
+/// reading converted to `CLOCK_MONOTONIC` (``Trace/nanoseconds(_:)``) and moved by the rank's
+/// ``ClockAlignment`` offset. `pid` is the world rank,
 /// `tid` 0 the compute row and 1 the communication row.
 ///
 /// **Flows.** A message from world rank `s` to world rank `d` with tag slot `t` that is the
@@ -42,7 +43,8 @@ struct TraceWriter {
     /// collective lists its group's other ranks).
     var bytesPerEvent: Int { 640 + 12 * worldSize }
 
-    func appendTime(_ clock: UInt64, to text: inout TraceText) { text.appendMicroseconds(Int64(bitPattern: clock) &+ shift) }
+    /// A clock reading (``Trace/now()``'s ticks) on the common axis.
+    func appendTime(_ clock: UInt64, to text: inout TraceText) { text.appendMicroseconds(Trace.nanoseconds(clock) &+ shift) }
 
     /// `,"pid":R,"tid":T`
     func appendThread(_ thread: TraceThread, to text: inout TraceText) {
@@ -96,7 +98,7 @@ struct TraceWriter {
         text.append("\",\"ph\":\"X\",\"ts\":")
         appendTime(event.start, to: &text)
         text.append(",\"dur\":")
-        text.appendMicroseconds(Int64(event.end &- event.start))
+        text.appendMicroseconds(Trace.nanoseconds(event.end) - Trace.nanoseconds(event.start))
         appendThread(event.thread, to: &text)
         text.append(",\"args\":{")
         if event.thread == .compute { appendComputeArguments(event, to: &text) } else { appendCommunicationArguments(event, to: &text) }
@@ -177,7 +179,8 @@ struct TraceWriter {
             appendTime(event.start, to: &text)
         } else {
             text.append(",\"ph\":\"f\",\"bp\":\"e\",\"ts\":")
-            appendTime(event.end > event.start ? event.end - 1 : event.end, to: &text)
+            let start = Trace.nanoseconds(event.start), end = Trace.nanoseconds(event.end)
+            text.appendMicroseconds((end > start ? end - 1 : end) &+ shift)
         }
         text.append("},\n")
     }

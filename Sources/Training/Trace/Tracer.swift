@@ -88,10 +88,11 @@ final class Tracer {
     /// elsewhere); throws on rank 0 when the file cannot be written.
     func finish(world: Communicator) throws(UsageError) -> TraceReport? {
         stop()
+        Trace.calibrate()
         let end = ClockAlignment(world: world)
         let r = world.rank
         // Rank 0's window start on the common axis: time 0 of the file.
-        var origin = [Int64(bitPattern: began) + start.applied(r)]
+        var origin = [Trace.nanoseconds(began) + start.applied(r)]
         world.broadcast(&origin, count: 1, root: 0)
         let writer = TraceWriter(rank: r, worldSize: world.size, shift: start.applied(r) - origin[0],
                                  namesChunks: (TracedPipeline.schedule?.virtualStages ?? 1) > 1)
