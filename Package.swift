@@ -69,8 +69,11 @@ let package = Package(
             pkgConfig: "ompi",
             providers: [.apt(["libopenmpi-dev"]), .brew(["open-mpi"])]
         ),
-        .target(name: "Distributed", dependencies: ["CMPI"], swiftSettings: native),
-        .target(name: "Core", swiftSettings: kernels),
+        // The recorder behind --trace, shared by Core (compute events) and Distributed (MPI calls).
+        .target(name: "CTraceClock"),
+        .target(name: "Tracing", dependencies: ["CTraceClock"], swiftSettings: native),
+        .target(name: "Distributed", dependencies: ["CMPI", "Tracing"], swiftSettings: native),
+        .target(name: "Core", dependencies: ["Tracing"], swiftSettings: kernels),
         .target(name: "CStopSignal"),
         .target(
             name: "Training",

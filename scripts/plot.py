@@ -1,7 +1,8 @@
 #!/usr/bin/python3
-# Plots from --metrics files (JSON Lines written by every executable).
+# Plots from --metrics files (JSON Lines written by every executable), and timelines from --trace files.
 #
 #   scripts/plot.py METRICS.jsonl... --out DIR [--reference train.jsonl] [--wall-clock FILE.png]
+#   scripts/plot.py timeline TRACE.json --out DIR [--steps K] [--name NAME] [--title TEXT]
 #
 # Uses Debian's python3-matplotlib (hence /usr/bin/python3, not the pyenv python on PATH);
 # scripts/setup.sh installs it. Each file's label is its name without .jsonl. Writes:
@@ -14,6 +15,10 @@
 #   FILE.png        with --wall-clock: each run's validation loss against training seconds (step ×
 #                   training_seconds / train_steps), for layouts that train different models at
 #                   different speeds (scripts/slow-link.sh: DP against DiLoCo on a slow link)
+# The timeline mode writes DIR/NAME.png (NAME: the trace's file name without .json): a Gantt chart of
+# the first K traced steps (default 2), two rows per rank (compute above, communication below),
+# boxes coloured by kind (the outermost event of each row: a pipeline's micro-batches, else
+# blocks), and an arrow from each send to its receive.
 import argparse
 import json
 import os
@@ -53,7 +58,92 @@ def read(path):
     return steps, losses, final
 
 
+COMPUTE_COLOURS = {"forward": "#4c72b0", "backward": "#dd8452", "weight": "#55a868", "loss": "#8172b3", "update": "#937860"}
+COMM_COLOURS = {"allreduce": "#c44e52", "allgather": "#64b5cd", "reduce_scatter": "#da8bc3", "send": "#8c8c8c",
+                "recv": "#b0b0b0", "broadcast": "#ccb974", "stop_vote": "#e0e0e0", "all_to_all": "#17becf",
+                "all_to_all_v": "#2ca02c", "other": "#d0d0d0"}
+
+
+def outermost(events):
+    """The events of one row not inside another (sorted by start)."""
+    kept, reach = [], -1.0
+    for e in sorted(events, key=lambda e: (e["ts"], -e["dur"])):
+        if e["ts"] >= reach - 2e-3:
+            kept.append(e)
+            reach = e["ts"] + e["dur"]
+    return kept
+
+
+def timeline(argv):
+    parser = argparse.ArgumentParser(prog="plot.py timeline")
+    parser.add_argument("trace")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--steps", type=int, default=2, help="traced steps to draw (from the window's first)")
+    parser.add_argument("--name", help="the PNG's name (default: the trace's file name)")
+    parser.add_argument("--title")
+    args = parser.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    with open(args.trace) as f:
+        trace = json.load(f)
+    events = trace["traceEvents"]
+    names = {e["pid"]: e["args"]["name"] for e in events if e["ph"] == "M" and e["name"] == "process_name"}
+    ranks = sorted(names)
+    markers = sorted(e["ts"] for e in events if e.get("cat") == "step" and e["pid"] == ranks[0])
+    start = markers[0] if markers else 0.0
+    end = markers[args.steps] if len(markers) > args.steps else max(e["ts"] + e.get("dur", 0) for e in events)
+    fig, ax = plt.subplots(figsize=(11, 0.9 + 0.75 * len(ranks)))
+    row = lambda pid, tid: 2 * (len(ranks) - 1 - ranks.index(pid)) + (1 - tid)  # rank 0 on top, compute above
+    used = set()
+    for pid in ranks:
+        for tid, colours in ((0, COMPUTE_COLOURS), (1, COMM_COLOURS)):
+            mine = [e for e in events if e["ph"] == "X" and e["pid"] == pid and e["tid"] == tid
+                    and e["ts"] < end and e["ts"] + e["dur"] > start]
+            for e in outermost(mine):
+                colour = colours.get(e.get("cat"), "#999999")
+                used.add((tid, e.get("cat")))
+                x, w = e["ts"] - start, max(e["dur"], 0.2)
+                ax.broken_barh([(x, w)], (row(pid, tid) + 0.1, 0.8), facecolors=colour, edgecolor="white", linewidth=0.3)
+                mb = e.get("args", {}).get("micro_batch", -1)
+                if tid == 0 and mb is not None and mb >= 0 and e.get("args", {}).get("level") == "micro-batch" and w > (end - start) / 120:
+                    ax.text(x + w / 2, row(pid, tid) + 0.5, str(mb), ha="center", va="center", fontsize=6, color="white")
+    # Arrows from each send to its receive.
+    flows = {}
+    for e in events:
+        if e["ph"] in ("s", "f"):
+            flows.setdefault(e["id"], {})[e["ph"]] = e
+    for pair in flows.values():
+        if "s" in pair and "f" in pair and start <= pair["s"]["ts"] < end:
+            a, b = pair["s"], pair["f"]
+            ax.annotate("", xy=(b["ts"] - start, row(b["pid"], 1) + 0.5), xytext=(a["ts"] - start, row(a["pid"], 1) + 0.5),
+                        arrowprops=dict(arrowstyle="->", color="black", linewidth=0.4, alpha=0.6))
+    for m in markers[1 : args.steps]:
+        ax.axvline(m - start, color="black", linestyle=":", linewidth=0.6)
+    ax.set_yticks([row(pid, tid) + 0.5 for pid in ranks for tid in (0, 1)])
+    ax.set_yticklabels([f"{names[pid]} {'compute' if tid == 0 else 'comm'}" for pid in ranks for tid in (0, 1)], fontsize=7)
+    ax.set_xlim(0, end - start)
+    ax.set_xlabel("µs since the window's start (rank 0's clock)")
+    from matplotlib.patches import Patch
+    handles = [Patch(color=(COMPUTE_COLOURS if t == 0 else COMM_COLOURS).get(c, "#999999"), label=c)
+               for t, c in sorted(used, key=lambda u: (u[0], str(u[1])))]
+    ax.legend(handles=handles, fontsize=6, ncol=min(len(handles), 8), loc="upper center", bbox_to_anchor=(0.5, -0.25 - 0.1 / len(ranks)),
+              frameon=False)
+    pipeline = trace.get("otherData", {}).get("trace", {}).get("pipeline")
+    title = args.title or os.path.basename(args.trace)
+    if pipeline and not args.title:
+        title += f" — ideal bubble {100 * pipeline['ideal_bubble']:.1f}%, measured not computing " + \
+            " / ".join(f"{100 * x:.1f}%" for x in pipeline["measured_not_computing"])
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    name = args.name or os.path.basename(args.trace).rsplit(".json", 1)[0]
+    path = os.path.join(args.out, name + ".png")
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "timeline":
+        return timeline(sys.argv[2:])
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("metrics", nargs="+")
     parser.add_argument("--out", required=True)

@@ -1,4 +1,5 @@
 import CMPI
+import Tracing
 
 /// Element types that can travel through a collective.
 public protocol MPIScalar: Sendable {
@@ -97,7 +98,7 @@ public struct Communicator: @unchecked Sendable {
     public func startAllreduceSum(_ buffer: UnsafeMutablePointer<Float>, count: Int) -> Request {
         if size == 1 || count == 0 { return Request() }
         var request: OpaquePointer? = cmpi_request_null()
-        starting(counted: .allreduce, bytes: count * 4, "MPI_Iallreduce") {
+        starting(.allreduce, counted: .allreduce, bytes: count * 4, "MPI_Iallreduce") {
             MPI_Iallreduce(cmpi_in_place(), buffer, Int32(count), Float.datatype, cmpi_op_sum(), handle, &request)
         }
         return Request(handle: request, kind: .allreduce, call: WatchedCall(.allreduce, on: self))
@@ -110,7 +111,7 @@ public struct Communicator: @unchecked Sendable {
                                   countedAs kind: CommunicationKind = .allreduce) -> Request {
         if size == 1 || count == 0 { return Request() }
         var request: OpaquePointer? = cmpi_request_null()
-        starting(counted: kind, bytes: count * 4, "MPI_Iallreduce") {
+        starting(.allreduce, counted: kind, bytes: count * 4, "MPI_Iallreduce") {
             MPI_Iallreduce(cmpi_in_place(), buffer, Int32(count), Int32.datatype, cmpi_op_max(), handle, &request)
         }
         return Request(handle: request, kind: kind, call: WatchedCall(.allreduce, on: self))
@@ -141,14 +142,14 @@ public struct Communicator: @unchecked Sendable {
 
     /// Sends `count` elements to rank `destination` of this group (blocking, `MPI_Send`).
     public func send<T: MPIScalar>(_ buffer: UnsafePointer<T>, count: Int, to destination: Int, tag: MessageTag) {
-        blocking(.send, peer: destination, counted: .send, bytes: count * MemoryLayout<T>.size, "MPI_Send") {
+        blocking(.send, peer: destination, tag: tag, counted: .send, bytes: count * MemoryLayout<T>.size, "MPI_Send") {
             MPI_Send(buffer, Int32(count), T.datatype, Int32(destination), tag.rawValue, handle)
         }
     }
 
     /// Receives `count` elements from rank `source` of this group (blocking, `MPI_Recv`).
     public func receive<T: MPIScalar>(_ buffer: UnsafeMutablePointer<T>, count: Int, from source: Int, tag: MessageTag) {
-        blocking(.receive, peer: source, counted: .receive, bytes: count * MemoryLayout<T>.size, "MPI_Recv") {
+        blocking(.receive, peer: source, tag: tag, counted: .receive, bytes: count * MemoryLayout<T>.size, "MPI_Recv") {
             MPI_Recv(buffer, Int32(count), T.datatype, Int32(source), tag.rawValue, handle, cmpi_status_ignore())
         }
     }
@@ -156,7 +157,7 @@ public struct Communicator: @unchecked Sendable {
     /// Starts a send without waiting (`MPI_Isend`).
     public func startSend<T: MPIScalar>(_ buffer: UnsafePointer<T>, count: Int, to destination: Int, tag: MessageTag) -> Request {
         var request: OpaquePointer? = cmpi_request_null()
-        starting(counted: .send, bytes: count * MemoryLayout<T>.size, "MPI_Isend") {
+        starting(.send, peer: destination, tag: tag, counted: .send, bytes: count * MemoryLayout<T>.size, "MPI_Isend") {
             MPI_Isend(buffer, Int32(count), T.datatype, Int32(destination), tag.rawValue, handle, &request)
         }
         return Request(handle: request, kind: .send, call: WatchedCall(.send, on: self, peer: destination))
@@ -181,9 +182,10 @@ public struct Request: @unchecked Sendable {
     /// Blocks until the operation completes (the wait counts as the operation's time).
     public mutating func wait() {
         guard handle != nil else { return }
-        let start = MPI_Wtime()
+        let start = MPI_Wtime(), traced = Trace.begin()
         MPICall.watched(call, "MPI_Wait") { MPI_Wait(&handle, cmpi_status_ignore()) }
         Ledger.addSeconds(kind, since: start)
+        if traced != 0 { traceWait(since: traced) }
         handle = nil
     }
 

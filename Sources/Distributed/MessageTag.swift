@@ -20,6 +20,12 @@ public enum MessageTag: Int32, Sendable {
     /// The `collectives` benchmark's ping-pong messages.
     case benchmark = 51
 
+    /// `--trace`'s clock check: ping-pongs between rank 0 and each other rank before and after the
+    /// traced steps (`ClockAlignment` in Training).
+    case clockSync = 61
+    /// `--trace`'s events, each rank's part of the file sent to rank 0 after training (`Tracer`).
+    case traceEvents = 62
+
     /// Gathering every rank's local parameters on rank 0 (`gatherParts`: checkpoints, `--dump`,
     /// sampling, the replica check), message 1 of 3:
     /// two Int64, the length of the sender's encoded `ParameterMap` and its number of floats.
@@ -28,4 +34,20 @@ public enum MessageTag: Int32, Sendable {
     case canonicalMap = 72
     /// Message 3 of 3: the sender's local floats, in the order of its map.
     case canonicalValues = 73
+
+    /// Where the tag's messages are numbered for `--trace` (``TraceMessages``): one slot per tag.
+    var traceSlot: Int {
+        switch self {
+        case .pipelineActivation: 0
+        case .pipelineGradient: 1
+        case .ring: 2
+        case .benchmark: 3
+        case .clockSync: 4
+        case .canonicalHeader: 5
+        case .canonicalMap: 6
+        case .canonicalValues: 7
+        case .traceEvents: 8
+        }
+    }
+    static let traceSlots = 9
 }

@@ -33,16 +33,16 @@ extension Communicator {
                                  algorithm: ReduceScatterAlgorithm? = nil) {
         if size == 1 { output.update(from: input, count: count); return }
         if count == 0 { return }
-        let start = MPI_Wtime()
         switch algorithm ?? .automatic(bytes: size * count * 4) {
         case .mpi:
-            blocking(.reduceScatter, "MPI_Reduce_scatter_block") {
+            blocking(.reduceScatter, counted: .reduceScatter, bytes: size * count * 4, "MPI_Reduce_scatter_block") {
                 MPI_Reduce_scatter_block(input, output, Int32(count), Float.datatype, cmpi_op_sum(), handle)
             }
         case .ring:
-            ringReduceScatter(input, into: output, count: count)
+            counting(.reduceScatter, .reduceScatter, bytes: size * count * 4, "ring reduce-scatter") {
+                ringReduceScatter(input, into: output, count: count)
+            }
         }
-        Ledger.record(.reduceScatter, bytes: size * count * 4, since: start)
     }
 
     /// Sums `input` over the group and leaves this rank's block of the sum in `output`, the blocks

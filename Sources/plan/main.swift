@@ -65,6 +65,10 @@ struct Plan: ParsableCommand {
     var top: Int?
     @Flag(help: "Print JSON instead of the table.")
     var json = false
+    @Option(help: "Write the predicted timeline of one layout's step here, as the training executables' --trace does.")
+    var trace: String?
+    @Option(name: .customLong("trace-layout"), help: "With --trace: the layout with this command, else the fastest whose command contains this text (default: the fastest), e.g. \"--schedule zb1p --micro-batches 8\".")
+    var traceLayout: String?
 
     func validate() throws {
         for (value, flag) in [(ranks, "ranks"), (vocab, "vocab"), (batchSize, "batch-size"), (seqLen, "seq-len"), (emb, "emb"),
@@ -81,6 +85,7 @@ struct Plan: ParsableCommand {
         }
         try TrainingOptions.checkExperts(experts, topK: topK, capacityFactor: capacityFactor, auxLossCoef: 0.01, accumulate: accumulate)
         if ranks > 1 << 16 { throw UsageError("--ranks \(ranks) is more than the planner enumerates (at most 65536)") }
+        if traceLayout != nil && trace == nil { throw UsageError("--trace-layout needs --trace") }
         if seqLen * emb > 1 << 24 || hidden > 1 << 24 { throw UsageError("--seq-len × --emb and --hidden must stay below 2^24") }
     }
 
@@ -117,6 +122,21 @@ struct Plan: ParsableCommand {
                              + (result.refused.first.map { "\($0.layout.planCommand): \($0.reason)" } ?? "none"))
         }
         print(json ? PlanReport.json(planner, result) : PlanReport.table(planner, result, top: top))
+        if let trace { try writeTrace(trace, result.entries, model) }
+    }
+}
+
+extension Plan {
+    /// `--trace`: the predicted timeline of the `--trace-layout` entry (``PredictedTimeline``).
+    func writeTrace(_ path: String, _ entries: [Planner.Entry], _ model: CostModel) throws {
+        let exact = entries.first { $0.layout.planCommand == traceLayout }
+        guard let entry = exact ?? entries.first(where: { traceLayout.map($0.layout.planCommand.contains) ?? true }) else {
+            throw UsageError("--trace-layout '\(traceLayout ?? "")' matches no layout the planner made")
+        }
+        do { try PredictedTimeline(entry: entry, model: model).json().write(toFile: path, atomically: false, encoding: .utf8) } catch {
+            throw UsageError("cannot write trace file '\(path)': \(error)")
+        }
+        if !json { print("predicted timeline of \(entry.layout.planCommand) written to \(path)") }
     }
 }
 

@@ -102,6 +102,12 @@ final class AllocationTests: XCTestCase {
         try check("train_pp", np: 2, extra: ["--micro-batches", "4", "--schedule", "gpipe", "--recompute"])
         try check("train_pp", np: 2, extra: ["--micro-batches", "4", "--schedule", "interleaved", "--virtual-stages", "2", "--layers", "2"])
     }
+    /// Tracing on, every step in the window (the 110-step run records 100 more steps than the
+    /// 10-step run): recording and writing the trace allocate the same whatever the window.
+    func testTracedStepDoesNotAllocate() throws {
+        let trace = try Launch.temporaryDirectory().appendingPathComponent("t.json").path
+        try check("train_pp", np: 2, extra: ["--micro-batches", "4", "--layers", "2", "--trace", trace, "--trace-steps", "1:\(Self.manySteps)"])
+    }
     func testThreeDimensionalStepDoesNotAllocate() throws {
         try check("train_3d", np: 4, extra: ["--tp", "2", "--dp", "1", "--pp", "2", "--micro-batches", "2", "--optimizer", "adam"])
         try check("train_3d", np: 4, extra: ["--tp", "1", "--dp", "2", "--pp", "2", "--micro-batches", "2", "--schedule", "interleaved",

@@ -1,3 +1,5 @@
+import Tracing
+
 /// What a layout hangs on a ``LayerChain``: code that runs around each block.
 ///
 /// The chain calls, for block `i` (its position in the chain):
@@ -35,6 +37,10 @@ extension LayerChainHooks {
 /// ends earlier (a pipeline stage before the last) has no loss: the caller writes the output's
 /// gradient before ``backward()``. Several chains may share the same layers (a pipeline stage
 /// keeps one chain per micro-batch in flight). Nothing is allocated after `init`.
+///
+/// Under `--trace` each block's forward, backward, input and weight pass, and the loss's forward
+/// and backward, are one compute event each (``Trace``), measured after the block's hook ran, so
+/// that FSDP's gathers count as communication, not as the block's compute.
 public final class LayerChain {
     public let layers: [Layer]
     /// Each layer as a ``SplitBackward``, or nil when it does not split (looked up once).
@@ -102,7 +108,9 @@ public final class LayerChain {
     public func forwardLayers() {
         for i in 0..<layers.count {
             hooks?.willRunForward(i)
+            let start = Trace.begin()
             layers[i].forward(activations[i], activations[i + 1])
+            Trace.compute("forward", block: i, since: start)
         }
     }
 
@@ -111,13 +119,15 @@ public final class LayerChain {
     public func forward() -> Float {
         forwardLayers()
         guard let loss else { return 0 }
+        let start = Trace.begin()
+        defer { Trace.compute("loss", since: start) }
         return loss.forward(output, targets)
     }
 
     /// Backpropagates the last forward, adding into the layers' parameter gradients. Without a
     /// loss, `output.grad` must hold the gradient of the chain's output.
     public func backward() {
-        loss?.backward(output, targets)
+        lossBackward()
         guard let segments else {
             for i in stride(from: layers.count - 1, through: 0, by: -1) { backwardBlock(i) }
             return
@@ -128,7 +138,9 @@ public final class LayerChain {
             if k < segments.ranges.count - 1 {
                 for i in segment.lowerBound ..< segment.upperBound - 1 {
                     hooks?.willRunForward(i)
+                    let start = Trace.begin()
                     layers[i].forward(activations[i], activations[i + 1])
+                    Trace.compute("forward (recompute)", block: i, since: start)
                 }
             }
             for i in segment.reversed() { backwardBlock(i) }
@@ -138,8 +150,19 @@ public final class LayerChain {
     @inline(__always)
     func backwardBlock(_ i: Int) {
         hooks?.willRunBackward(i)
+        let start = Trace.begin()
         layers[i].backward(activations[i], activations[i + 1])
+        Trace.compute("backward", block: i, since: start)
         hooks?.didRunBackward(i)
+    }
+
+    /// The loss's backward (when the chain has a loss), traced as "loss backward".
+    @inline(__always)
+    func lossBackward() {
+        guard let loss else { return }
+        let start = Trace.begin()
+        loss.backward(output, targets)
+        Trace.compute("loss backward", since: start)
     }
 
     /// The first half of a split backward: the loss's and every layer's input gradient, so that
@@ -147,13 +170,16 @@ public final class LayerChain {
     /// backward here (hooks as in ``backward()``).
     public func backwardInput() {
         precondition(segments == nil, "a split backward needs every activation: no recomputation")
-        loss?.backward(output, targets)
+        lossBackward()
         for i in stride(from: layers.count - 1, through: 0, by: -1) {
             hooks?.willRunBackward(i)
+            let start = Trace.begin()
             if let layer = split[i] {
                 layer.backwardInput(activations[i], activations[i + 1])
+                Trace.compute("backward (input)", block: i, since: start)
             } else {
                 layers[i].backward(activations[i], activations[i + 1])
+                Trace.compute("backward", block: i, since: start)
                 hooks?.didRunBackward(i)
             }
         }
@@ -166,7 +192,9 @@ public final class LayerChain {
         for i in stride(from: layers.count - 1, through: 0, by: -1) {
             guard let layer = split[i] else { continue }
             hooks?.willRunWeightPass(i)
+            let start = Trace.begin()
             layer.backwardWeights(activations[i], activations[i + 1])
+            Trace.compute("weight pass", block: i, since: start)
             hooks?.didRunBackward(i)
         }
     }

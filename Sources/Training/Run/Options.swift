@@ -126,6 +126,13 @@ public struct TrainingOptions: ParsableArguments, Sendable {
     @Option(name: .customLong("aux-loss-coef"), parsing: .unconditional, help: "With --experts: α of the load-balancing loss α · E · Σ f_e · P_e.")
     public var auxLossCoef: Float = 0.01
 
+    // Measured timelines (issue 24; Trace/TraceOptions.swift checks these).
+    @Option(help: "Write a Chrome trace (Perfetto, chrome://tracing) of every rank's compute and communication over --trace-steps here (rank 0, after training).")
+    public var trace: String?
+
+    @Option(name: .customLong("trace-steps"), help: "With --trace: the steps A:B to record, counted from 1 as the progress line does (default 4:13, clipped to --steps).")
+    public var traceStepsText: String?
+
     public init() {}
 
     public var model: (Int) -> ModelConfig {
@@ -183,6 +190,7 @@ public struct TrainingOptions: ParsableArguments, Sendable {
         }
         if seqLen * emb > 1 << 24 || hidden > 1 << 24 { throw UsageError("--seq-len × --emb and --hidden must stay below 2^24") }
         try validateExperts()
+        try validateTrace()
     }
 }
 

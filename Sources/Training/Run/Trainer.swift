@@ -1,5 +1,6 @@
 import Core
 import Distributed
+import Tracing
 
 /// One training run, the same for every executable: set up, train, then report, save, dump,
 /// validate and sample. Every phase is collective; a failure in any rank ends it on every rank.
@@ -96,6 +97,7 @@ struct Trainer<Command: TrainingCommand> {
         let sampler = BatchSampler(examples: session.context.dataset.train, batchSize: options.batchSize,
                                    seed: session.seed, stream: .trainingBatches)
         let dumpSteps = options.dumpSteps
+        guard let tracer = makeTracer() else { return false }  // first: its set-up is not a step's time
         var progress = Progress(options: options)
         let stop = StopVote(world: world)
         progress.utilization = session.utilization
@@ -106,6 +108,7 @@ struct Trainer<Command: TrainingCommand> {
         Watchdog.phase = .training
         for step in session.start..<max(session.start, options.steps) {
             Watchdog.step = step
+            tracer?.stepBegins(step)
             let loss = layout.forwardBackward(batch: step, from: sampler)
             if !loss.isFinite {
                 metrics?.flush()
@@ -119,7 +122,9 @@ struct Trainer<Command: TrainingCommand> {
                 return false
             }
             if let norm, let maxNorm = options.clipGradNorm { gradientNorm?.clip(norm: norm, to: maxNorm) }
+            let traced = Trace.begin()
             layout.update(step: step + 1)
+            Trace.compute("update", since: traced)
             metrics?.record(step: step, loss: loss, gradientNorm: norm, experts: layout.expertStatistics)
             if let path = options.dump, dumpSteps.contains(step + 1) {
                 Ledger.isRecording = false
@@ -140,6 +145,7 @@ struct Trainer<Command: TrainingCommand> {
             if let line = progress.record(step: step, loss: loss, validationLoss: validation?.loss, experts: layout.expertStatistics) { say(line) }
             if let signal = stop.afterStep() { return stopped(by: signal, after: step + 1, savedAt: savedAt, stop, &session) }
         }
+        tracer?.stop()
         let trainingSeconds = MPI.time() - loopStart - validationSeconds
         Ledger.isRecording = false
         let end = max(session.start, options.steps)
@@ -153,6 +159,7 @@ struct Trainer<Command: TrainingCommand> {
             say(report.line)
             session.summary += "," + report.json
         }
+        guard finishTracing(tracer, &session) else { return false }
 
         if options.checkpointDir != nil && savedAt != end {
             guard save(layout, step: end, seed: session.seed, config: session.config, data: session.data) else { return false }

@@ -1,5 +1,6 @@
 import Core
 import Distributed
+import Tracing
 
 /// One stage of a pipeline: runs its chunks of layers over the micro-batches of a step, receiving
 /// each chunk's input from the stage before it and sending its output to the stage after it.
@@ -52,6 +53,10 @@ import Distributed
 /// stream the packed copy: the same floats in the same order, bit for bit; two more copies of the
 /// stage's Linear weights (buffers). Not in `train_3d`, whose FSDP hooks gather weights into the
 /// layers inside the run.
+///
+/// **Tracing** (`--trace`). Each micro-batch's work on a chunk is one compute event ("F", "B",
+/// "B (input)", "W") around its chain's block events, with the micro-batch and chunk attached to
+/// everything recorded meanwhile, receives and sends included.
 public final class PipelineStage {
     /// Every chunk's layers, chunk after chunk.
     public let layers: [Layer]
@@ -131,6 +136,7 @@ public final class PipelineStage {
         for layer in packed { layer.keepPackedWeights() }
         let ends = chunks.contains { $0.previous == nil || $0.next == nil }
         holdsModelEnds = ends
+        TracedPipeline.schedule = schedule
         batchTokens = .allocate(capacity: ends ? rows.count * seqLen : 1)
         batchTargets = .allocate(capacity: ends ? rows.count : 1)
         batchTokens.initialize(repeating: 0, count: ends ? rows.count * seqLen : 1)
@@ -168,20 +174,27 @@ public final class PipelineStage {
         var total: Float = 0
         for action in actions {
             let chunk = chunks[action.chunk]
+            if Trace.isRecording { (Trace.microBatch, Trace.chunk) = (Int16(action.microBatch), Int16(action.chunk)) }
             switch action.direction {
             case .forward: total += forward(action.microBatch, chunk)
             case .backward: backward(action.microBatch, chunk)
             case .inputGradient: backward(action.microBatch, chunk, split: true)
-            case .weightGradient: chunk.chains[action.microBatch % chunk.chains.count].backwardWeights()
+            case .weightGradient:
+                let traced = Trace.begin()
+                chunk.chains[action.microBatch % chunk.chains.count].backwardWeights()
+                Trace.compute("W", since: traced)
             }
         }
+        (Trace.microBatch, Trace.chunk) = (-1, -1)
         var start = MPI.time()
         if chunks.contains(where: { $0.batched != nil }) && actions.contains(where: { $0.direction != .forward }) {
             // The neighbours wait on the last sends (a large message moves only while its sender
             // is inside MPI): let them go before the weight pass, which makes no MPI call.
             for chunk in chunks { chunk.waitForSends() }
             waitingSeconds += MPI.time() - start
+            let traced = Trace.begin()
             for chunk in chunks { chunk.batched?.weightPass(hooks: chunk.chains[0].hooks) }
+            Trace.compute("W (all micro-batches)", since: traced)
             start = MPI.time()
         }
         for chunk in chunks { chunk.waitForSends() }
@@ -215,7 +228,9 @@ public final class PipelineStage {
         }
         waitingSeconds += MPI.time() - start
         chunk.boundaries?.saveInput(chain.input, slot: slot)
+        let traced = Trace.begin()
         let loss = restoreAndForward(m, chunk, chain)
+        Trace.compute("F", since: traced)
         if let next = chunk.next {
             let output = chunk.boundaries?.keepOutput(chain.output, slot: slot) ?? chain.output.value
             chunk.forwardSends[slot] = pp.startSend(output, count: chain.output.count, to: next, tag: .pipelineActivation)
@@ -242,15 +257,19 @@ public final class PipelineStage {
         let slot = m % chunk.slots, chain = chunk.chains[m % chunk.chains.count]
         if let boundaries = chunk.boundaries {
             // Rerun the forward from the saved boundary (the loss's too: its backward needs the probabilities).
+            let traced = Trace.begin()
             boundaries.restoreInput(chain.input, slot: slot)
             _ = restoreAndForward(m, chunk, chain)
+            Trace.compute("F (recompute)", since: traced)
         }
         let start = MPI.time()
         chunk.backwardSends[slot].wait()  // the slot's last input gradient may still be on its way
         if let next = chunk.next { pp.receive(chain.output.grad, count: chain.output.count, from: next, tag: .pipelineGradient) }
         waitingSeconds += MPI.time() - start
+        let traced = Trace.begin()
         if split || chunk.batched != nil { chain.backwardInput() } else { chain.backward() }
         chunk.batched?.keep(chain, microBatch: m)
+        if split || chunk.batched != nil { Trace.compute("B (input)", since: traced) } else { Trace.compute("B", since: traced) }
         if let previous = chunk.previous {
             let inputGradient = chunk.boundaries?.keepInputGradient(chain.input, slot: slot) ?? chain.input.grad
             chunk.backwardSends[slot] = pp.startSend(inputGradient, count: chain.input.count, to: previous, tag: .pipelineGradient)
