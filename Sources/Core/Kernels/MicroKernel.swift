@@ -115,50 +115,24 @@ extension Kernels {
         @inline(always)
         mutating func update(_ R: Int, _ V: Int, _ x: (Float, Float, Float, Float, Float, Float),
                              _ b0: Vector, _ b1: Vector, _ b2: Vector, _ b3: Vector) {
-            do {
-                let s = Vector(repeating: x.0)
-                c00.addProduct(s, b0)
-                if V > 1 { c01.addProduct(s, b1) }
-                if V > 2 { c02.addProduct(s, b2) }
-                if V > 3 { c03.addProduct(s, b3) }
-            }
-            if R > 1 {
-                let s = Vector(repeating: x.1)
-                c10.addProduct(s, b0)
-                if V > 1 { c11.addProduct(s, b1) }
-                if V > 2 { c12.addProduct(s, b2) }
-                if V > 3 { c13.addProduct(s, b3) }
-            }
-            if R > 2 {
-                let s = Vector(repeating: x.2)
-                c20.addProduct(s, b0)
-                if V > 1 { c21.addProduct(s, b1) }
-                if V > 2 { c22.addProduct(s, b2) }
-                if V > 3 { c23.addProduct(s, b3) }
-            }
-            if R > 3 {
-                let s = Vector(repeating: x.3)
-                c30.addProduct(s, b0)
-                if V > 1 { c31.addProduct(s, b1) }
-                if V > 2 { c32.addProduct(s, b2) }
-                if V > 3 { c33.addProduct(s, b3) }
-            }
-            if R > 4 {
-                let s = Vector(repeating: x.4)
-                c40.addProduct(s, b0)
-                if V > 1 { c41.addProduct(s, b1) }
-                if V > 2 { c42.addProduct(s, b2) }
-                if V > 3 { c43.addProduct(s, b3) }
-            }
-            if R > 5 {
-                let s = Vector(repeating: x.5)
-                c50.addProduct(s, b0)
-                if V > 1 { c51.addProduct(s, b1) }
-                if V > 2 { c52.addProduct(s, b2) }
-                if V > 3 { c53.addProduct(s, b3) }
-            }
+            Self.row(V, x.0, &c00, &c01, &c02, &c03, b0, b1, b2, b3)
+            if R > 1 { Self.row(V, x.1, &c10, &c11, &c12, &c13, b0, b1, b2, b3) }
+            if R > 2 { Self.row(V, x.2, &c20, &c21, &c22, &c23, b0, b1, b2, b3) }
+            if R > 3 { Self.row(V, x.3, &c30, &c31, &c32, &c33, b0, b1, b2, b3) }
+            if R > 4 { Self.row(V, x.4, &c40, &c41, &c42, &c43, b0, b1, b2, b3) }
+            if R > 5 { Self.row(V, x.5, &c50, &c51, &c52, &c53, b0, b1, b2, b3) }
         }
 
+        /// One row of the tile: `[c0 c1 c2 c3] += x · [b0 b1 b2 b3]`, the first `V` vectors.
+        @inline(always)
+        static func row(_ V: Int, _ x: Float, _ c0: inout Vector, _ c1: inout Vector, _ c2: inout Vector, _ c3: inout Vector,
+                        _ b0: Vector, _ b1: Vector, _ b2: Vector, _ b3: Vector) {
+            let s = Vector(repeating: x)
+            c0.addProduct(s, b0)
+            if V > 1 { c1.addProduct(s, b1) }
+            if V > 2 { c2.addProduct(s, b2) }
+            if V > 3 { c3.addProduct(s, b3) }
+        }
     }
 
     // MARK: - Loads and stores of the micro-kernel
