@@ -1,3 +1,5 @@
+import Core
+
 /// Gradient accumulation (`--accumulate K`): a rank's rows of the global batch run as `K`
 /// micro-steps of equal size, one after the other, before the optimizer step.
 ///
@@ -34,4 +36,17 @@ public struct MicroSteps: Sendable, Equatable {
 
     /// Whether micro-step `j` is the last before the optimizer step.
     public func isLast(_ j: Int) -> Bool { j == count - 1 }
+}
+
+extension Model {
+    /// The summed cross-entropy of this rank's rows of batch `index`, forward only, micro-step by
+    /// micro-step (the whole-model layouts' `evaluate`; each divides and sums over ranks itself).
+    func forwardLoss(batch index: Int, _ steps: MicroSteps, from sampler: BatchSampler) -> Float {
+        var lossSum: Float = 0
+        for j in 0..<steps.count {
+            sampler.fill(index: index, rows: steps.rows(j), tokens: tokens.value, targets: targets)
+            lossSum += forward()
+        }
+        return lossSum
+    }
 }

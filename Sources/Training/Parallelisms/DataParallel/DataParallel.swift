@@ -67,11 +67,7 @@ public final class DataParallel: TrainingLayout {
     public var expertStatistics: ExpertStatistics? { ExpertStatistics(model) }
 
     public func evaluate(batch index: Int, from sampler: BatchSampler) -> Float {
-        var lossSum: Float = 0
-        for j in 0..<steps.count {
-            sampler.fill(index: index, rows: steps.rows(j), tokens: model.tokens.value, targets: model.targets)
-            lossSum += model.forward()
-        }
+        let lossSum = model.forwardLoss(batch: index, steps, from: sampler)
         return dp.sum(lossSum) / Float(globalBatch)
     }
 }

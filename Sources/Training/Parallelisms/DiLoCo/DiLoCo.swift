@@ -86,11 +86,7 @@ public final class DiLoCo: TrainingLayout {
     /// Each worker's model on its rows, summed: after an outer step every worker holds θ, so
     /// this is θ's loss on the global batch (validation every multiple of H evaluates θ).
     public func evaluate(batch index: Int, from sampler: BatchSampler) -> Float {
-        var lossSum: Float = 0
-        for j in 0..<steps.count {
-            sampler.fill(index: index, rows: steps.rows(j), tokens: model.tokens.value, targets: model.targets)
-            lossSum += model.forward()
-        }
+        let lossSum = model.forwardLoss(batch: index, steps, from: sampler)
         return workers.sum(lossSum) / Float(globalBatch)
     }
 

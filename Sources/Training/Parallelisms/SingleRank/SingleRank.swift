@@ -36,11 +36,7 @@ public final class SingleRank: TrainingLayout {
 
     /// The cross-entropy alone: the aux loss regularises training, it is not a validation figure.
     public func evaluate(batch index: Int, from sampler: BatchSampler) -> Float {
-        var lossSum: Float = 0
-        for j in 0..<steps.count {
-            sampler.fill(index: index, rows: steps.rows(j), tokens: model.tokens.value, targets: model.targets)
-            lossSum += model.forward()
-        }
+        let lossSum = model.forwardLoss(batch: index, steps, from: sampler)
         return lossSum / Float(steps.rows.count)
     }
 }
